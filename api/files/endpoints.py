@@ -1,0 +1,79 @@
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.auth.dependencies import CurrentUser
+from api.db import SessionDep
+from api.errors import APIError
+from api.files import service
+from api.files.repository import FileRepository
+from api.files.schemas import FileDeleted, FileList, FileObject, FileReport
+from api.pagination import LimitQuery, check_cursor, list_page
+from api.state import StateDep
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("", response_model=FileObject)
+async def create_file(request: Request, user: CurrentUser, state: StateDep) -> FileObject:
+    """Upload a JSONL file (multipart: `file`, `purpose` = fine-tune | batch).
+
+    The file is validated while it streams; an invalid file is refused with
+    every bad line named and nothing is kept."""
+    file = await service.create_file(
+        request, user, state.storage, state.sessionmaker, state.settings.max_upload_bytes
+    )
+    return FileObject.of(file)
+
+
+@router.get("", response_model=FileList)
+def list_files(
+    user: CurrentUser,
+    session: SessionDep,
+    purpose: str | None = None,
+    limit: LimitQuery = 100,
+    after: str | None = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+) -> dict:
+    files = FileRepository(session, user.id).list(
+        purpose=purpose, after=check_cursor("file-", after), limit=limit + 1, newest_first=order == "desc"
+    )
+    return list_page(files, limit, FileObject.of)
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, user: CurrentUser, session: SessionDep) -> FileObject:
+    return FileObject.of(service.get_file(session, user, file_id))
+
+
+@router.get("/{file_id}/report", response_model=FileReport)
+def file_report(file_id: str, user: CurrentUser, session: SessionDep) -> FileReport:
+    file = service.get_file(session, user, file_id)
+    if file.report is None:
+        raise APIError(409, f"File '{file_id}' has no report.", param="file_id", code="no_report")
+    return FileReport(id=file.id, purpose=file.purpose, report=file.report)
+
+
+@router.get("/{file_id}/content", response_class=StreamingResponse)
+def file_content(file_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
+    file = service.get_file(session, user, file_id)
+    storage = state.storage
+    headers = {"Content-Disposition": _attachment(file.filename)}
+    local_path = storage.local_path(file.storage_key)
+    if local_path is not None:
+        return FileResponse(local_path, media_type="application/octet-stream", headers=headers)
+    headers["Content-Length"] = str(file.bytes)
+    return StreamingResponse(storage.iter_bytes(file.storage_key), media_type="application/octet-stream", headers=headers)
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, user: CurrentUser, session: SessionDep, state: StateDep) -> FileDeleted:
+    service.delete_file(session, state.storage, user, file_id)
+    return FileDeleted(id=file_id, deleted=True)
+
+
+def _attachment(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"

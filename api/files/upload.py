@@ -1,0 +1,209 @@
+"""Receiving an upload: multipart parsed as it streams in, each chunk of the file
+hashed, validated and written to storage before the next is read.
+
+Starlette's own form parsing would first spool the whole file to a temporary
+file and make us read it back; a 1 GB upload would then cost two extra passes.
+Here the request body is consumed once, in ~1 MiB steps, and the file's bytes
+are counted against the limit as they arrive, with or without Content-Length.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+
+from api.errors import APIError, bad_request
+from api.files.validation import BatchValidator, FineTuneValidator, ValidationResult
+from api.storage import StorageWriter
+
+PURPOSES = ("fine-tune", "batch")
+STEP_BYTES = 1 << 20  # how much body to gather before one hop to the worker thread
+MAX_FIELD_BYTES = 4096  # plain form fields (purpose, …) are tiny
+BODY_OVERHEAD_BYTES = 1 << 20  # multipart framing and fields allowed beyond the file limit
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"The file is larger than this server's upload limit of {limit} bytes.",
+        param="file",
+        code="file_too_large",
+    )
+
+
+def check_purpose(purpose: str | None) -> str:
+    if purpose is None:
+        raise bad_request("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+    if purpose not in PURPOSES:
+        raise bad_request(
+            f"'{purpose}' is not a supported purpose; expected one of {', '.join(repr(p) for p in PURPOSES)}.",
+            param="purpose",
+            code="invalid_value",
+        )
+    return purpose
+
+
+def clean_filename(raw: bytes | None) -> str:
+    """The client's file name as metadata: last path component, no control characters."""
+    name = (raw or b"").decode("utf-8", errors="replace")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:255] or "upload"
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: bytes | None = None
+    is_file: bool = False
+    value: bytearray = field(default_factory=bytearray)
+
+
+class MultipartUpload:
+    """Parses one multipart body fed in chunks. The single `file` part goes to
+    the storage writer, the hash and the validator(s); other fields are kept."""
+
+    def __init__(self, boundary: bytes, writer: StorageWriter, max_file_bytes: int):
+        self.writer = writer
+        self.max_file_bytes = max_file_bytes
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_bytes = 0
+        self.sha256 = hashlib.sha256()
+        # Purpose decides the validator. Clients send it before the file (the
+        # openai SDK and curl -F in the usual order do); if the file comes first
+        # both validators run and the purpose picks one at the end.
+        self.validators: dict[str, FineTuneValidator | BatchValidator] = {}
+        self._part = _Part()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._seen_file = False
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+            },
+        )
+
+    # Runs in a worker thread: parsing, hashing, validation and storage writes
+    # are all CPU or blocking I/O.
+    def write(self, body_chunk: bytes) -> None:
+        try:
+            self._parser.write(body_chunk)
+        except MultipartParseError as exc:
+            raise bad_request(f"Malformed multipart body: {exc}", param="file", code="invalid_multipart") from exc
+
+    def finish(self) -> None:
+        self._parser.finalize()
+        if not self._seen_file:
+            raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+
+    def validation_result(self, purpose: str) -> ValidationResult:
+        return self.validators[purpose].finish()
+
+    def _on_part_begin(self) -> None:
+        self._part = _Part()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        if self._header_field.lower() == b"content-disposition":
+            _, options = parse_options_header(bytes(self._header_value))
+            self._part.name = options.get(b"name", b"").decode("utf-8", errors="replace")
+            self._part.filename = options.get(b"filename")
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        part = self._part
+        if part.name != "file":
+            return
+        if self._seen_file:
+            raise bad_request("Send exactly one 'file' part.", param="file", code="invalid_multipart")
+        self._seen_file = True
+        part.is_file = True
+        self.filename = clean_filename(part.filename)
+        purpose = self.fields.get("purpose")
+        if purpose is not None:
+            self.validators = {check_purpose(purpose): _new_validator(purpose)}
+        else:
+            self.validators = {p: _new_validator(p) for p in PURPOSES}
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        chunk = data[start:end]
+        if not part.is_file:
+            if len(part.value) + len(chunk) > MAX_FIELD_BYTES:
+                raise bad_request(f"Form field '{part.name}' is too long.", param=part.name or None)
+            part.value += chunk
+            return
+        self.file_bytes += len(chunk)
+        if self.file_bytes > self.max_file_bytes:
+            raise too_large(self.max_file_bytes)
+        self.sha256.update(chunk)
+        for validator in self.validators.values():
+            validator.feed(chunk)
+        self.writer.write(chunk)
+
+    def _on_part_end(self) -> None:
+        part = self._part
+        if part.is_file or not part.name:
+            return
+        self.fields[part.name] = part.value.decode("utf-8", errors="replace").strip()
+        if part.name == "purpose" and not self._seen_file:
+            check_purpose(self.fields["purpose"])  # fail before reading a large file for nothing
+
+
+def _new_validator(purpose: str) -> FineTuneValidator | BatchValidator:
+    return FineTuneValidator() if purpose == "fine-tune" else BatchValidator()
+
+
+def multipart_boundary(request: Request) -> bytes:
+    content_type = request.headers.get("content-type", "")
+    media_type, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if media_type != b"multipart/form-data" or not boundary:
+        raise bad_request(
+            "Upload files as multipart/form-data with the fields 'file' and 'purpose'.",
+            param="file",
+            code="invalid_content_type",
+        )
+    return boundary
+
+
+async def receive(request: Request, upload: MultipartUpload) -> None:
+    """Feed the request body to `upload` in ~1 MiB steps, each in a worker thread."""
+    max_body = upload.max_file_bytes + BODY_OVERHEAD_BYTES
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise too_large(upload.max_file_bytes)
+    received = 0
+    pending: list[bytes] = []
+    pending_bytes = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_body:
+                raise too_large(upload.max_file_bytes)
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= STEP_BYTES:
+                await run_in_threadpool(upload.write, b"".join(pending))
+                pending, pending_bytes = [], 0
+    except ClientDisconnect as exc:
+        raise bad_request("The upload was interrupted.", param="file", code="upload_interrupted") from exc
+    if pending:
+        await run_in_threadpool(upload.write, b"".join(pending))
+    await run_in_threadpool(upload.finish)

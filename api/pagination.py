@@ -1,0 +1,29 @@
+"""OpenAI-style cursor lists: {"object": "list", "data", "first_id", "last_id", "has_more"}."""
+
+from typing import Annotated, Any
+
+from fastapi import Query
+
+from api.errors import bad_request
+from api.ids import looks_like_id
+
+LimitQuery = Annotated[int, Query(ge=1, le=10_000)]
+
+
+def check_cursor(prefix: str, after: str | None) -> str | None:
+    if after is not None and not looks_like_id(prefix, after):
+        raise bad_request(f"'after' must be an id starting with '{prefix}'", param="after", code="invalid_cursor")
+    return after
+
+
+def list_page(items: list[Any], limit: int, render) -> dict[str, Any]:
+    """`items` was fetched with limit + 1 rows: the extra row only says there is more."""
+    has_more = len(items) > limit
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": [render(item) for item in page],
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+        "has_more": has_more,
+    }
