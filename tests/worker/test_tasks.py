@@ -1,0 +1,52 @@
+"""A real `tunehouse worker` process consumes tasks on each broker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+import redis
+
+from api.queue import create_celery
+from api.settings import Settings
+from api.storage import storage_from_url
+from tests.conftest import REDIS_TEST_URL, wait_for
+
+
+@pytest.fixture
+def redis_broker():
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    client.flushdb()
+    yield REDIS_TEST_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(params=["filesystem", "redis"])
+def broker_url(request):
+    return "filesystem://" if request.param == "filesystem" else request.getfixturevalue("redis_broker")
+
+
+@pytest.mark.slow
+def test_worker_consumes_the_queue_with_the_service_configuration(tmp_path, broker_url):
+    settings = Settings(data_dir=tmp_path, broker_url=broker_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEHOUSE_")} | settings.as_env()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        nonces = [uuid.uuid4().hex for _ in range(3)]
+        celery = create_celery(settings)
+        for nonce in nonces:
+            celery.send_task("tunehouse.ping", args=[nonce])
+        storage = storage_from_url(settings.storage_url)
+        for nonce in nonces:
+            wait_for(lambda: storage.exists(f"system/ping/{nonce}"), 60, f"ping {nonce}")
+            assert json.loads(storage.get_bytes(f"system/ping/{nonce}"))["pid"] != os.getpid()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
