@@ -783,3 +783,11 @@ def test_validator_for():
     assert isinstance(validator_for("batch"), BatchValidator)
     with pytest.raises(ValueError, match="unknown file purpose"):
         validator_for("assistants")
+
+
+def test_duplicates_are_found_across_index_growth():
+    index = validation._FirstLineIndex()
+    for line_no in range(1, 5001):  # several doublings of the 1024-slot table
+        assert index.first_line(hash(f"line {line_no}".encode()), line_no) == line_no
+    for line_no in (1, 777, 5000):
+        assert index.first_line(hash(f"line {line_no}".encode()), 9000 + line_no) == line_no
