@@ -1,0 +1,567 @@
+"""Hyperparameters of a fine-tuning job: parse, validate, resolve.
+
+Two steps, both pure functions (stdlib only: the API process imports this, so
+no torch/transformers here):
+
+1. ``parse_hyperparameters`` checks a request's ``hyperparameters`` object
+   (OpenAI's three keys, plus our extensions under ``"extra"``) and returns a
+   flat dict of only the values the user set. Bad input raises
+   ``HyperparameterError`` naming the exact parameter path, e.g.
+   ``hyperparameters.extra.lora_r``.
+2. ``resolve`` turns that dict into a concrete value for every name in
+   ``HYPERPARAMETER_NAMES``, each with its origin ("user", "auto", "default")
+   and, for auto/default, a one-line reason. The worker calls it with the real
+   token statistics; the API may call it with estimates from the upload report
+   (``stats_from_report``) to preview a job.
+
+The user documentation of every rule is docs/hyperparameters.md; keep the two
+in step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+HYPERPARAMETER_NAMES: tuple[str, ...] = (
+    "n_epochs",
+    "batch_size",
+    "learning_rate_multiplier",
+    "learning_rate",
+    "adapter",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "max_seq_length",
+    "warmup_ratio",
+    "lr_scheduler",
+    "weight_decay",
+    "gradient_accumulation_steps",
+    "packing",
+    "checkpoint_interval",
+    "eval_interval",
+)
+# OpenAI's keys sit at the top of the hyperparameters object; ours under "extra".
+OPENAI_NAMES: tuple[str, ...] = HYPERPARAMETER_NAMES[:3]
+EXTRA_NAMES: tuple[str, ...] = HYPERPARAMETER_NAMES[3:]
+EXTRA_KEY = "extra"
+AUTO = "auto"
+# The names that accept the string "auto" (the others are simply left out).
+AUTO_NAMES = frozenset(("n_epochs", "batch_size", "learning_rate_multiplier", "adapter",
+                        "max_seq_length", "checkpoint_interval", "eval_interval"))
+
+ADAPTERS = ("qlora", "lora")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+ALL_LINEAR = "all-linear"
+MAX_INTERVAL = 1_000_000_000  # steps; any larger value would only mean "never"
+
+# Auto rules (documented in docs/hyperparameters.md).
+DEFAULT_EPOCHS = 3
+TARGET_EXAMPLE_PASSES_MIN = 100     # OpenAI: at least ~100 example passes ...
+TARGET_EXAMPLE_PASSES_MAX = 25_000  # ... and at most ~25,000
+MAX_AUTO_EPOCHS = 25
+BATCH_FRACTION = 0.002              # OpenAI-like: ~0.2% of the training examples
+MAX_AUTO_BATCH = 64
+BATCH_TOKEN_BUDGET = {"cuda": 16_384, "cpu": 8_192}
+SEQ_LENGTH_MULTIPLE = 64
+MAX_AUTO_SEQ_LENGTH = {"cuda": 8_192, "cpu": 4_096}
+BASE_LEARNING_RATE = 2e-4           # the usual LoRA/QLoRA rate
+INTERVALS_PER_RUN = 10
+
+DEFAULTS: dict[str, tuple[Any, str]] = {
+    "lora_r": (16, "LoRA rank 16: a common choice for LoRA on all linear layers"),
+    "lora_dropout": (0.05, "0.05: a common LoRA dropout, a light regularizer"),
+    "target_modules": (ALL_LINEAR, "LoRA on every linear layer of the model, as the QLoRA "
+                                   "paper recommends"),
+    "warmup_ratio": (0.03, "the first 3% of optimizer steps warm the learning rate up from 0"),
+    "lr_scheduler": ("linear", "linear decay to 0 after warmup, the Hugging Face Trainer default"),
+    "weight_decay": (0.0, "no weight decay, the Hugging Face Trainer default; adapters "
+                          "rarely need it"),
+    "gradient_accumulation_steps": (1, "the whole batch in one forward/backward pass; raise it "
+                                       "to split the batch into micro-batches when memory is "
+                                       "short"),
+    "packing": (True, "padding-free batching: examples of a batch share rows with attention "
+                      "kept inside each example; same math, less padding"),
+}
+
+
+class HyperparameterError(ValueError):
+    """A bad hyperparameter: ``param`` is its path in the request, ``message`` says why."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # picklable (Celery) despite the two-argument constructor
+        return (type(self), (self.param, self.message))
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    train_examples: int
+    eval_examples: int
+    token_length_p99: int   # tokens of a whole rendered example, before truncation
+    token_length_max: int
+    train_tokens: int       # sum over train examples, before truncation
+
+    def __post_init__(self) -> None:
+        for name in ("train_examples", "eval_examples", "token_length_p99", "token_length_max",
+                     "train_tokens"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"DatasetStats.{name} must be a non-negative integer, got {value!r}")
+
+
+# ---------------------------------------------------------------------------
+# Parsing and validation
+
+
+class _Invalid(Exception):
+    """A value problem; the caller knows the parameter path."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in JSON, kept short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"  # 0 -> '0', 0.5 -> '0.5', 4096 -> '4096'
+
+
+def _fail(name: str, expected: str, value: Any, auto: bool) -> None:
+    if auto:
+        expected = f'"auto" or {expected}'
+    message = f"{name} must be {expected}, got {_show(value)}"
+    if value == AUTO and not auto:
+        message += f' ("auto" is not accepted for {name}; leave it out to get the default)'
+    raise _Invalid(message)
+
+
+def _integer(low: int, high: int) -> Callable[[str, Any, bool], Any]:
+    def check(name: str, value: Any, auto: bool) -> Any:
+        if not (_is_int(value) and low <= value <= high):
+            _fail(name, f"an integer between {low} and {high}", value, auto)
+        return value
+    return check
+
+
+def _number(low: float, high: float, *, low_open: bool, high_open: bool = False
+            ) -> Callable[[str, Any, bool], Any]:
+    if not low_open and not high_open:
+        expected = f"a number between {_num(low)} and {_num(high)}"
+    else:
+        expected = (f"a number {'>' if low_open else '>='} {_num(low)} "
+                    f"and {'<' if high_open else '<='} {_num(high)}")
+
+    def check(name: str, value: Any, auto: bool) -> Any:
+        ok = _is_number(value)
+        if ok:
+            ok = (value > low if low_open else value >= low) and \
+                 (value < high if high_open else value <= high)
+        if not ok:
+            _fail(name, expected, value, auto)
+        return value
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, Any, bool], Any]:
+    def check(name: str, value: Any, auto: bool) -> Any:
+        if not (isinstance(value, str) and value in choices):
+            _fail(name, "one of " + ", ".join(f'"{c}"' for c in choices), value, auto)
+        return value
+    return check
+
+
+def _boolean(name: str, value: Any, auto: bool) -> Any:
+    if not isinstance(value, bool):
+        _fail(name, "true or false", value, auto)
+    return value
+
+
+def _target_modules(name: str, value: Any, auto: bool) -> Any:
+    expected = f'"{ALL_LINEAR}" or a non-empty list of distinct module names such as ["q_proj", "v_proj"]'
+    if value == ALL_LINEAR:
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        _fail(name, expected, value, auto)
+    seen: set[str] = set()
+    for index, module in enumerate(value):
+        if not isinstance(module, str) or not module.strip():
+            raise _Invalid(f"{name}[{index}] must be a non-empty module name such as \"q_proj\", "
+                           f"got {_show(module)}")
+        if module in seen:
+            raise _Invalid(f"{name} lists {_show(module)} more than once")
+        seen.add(module)
+    return list(value)
+
+
+_CHECKS: dict[str, Callable[[str, Any, bool], Any]] = {
+    "n_epochs": _integer(1, 100),
+    "batch_size": _integer(1, 256),
+    "learning_rate_multiplier": _number(0, 100, low_open=True),
+    "learning_rate": _number(0, 1, low_open=True),
+    "adapter": _choice(ADAPTERS),
+    "lora_r": _integer(1, 512),
+    "lora_alpha": _number(0, 4096, low_open=True),
+    "lora_dropout": _number(0, 1, low_open=False, high_open=True),
+    "target_modules": _target_modules,
+    "max_seq_length": _integer(16, 131_072),
+    "warmup_ratio": _number(0, 0.5, low_open=False),
+    "lr_scheduler": _choice(LR_SCHEDULERS),
+    "weight_decay": _number(0, 1, low_open=False),
+    "gradient_accumulation_steps": _integer(1, 256),
+    "packing": _boolean,
+    "checkpoint_interval": _integer(1, MAX_INTERVAL),
+    "eval_interval": _integer(1, MAX_INTERVAL),
+}
+assert tuple(_CHECKS) == HYPERPARAMETER_NAMES
+
+
+def param_path(name: str, param_prefix: str = "hyperparameters") -> str:
+    """Where `name` sits in a request: 'hyperparameters.n_epochs', 'hyperparameters.extra.lora_r'."""
+    if name in OPENAI_NAMES:
+        return f"{param_prefix}.{name}"
+    return f"{param_prefix}.{EXTRA_KEY}.{name}"
+
+
+def _check_value(name: str, value: Any, param_prefix: str) -> Any:
+    try:
+        return _CHECKS[name](name, value, name in AUTO_NAMES)
+    except _Invalid as problem:
+        raise HyperparameterError(param_path(name, param_prefix), str(problem)) from None
+
+
+def _reject_unknown(keys: list[str], known: tuple[str, ...], where: str, in_extra: bool) -> None:
+    unknown = [key for key in keys if key not in known]
+    if not unknown:
+        return
+    first = str(unknown[0])
+    param = f"{where}.{first}"
+    names = ", ".join(f'"{key}"' for key in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    if not in_extra and first in EXTRA_NAMES:
+        message = (f'{first} is an extension: put it under "extra", '
+                   f'e.g. {{"{EXTRA_KEY}": {{"{first}": ...}}}}')
+    elif in_extra and first in OPENAI_NAMES:
+        message = f'{first} is an OpenAI hyperparameter: put it next to "extra", not inside it'
+    else:
+        message = (f"unknown hyperparameter{plural} {names}"
+                   f"{' in extra' if in_extra else ''}; known: {', '.join(known)}")
+    raise HyperparameterError(param, message)
+
+
+def parse_hyperparameters(raw: Any, *, param_prefix: str = "hyperparameters") -> dict[str, Any]:
+    """Validate a request's hyperparameters object; return only the values the user set.
+
+    ``raw`` may be None (nothing set). The result is flat, in HYPERPARAMETER_NAMES
+    order: OpenAI keys and ``extra`` keys side by side. "auto" and null mean "choose
+    for me" and are left out. Raises HyperparameterError naming the bad parameter.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise HyperparameterError(param_prefix, f"hyperparameters must be an object, got {_show(raw)}")
+    _reject_unknown(list(raw), OPENAI_NAMES + (EXTRA_KEY,), param_prefix, in_extra=False)
+    extra = raw.get(EXTRA_KEY)
+    if extra is None:
+        extra = {}
+    elif not isinstance(extra, Mapping):
+        raise HyperparameterError(f"{param_prefix}.{EXTRA_KEY}",
+                                  f"extra must be an object such as {{\"lora_r\": 8}}, got {_show(extra)}")
+    _reject_unknown(list(extra), EXTRA_NAMES, f"{param_prefix}.{EXTRA_KEY}", in_extra=True)
+
+    given = {**{k: v for k, v in raw.items() if k != EXTRA_KEY}, **extra}
+    return _validated(given, param_prefix)
+
+
+def _validated(given: Mapping[str, Any], param_prefix: str) -> dict[str, Any]:
+    """Check every value of a flat dict; drop "auto" and null; check cross-field rules."""
+    result: dict[str, Any] = {}
+    for name in HYPERPARAMETER_NAMES:
+        value = given.get(name)
+        if value is None or (value == AUTO and name in AUTO_NAMES):
+            continue
+        result[name] = _check_value(name, value, param_prefix)
+    steps, batch = result.get("gradient_accumulation_steps"), result.get("batch_size")
+    if steps is not None and batch is not None and steps > batch:
+        raise HyperparameterError(
+            param_path("gradient_accumulation_steps", param_prefix),
+            f"gradient_accumulation_steps ({steps}) must not exceed batch_size ({batch}): "
+            f"each optimizer step's {batch} examples are split into that many micro-batches")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Resolution
+
+
+def total_steps(n_epochs: int, batch_size: int, train_examples: int) -> int:
+    """Optimizer steps of a run: n_epochs * ceil(train_examples / batch_size)."""
+    if batch_size < 1 or n_epochs < 0 or train_examples < 0:
+        raise ValueError(f"bad arguments: n_epochs={n_epochs}, batch_size={batch_size}, "
+                         f"train_examples={train_examples}")
+    return n_epochs * -(-train_examples // batch_size)
+
+
+def _device_kind(device: str) -> str:
+    kind = str(device).split(":", 1)[0]
+    if kind not in BATCH_TOKEN_BUDGET:
+        raise ValueError(f'device must be "cuda" or "cpu", got {device!r}')
+    return kind
+
+
+def _examples(count: int) -> str:
+    return f"{count:,} training example{'' if count == 1 else 's'}"
+
+
+def _auto_epochs(train: int) -> tuple[int, str]:
+    passes = train * DEFAULT_EPOCHS
+    if passes < TARGET_EXAMPLE_PASSES_MIN:
+        needed = -(-TARGET_EXAMPLE_PASSES_MIN // train)
+        epochs = min(MAX_AUTO_EPOCHS, needed)
+        if epochs < needed:
+            return epochs, (f"{_examples(train)}: raised from {DEFAULT_EPOCHS} to {epochs} epochs, "
+                            f"the most auto picks (~100 example passes would need {needed})")
+        return epochs, (f"{_examples(train)}: raised from {DEFAULT_EPOCHS} to {epochs} epochs "
+                        "to reach ~100 example passes")
+    if passes > TARGET_EXAMPLE_PASSES_MAX:
+        epochs = max(1, TARGET_EXAMPLE_PASSES_MAX // train)
+        if epochs == 1 and train > TARGET_EXAMPLE_PASSES_MAX:
+            return epochs, (f"{_examples(train)}: lowered from {DEFAULT_EPOCHS} to 1 epoch; a "
+                            "single epoch is already more than ~25,000 example passes")
+        return epochs, (f"{_examples(train)}: lowered from {DEFAULT_EPOCHS} to {epochs} "
+                        f"epoch{'s' if epochs > 1 else ''} to stay near ~25,000 example passes")
+    return DEFAULT_EPOCHS, (f"{_examples(train)}: OpenAI's default of {DEFAULT_EPOCHS} epochs "
+                            "(it changes only below 34 or above 8,333 examples)")
+
+
+def _power_of_2_floor(value: int) -> int:
+    return 1 << (max(1, value).bit_length() - 1)
+
+
+def _auto_batch_size(train: int, max_seq_length: int, kind: str) -> tuple[int, str]:
+    raw = BATCH_FRACTION * train
+    target = 2 ** round(math.log2(max(1.0, raw)))
+    budget = BATCH_TOKEN_BUDGET[kind]
+    memory_cap = _power_of_2_floor(budget // max_seq_length)
+    memory = (f"{budget}-token {kind.upper()} budget / max_seq_length {max_seq_length}, "
+              "rounded down to a power of 2")
+    value = min(target, memory_cap, MAX_AUTO_BATCH, train)
+    reason = (f"0.2% of {_examples(train)} = {raw:g}, nearest power of 2 (at least 1): {target}; "
+              f"memory cap {memory_cap} ({memory})")
+    if value == target:
+        pass
+    elif value == memory_cap:
+        reason += f"; capped at {value} by memory"
+    elif value == MAX_AUTO_BATCH:
+        reason += f"; capped at {value}, the most auto picks"
+    else:
+        reason += f"; capped at the {value} training examples"
+    return value, reason
+
+
+def _auto_max_seq_length(stats: DatasetStats, model_max_length: int, kind: str) -> tuple[int, str]:
+    p99 = stats.token_length_p99
+    rounded = max(SEQ_LENGTH_MULTIPLE, -(-p99 // SEQ_LENGTH_MULTIPLE) * SEQ_LENGTH_MULTIPLE)
+    device_cap = MAX_AUTO_SEQ_LENGTH[kind]
+    if model_max_length <= device_cap:
+        cap, cap_name = model_max_length, f"the model's maximum length {model_max_length}"
+    else:
+        cap, cap_name = device_cap, f"the {kind.upper()} limit {device_cap}"
+    value = min(rounded, cap)
+    reason = (f"99th-percentile example length {p99} tokens, rounded up to a multiple of "
+              f"{SEQ_LENGTH_MULTIPLE} (at least {SEQ_LENGTH_MULTIPLE}): {rounded}")
+    if value < rounded:
+        reason += f"; capped at {cap_name}"
+    else:
+        reason += f" (cap: {cap_name})"
+    if stats.token_length_max > value:
+        share = "about 1% of examples or fewer" if value >= p99 else "more than 1% of examples"
+        reason += (f"; longest example has {stats.token_length_max} tokens; longer ones are "
+                   f"truncated ({share})")
+    else:
+        reason += "; no example is truncated"
+    return value, reason
+
+
+def _round_rate(value: float) -> float:
+    return float(f"{value:.12g}")  # 2e-4 * 3 -> 0.0006, not 0.0006000000000000001
+
+
+def resolve(requested: dict[str, Any], stats: DatasetStats, *, model_max_length: int, device: str,
+            param_prefix: str = "hyperparameters") -> dict[str, dict[str, Any]]:
+    """Every hyperparameter's concrete value, origin and reason.
+
+    ``requested`` is the output of parse_hyperparameters (it is checked again, so a
+    stored copy is safe to pass). Returns ``{name: {"value", "origin", "reason"}}``
+    for every name in HYPERPARAMETER_NAMES, in that order. User values pass through
+    unchanged (reason None) unless they conflict with the data or the model, which
+    raises HyperparameterError (paths use ``param_prefix``).
+    """
+    if requested is None:
+        requested = {}
+    if not isinstance(requested, Mapping):
+        raise HyperparameterError(param_prefix, f"hyperparameters must be an object, got {_show(requested)}")
+    unknown = [key for key in requested if key not in HYPERPARAMETER_NAMES]
+    if unknown:
+        raise HyperparameterError(f"{param_prefix}.{unknown[0]}",
+                                  f"unknown hyperparameter {_show(unknown[0])}")
+    user = _validated(requested, param_prefix)
+    kind = _device_kind(device)
+    if isinstance(model_max_length, float) and model_max_length >= 1:
+        # Tokenizers without a limit report a huge float-ish sentinel (1e30).
+        model_max_length = int(min(model_max_length, 2 ** 31))
+    if not _is_int(model_max_length) or model_max_length < 1:
+        raise ValueError(f"model_max_length must be a positive integer, got {model_max_length!r}")
+    train = stats.train_examples
+    if train < 1:
+        raise HyperparameterError("training_file", "the training split has no examples; "
+                                  "add examples without \"split\": \"TEST\"")
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, value: Any, origin: str, reason: str | None) -> None:
+        out[name] = {"value": value, "origin": origin, "reason": reason}
+
+    def take_user(name: str) -> bool:
+        if name in user:
+            put(name, user[name], "user", None)
+            return True
+        return False
+
+    def path(name: str) -> str:
+        return param_path(name, param_prefix)
+
+    if not take_user("n_epochs"):
+        epochs, reason = _auto_epochs(train)
+        put("n_epochs", epochs, "auto", reason)
+
+    if not take_user("adapter"):
+        if kind == "cuda":
+            put("adapter", "qlora", "auto", "4-bit NF4 QLoRA: the CUDA default")
+        else:
+            put("adapter", "lora", "auto", "no CUDA: LoRA in fp32; 4-bit on CPU is ~20x slower")
+
+    if "max_seq_length" in user:
+        if user["max_seq_length"] > model_max_length:
+            raise HyperparameterError(
+                path("max_seq_length"),
+                f"max_seq_length {user['max_seq_length']} exceeds the model's maximum length "
+                f"{model_max_length}")
+        take_user("max_seq_length")
+    else:
+        length, reason = _auto_max_seq_length(stats, model_max_length, kind)
+        put("max_seq_length", length, "auto", reason)
+    max_seq_length = out["max_seq_length"]["value"]
+
+    for name in ("lora_r", "lora_dropout", "target_modules", "warmup_ratio", "lr_scheduler",
+                 "weight_decay", "gradient_accumulation_steps", "packing"):
+        if not take_user(name):
+            default, reason = DEFAULTS[name]
+            put(name, default, "default", reason)
+    if not take_user("lora_alpha"):
+        rank = out["lora_r"]["value"]
+        put("lora_alpha", 2 * rank, "default", f"2 × lora_r ({rank}), a common LoRA scaling")
+
+    # Learning rate: an explicit learning_rate wins over the multiplier.
+    rate_set = "learning_rate" in user
+    if not take_user("learning_rate_multiplier"):
+        put("learning_rate_multiplier", 1.0, "auto",
+            "OpenAI default; unused: learning_rate is set explicitly" if rate_set else "OpenAI default")
+    multiplier = out["learning_rate_multiplier"]["value"]
+    from_multiplier = _round_rate(BASE_LEARNING_RATE * multiplier)
+    if rate_set:
+        put("learning_rate", user["learning_rate"], "user",
+            f"set explicitly; overrides learning_rate_multiplier {multiplier!r} "
+            f"(which would give {from_multiplier:g})")
+    else:
+        put("learning_rate", from_multiplier, "auto",
+            f"2e-4 (the usual LoRA/QLoRA rate) × multiplier {multiplier!r}")
+
+    # Batch size: examples per optimizer step.
+    accumulation = out["gradient_accumulation_steps"]["value"]
+    if "batch_size" in user:
+        if user["batch_size"] > train:
+            raise HyperparameterError(
+                path("batch_size"),
+                f"batch_size {user['batch_size']} is larger than the training split, which has "
+                f"only {train} example{'' if train == 1 else 's'}")
+        take_user("batch_size")
+    else:
+        value, reason = _auto_batch_size(train, max_seq_length, kind)
+        if value < accumulation:
+            if accumulation > train:
+                raise HyperparameterError(
+                    path("gradient_accumulation_steps"),
+                    f"gradient_accumulation_steps {accumulation} is larger than the training "
+                    f"split, which has only {train} example{'' if train == 1 else 's'}")
+            value = accumulation
+            reason += f"; raised to gradient_accumulation_steps: {value}"
+        put("batch_size", value, "auto", reason)
+    batch_size = out["batch_size"]["value"]
+    if accumulation > batch_size:  # a user batch_size with a user accumulation passed above
+        raise HyperparameterError(
+            path("gradient_accumulation_steps"),
+            f"gradient_accumulation_steps ({accumulation}) must not exceed batch_size ({batch_size})")
+
+    steps = total_steps(out["n_epochs"]["value"], batch_size, train)
+    interval = max(1, -(-steps // INTERVALS_PER_RUN))
+    every = f"{steps} optimizer steps / {INTERVALS_PER_RUN}, rounded up: every {interval} step{'s' if interval > 1 else ''}"
+    if not take_user("checkpoint_interval"):
+        put("checkpoint_interval", interval, "auto",
+            f"{every} (~{INTERVALS_PER_RUN} checkpoints), plus one at the end of each epoch")
+    if not take_user("eval_interval"):
+        if stats.eval_examples == 0:
+            reason = f"{every}; but the eval split is empty: there is nothing to evaluate on"
+        else:
+            reason = f"{every} (~{INTERVALS_PER_RUN} evaluations on {stats.eval_examples} eval examples)"
+        put("eval_interval", interval, "auto", reason)
+
+    return {name: out[name] for name in HYPERPARAMETER_NAMES}
+
+
+def plain_values(resolved: dict[str, dict]) -> dict[str, Any]:
+    """{name: value} of a resolve() result, same order."""
+    return {name: entry["value"] for name, entry in resolved.items()}
+
+
+def stats_from_report(report: dict) -> DatasetStats:
+    """Estimated DatasetStats from an upload's validation report (FineTuneValidator).
+
+    The report counts tokens by a rule of thumb (characters / 4 + 4 per message),
+    not with the model's tokenizer, so this is only good for a preview; the worker
+    resolves again with real counts.
+    """
+    split, tokens = report["split"], report["estimated_tokens"]
+    train, examples = int(split["train"]), int(report["examples"])
+    return DatasetStats(
+        train_examples=train,
+        eval_examples=int(split["test"]),
+        # The report has no p99: the p95 of the estimates stands in for it.
+        token_length_p99=int(tokens["p95"]),
+        token_length_max=int(tokens["max"]),
+        # Whole-file total scaled to the training share of the examples.
+        train_tokens=round(tokens["total"] * train / examples) if examples else 0,
+    )
