@@ -1,13 +1,18 @@
 """The FastAPI application: /v1 (OpenAI-compatible plus extensions), /healthz."""
 
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.errors import error_body, install_error_handlers
+from api.catalog.endpoints import router as models_router
 from api.files.endpoints import router as files_router
+from api.jobs.endpoints import router as jobs_router
+from api.jobs.recovery import recover_jobs
 from api.settings import Settings, get_settings
 from api.state import AppState
 
@@ -17,7 +22,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        recovery = asyncio.create_task(_recovery_loop(state))
         yield
+        recovery.cancel()
+        with suppress(asyncio.CancelledError):
+            await recovery
         state.engine.dispose()
 
     app = FastAPI(title="tunehouse", version="0.1.0", lifespan=lifespan)
@@ -26,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = state.sessionmaker
     install_error_handlers(app)
     app.include_router(files_router)
+    app.include_router(jobs_router)
+    app.include_router(models_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
@@ -38,3 +49,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     return app
+
+
+async def _recovery_loop(state: AppState) -> None:
+    """Requeue jobs whose worker died (see api/jobs/recovery.py)."""
+    interval = min(15.0, state.settings.heartbeat_timeout / 2)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(recover_jobs, state.sessionmaker, state.settings, state.queue)
+        except Exception:  # the database may be away for a moment; try next round
+            logging.getLogger("tunehouse.recovery").exception("recovery pass failed")

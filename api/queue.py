@@ -20,6 +20,9 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A fresh process per task: a training job's memory (and CUDA context)
+        # is gone when it ends, and the parent never touches CUDA.
+        worker_max_tasks_per_child=1,
         task_default_queue=DEFAULT_QUEUE,
         # State lives in the database; Celery results would be a second copy.
         task_ignore_result=True,

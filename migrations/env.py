@@ -5,6 +5,7 @@ from alembic import context
 
 import api.auth.models  # noqa: F401  (registers the tables on Base.metadata)
 import api.files.models  # noqa: F401
+import api.jobs.models  # noqa: F401
 from api.db import Base, make_engine
 
 config = context.config

@@ -27,7 +27,9 @@ from api.settings import Settings
 from api.state import AppState
 
 POSTGRES_ADMIN_URL = os.environ.get("TUNEHOUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_TEST_URL = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379/13")
+REDIS_TEST_SERVER = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379")
+# Each group of tests gets its own Redis db number, emptied before and after.
+REDIS_DBS = {"api": 13, "worker": 12, "jobs": 14}
 TEST_UPLOAD_LIMIT = 2 * 1024 * 1024  # small, so the 413 tests stay fast
 STARTUP_TIMEOUT = 30.0
 
@@ -145,16 +147,20 @@ def _fail_on_server_error(response: httpx.Response) -> None:
         raise AssertionError(f"{response.request.method} {response.request.url} -> {response.status_code}: {response.text}")
 
 
-def _service_settings(kind: str, tmp: Path, request) -> Settings:
+def service_settings(kind: str, tmp: Path, request, **overrides) -> Settings:
+    """Embedded parts ("sqlite-local") or production parts ("postgres-s3":
+    PostgreSQL, S3 over HTTP and Redis) for a service under test."""
     if kind == "sqlite-local":
-        return Settings(data_dir=tmp, max_upload_bytes=TEST_UPLOAD_LIMIT)
+        return Settings(data_dir=tmp, max_upload_bytes=TEST_UPLOAD_LIMIT, **overrides)
     endpoint = request.getfixturevalue("s3_endpoint")
     return Settings(
         data_dir=tmp,
         database_url=request.getfixturevalue("postgres_url"),
         storage_url=f"s3://{make_bucket(endpoint)}/artifacts",
         s3_endpoint_url=endpoint,
+        broker_url=request.getfixturevalue("redis_broker_url"),
         max_upload_bytes=TEST_UPLOAD_LIMIT,
+        **overrides,
     )
 
 
@@ -166,22 +172,47 @@ def start_uvicorn(app, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     return server, thread
 
 
-@pytest.fixture(scope="session", params=["sqlite-local", "postgres-s3"])
-def service(request, tmp_path_factory) -> Iterator[RunningService]:
-    settings = _service_settings(request.param, tmp_path_factory.mktemp(request.param), request)
+@contextmanager
+def running_service(name: str, settings: Settings) -> Iterator[RunningService]:
+    """The API on a free port in this process (a real HTTP server)."""
     migrate(settings.database_url)
     app = create_app(settings)
     port = free_port()
     server, thread = start_uvicorn(app, port)
-    yield RunningService(
-        name=request.param,
-        base_url=f"http://127.0.0.1:{port}",
-        settings=settings,
-        app=app,
-        state=app.state.tunehouse,
-    )
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield RunningService(
+            name=name, base_url=f"http://127.0.0.1:{port}", settings=settings, app=app, state=app.state.tunehouse
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextmanager
+def redis_db(purpose: str) -> Iterator[str]:
+    import redis
+
+    url = f"{REDIS_TEST_SERVER}/{REDIS_DBS[purpose]}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_broker_url() -> Iterator[str]:
+    with redis_db("api") as url:
+        yield url
+
+
+@pytest.fixture(scope="session", params=["sqlite-local", "postgres-s3"])
+def service(request, tmp_path_factory) -> Iterator[RunningService]:
+    settings = service_settings(request.param, tmp_path_factory.mktemp(request.param), request)
+    with running_service(request.param, settings) as running:
+        yield running
 
 
 @pytest.fixture
@@ -210,3 +241,21 @@ def bob(service, bob_user) -> Iterator[httpx.Client]:
 def anonymous(service) -> Iterator[httpx.Client]:
     with service.client(None) as client:
         yield client
+
+
+# ------------------------------------------------------------------------ models
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
+    from tests.tiny_model import save_smollm2_tokenizer
+
+    return save_smollm2_tokenizer(tmp_path_factory.mktemp("smollm2-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as safetensors."""
+    from tests.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer_dir)

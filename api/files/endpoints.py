@@ -1,11 +1,11 @@
 from typing import Annotated, Literal
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import CurrentUser
 from api.db import SessionDep
+from api.downloads import download
 from api.errors import APIError
 from api.files import service
 from api.files.repository import FileRepository
@@ -59,21 +59,12 @@ def file_report(file_id: str, user: CurrentUser, session: SessionDep) -> FileRep
 @router.get("/{file_id}/content", response_class=StreamingResponse)
 def file_content(file_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     file = service.get_file(session, user, file_id)
-    storage = state.storage
-    headers = {"Content-Disposition": _attachment(file.filename)}
-    local_path = storage.local_path(file.storage_key)
-    if local_path is not None:
-        return FileResponse(local_path, media_type="application/octet-stream", headers=headers)
-    headers["Content-Length"] = str(file.bytes)
-    return StreamingResponse(storage.iter_bytes(file.storage_key), media_type="application/octet-stream", headers=headers)
+    # Streamed through the API even on S3: SDK clients send their API key,
+    # which a redirect to a presigned URL would not accept.
+    return download(state.storage, file.storage_key, file.filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, user: CurrentUser, session: SessionDep, state: StateDep) -> FileDeleted:
     service.delete_file(session, state.storage, user, file_id)
     return FileDeleted(id=file_id, deleted=True)
-
-
-def _attachment(filename: str) -> str:
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"

@@ -21,3 +21,8 @@ class File(Base):
     status: Mapped[str] = mapped_column(String(16))
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+def storage_key_for(owner_id: int, file_id: str) -> str:
+    # Built from ids the server made; the client's file name never reaches a path.
+    return f"files/{owner_id}/{file_id}"

@@ -6,16 +6,11 @@ from starlette.requests import Request
 
 from api.auth.models import User
 from api.errors import APIError, not_found
-from api.files.models import File
+from api.files.models import File, storage_key_for
 from api.files.repository import FileRepository
 from api.files.upload import MultipartUpload, check_purpose, multipart_boundary, receive
 from api.ids import new_id
 from api.storage import Storage
-
-
-def storage_key_for(owner_id: int, file_id: str) -> str:
-    # Built from ids the server made; the client's file name never reaches a path.
-    return f"files/{owner_id}/{file_id}"
 
 
 async def create_file(

@@ -7,6 +7,7 @@ from sqlalchemy import inspect
 
 import api.auth.models  # noqa: F401
 import api.files.models  # noqa: F401
+import api.jobs.models  # noqa: F401
 from api.db import Base, make_engine, migrate
 from tests.conftest import fresh_postgres_database
 
@@ -25,7 +26,7 @@ def test_migrations_create_the_schema_the_models_describe(database_url):
     migrate(database_url)  # idempotent: a second start changes nothing
     engine = make_engine(database_url)
     with engine.connect() as connection:
-        assert {"users", "api_keys", "files", "alembic_version"} <= set(inspect(connection).get_table_names())
+        assert {"users", "api_keys", "files", "fine_tuning_jobs", "fine_tuning_events", "fine_tuning_checkpoints"} <= set(inspect(connection).get_table_names())
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert differences == []

@@ -8,21 +8,17 @@ import sys
 import uuid
 
 import pytest
-import redis
 
 from api.queue import create_celery
 from api.settings import Settings
 from api.storage import storage_from_url
-from tests.conftest import REDIS_TEST_URL, wait_for
+from tests.conftest import redis_db, wait_for
 
 
 @pytest.fixture
 def redis_broker():
-    client = redis.Redis.from_url(REDIS_TEST_URL)
-    client.flushdb()
-    yield REDIS_TEST_URL
-    client.flushdb()
-    client.close()
+    with redis_db("worker") as url:
+        yield url
 
 
 @pytest.fixture(params=["filesystem", "redis"])

@@ -1,0 +1,28 @@
+"""Sending stored objects to clients: streamed from local disk, or for S3 either
+streamed through the API or (large artifacts) a redirect to a short-lived URL."""
+
+from urllib.parse import quote
+
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+
+from api.storage import Storage
+
+PRESIGNED_URL_SECONDS = 300
+
+
+def attachment(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+def download(storage: Storage, key: str, filename: str, *, redirect_s3: bool = False):
+    headers = {"Content-Disposition": attachment(filename)}
+    local_path = storage.local_path(key)
+    if local_path is not None:
+        return FileResponse(local_path, media_type="application/octet-stream", headers=headers)
+    if redirect_s3:
+        url = storage.presigned_url(key, expires_in=PRESIGNED_URL_SECONDS, download_name=filename)
+        if url:
+            return RedirectResponse(url, status_code=307)
+    headers["Content-Length"] = str(storage.size(key))
+    return StreamingResponse(storage.iter_bytes(key), media_type="application/octet-stream", headers=headers)

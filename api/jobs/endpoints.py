@@ -1,0 +1,152 @@
+from typing import Annotated, Any, Literal
+
+import yaml
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from api.auth.dependencies import CurrentUser
+from api.db import SessionDep
+from api.downloads import download
+from api.errors import APIError
+from api.jobs import service
+from api.jobs.metrics import metrics_by_step, metrics_csv
+from api.jobs.repository import JobLifecycle, JobRepository
+from api.jobs.schemas import (
+    CheckpointList,
+    CheckpointObject,
+    CreateJobRequest,
+    EventList,
+    EventObject,
+    JobList,
+    JobObject,
+)
+from api.pagination import LimitQuery, check_cursor, list_page
+from api.queue_client import MERGE_TASK
+from api.state import StateDep
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+@router.post("", response_model=JobObject)
+def create_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> JobObject:
+    job = service.create_job(session, state.storage, state.settings, user, body)
+    service.enqueue(session, state.queue, job)
+    return JobObject.of(job, user.name)
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    # OpenAI's list filter: ?metadata[key]=value
+    return {
+        key[len("metadata[") : -1]: value
+        for key, value in request.query_params.items()
+        if key.startswith("metadata[") and key.endswith("]")
+    }
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    request: Request, user: CurrentUser, session: SessionDep, limit: LimitQuery = 20, after: str | None = None
+) -> dict:
+    jobs = JobRepository(session, user.id).list(
+        after=check_cursor("ftjob-", after), limit=limit + 1, metadata=_metadata_filter(request)
+    )
+    return list_page(jobs, limit, lambda job: JobObject.of(job, user.name))
+
+
+@router.get("/{job_id}", response_model=JobObject)
+def retrieve_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
+    return JobObject.of(service.get_job(session, user, job_id), user.name)
+
+
+@router.post("/{job_id}/cancel", response_model=JobObject)
+def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
+    return JobObject.of(service.cancel_job(session, user, job_id), user.name)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(
+    job_id: str, user: CurrentUser, session: SessionDep, limit: LimitQuery = 20, after: str | None = None
+) -> dict:
+    job = service.get_job(session, user, job_id)
+    events = JobRepository(session, user.id).events(job.id, after=check_cursor("ft-event-", after), limit=limit + 1)
+    return list_page(events, limit, EventObject.of)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(
+    job_id: str, user: CurrentUser, session: SessionDep, limit: LimitQuery = 10, after: str | None = None
+) -> dict:
+    job = service.get_job(session, user, job_id)
+    checkpoints = JobRepository(session, user.id).checkpoints(
+        job.id, after=check_cursor("ftckpt_", after), limit=limit + 1
+    )
+    return list_page(checkpoints, limit, lambda c: CheckpointObject.of(c, job, user.name))
+
+
+@router.get("/{job_id}/metrics")
+def job_metrics(
+    job_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Any:
+    """Extension: every training step's metrics, for live curves."""
+    job = service.get_job(session, user, job_id)
+    rows = metrics_by_step(JobRepository(session, user.id).metrics_events(job.id))
+    if format == "csv":
+        return PlainTextResponse(metrics_csv(rows), media_type="text/csv")
+    return {"object": "list", "data": rows, "total_steps": job.total_steps}
+
+
+@router.get("/{job_id}/recipe")
+def job_recipe(
+    job_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    format: Annotated[Literal["json", "yaml"], Query()] = "json",
+) -> Any:
+    """Extension: everything needed to report and re-run this training."""
+    job = service.get_job(session, user, job_id)
+    if not job.recipe:
+        raise APIError(
+            409,
+            f"Job '{job_id}' has no recipe yet: it is written once a worker has resolved the hyperparameters.",
+            code="recipe_not_ready",
+        )
+    if format == "yaml":
+        return PlainTextResponse(
+            yaml.safe_dump(job.recipe, sort_keys=False, allow_unicode=True),
+            media_type="application/yaml",
+            headers={"Content-Disposition": f'attachment; filename="{job.id}-recipe.yaml"'},
+        )
+    return job.recipe
+
+
+@router.get("/{job_id}/adapter", response_class=Response)
+def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
+    """Extension: the PEFT adapter folder as a zip (loads with PeftModel.from_pretrained)."""
+    job = service.get_job(session, user, job_id)
+    if job.status != "succeeded" or not job.adapter_key:
+        raise APIError(409, f"Job '{job_id}' is {job.status}; the adapter exists once it succeeds.", code="adapter_not_ready")
+    return download(state.storage, job.adapter_key, f"{job.id}-adapter.zip", redirect_s3=True)
+
+
+@router.get("/{job_id}/merged", response_class=Response)
+def download_merged(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
+    """Extension: base + adapter merged into full weights. Made by a worker on
+    the first request (202 until ready), then kept in storage."""
+    job = service.get_job(session, user, job_id)
+    if job.status != "succeeded" or not job.adapter_key:
+        raise APIError(409, f"Job '{job_id}' is {job.status}; merged weights exist once it succeeds.", code="adapter_not_ready")
+    if job.merged_status == "ready" and job.merged_key:
+        return download(state.storage, job.merged_key, f"{job.id}-merged.zip", redirect_s3=True)
+    if JobLifecycle(session).request_merge(job.id):
+        state.queue.send(MERGE_TASK, job.id)
+        session.refresh(job)
+    body = {
+        "object": "fine_tuning.job.merged_weights",
+        "job_id": job.id,
+        "status": job.merged_status,
+        "message": "Merging the adapter into the base weights; ask again shortly.",
+    }
+    return JSONResponse(status_code=202, content=body, headers={"Retry-After": "5"})

@@ -1,0 +1,176 @@
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.auth.models import User
+from api.errors import APIError, bad_request, not_found
+from api.files.models import File
+from api.files.repository import FileRepository
+from api.ids import new_id
+from api.jobs.hyperparameters import HyperparameterError, parse_hyperparameters, resolve, stats_from_report
+from api.jobs.models import FineTuningJob
+from api.jobs.repository import ACTIVE_STATUSES, JobLifecycle, JobRepository, add_event
+from api.jobs.schemas import CreateJobRequest
+from api.queue_client import TRAIN_TASK, TaskQueue
+from api.settings import Settings
+from api.storage import Storage
+
+# The API cannot know a model's context length without loading it; this only
+# lets the preview resolution check what it can (batch size vs examples, …).
+_UNKNOWN_MODEL_MAX_LENGTH = 1 << 20
+
+
+def _requested_hyperparameters(request: CreateJobRequest) -> tuple[dict[str, Any], str]:
+    """The explicit hyperparameters and the request path they came from."""
+    method = request.method
+    if method is None:
+        return parse_hyperparameters(request.hyperparameters), "hyperparameters"
+    if not isinstance(method, dict) or method.get("type") != "supervised":
+        kind = method.get("type") if isinstance(method, dict) else method
+        raise bad_request(
+            f"Only supervised fine-tuning is supported (method.type 'supervised'), got {kind!r}.",
+            param="method.type",
+            code="unsupported_method",
+        )
+    supervised = method.get("supervised") or {}
+    if not isinstance(supervised, dict):
+        raise bad_request("method.supervised must be an object.", param="method.supervised")
+    if request.hyperparameters and supervised.get("hyperparameters"):
+        raise bad_request(
+            "Give hyperparameters either at the top level or in method.supervised, not both.",
+            param="hyperparameters",
+        )
+    prefix = "method.supervised.hyperparameters" if supervised.get("hyperparameters") else "hyperparameters"
+    return parse_hyperparameters(supervised.get("hyperparameters") or request.hyperparameters, param_prefix=prefix), prefix
+
+
+def _training_ready_file(files: FileRepository, file_id: str, param: str) -> File:
+    file = files.get(file_id)
+    if file is None:
+        raise APIError(400, f"No such file: '{file_id}'.", param=param, code="file_not_found")
+    if file.purpose != "fine-tune":
+        raise bad_request(
+            f"File '{file_id}' has purpose '{file.purpose}'; fine-tuning needs a file uploaded with purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    if file.status != "processed" or not file.report:
+        raise bad_request(f"File '{file_id}' is not ready for training.", param=param, code="file_not_ready")
+    return file
+
+
+def create_job(
+    session: Session, storage: Storage, settings: Settings, user: User, request: CreateJobRequest
+) -> FineTuningJob:
+    """Check everything that can be checked before a worker sees the job; a
+    request that cannot train is refused here and nothing is queued."""
+    if request.model not in settings.base_models:
+        offered = ", ".join(sorted(settings.base_models))
+        raise APIError(
+            400,
+            f"Model '{request.model}' is not available for fine-tuning here. Base models offered: {offered}.",
+            param="model",
+            code="model_not_found",
+        )
+    if request.integrations:
+        raise bad_request("Integrations are not supported.", param="integrations", code="unsupported_parameter")
+    for key, value in (request.metadata or {}).items():
+        if len(key) > 64 or len(value) > 512:
+            raise bad_request("Metadata keys are at most 64 and values 512 characters.", param="metadata")
+    try:
+        requested, param_prefix = _requested_hyperparameters(request)
+    except HyperparameterError as exc:
+        raise bad_request(exc.message, param=exc.param, code="invalid_hyperparameters") from exc
+
+    files = FileRepository(session, user.id)
+    training = _training_ready_file(files, request.training_file, "training_file")
+    validation = None
+    if request.validation_file:
+        validation = _training_ready_file(files, request.validation_file, "validation_file")
+    stats = stats_from_report(training.report)
+    if stats.train_examples == 0:
+        raise bad_request(
+            f"File '{training.id}' has no TRAIN examples: every line is in the TEST split.",
+            param="training_file",
+            code="no_training_examples",
+        )
+    try:
+        # A preview on estimated statistics: catches impossible combinations
+        # (batch larger than the data, …) now rather than on a worker.
+        resolve(requested, stats, model_max_length=_UNKNOWN_MODEL_MAX_LENGTH, device="cuda", param_prefix=param_prefix)
+    except HyperparameterError as exc:
+        raise bad_request(exc.message, param=exc.param, code="invalid_hyperparameters") from exc
+    for file, param in ((training, "training_file"), (validation, "validation_file")):
+        if file is not None and not storage.exists(file.storage_key):
+            raise APIError(409, f"The content of file '{file.id}' is missing from storage.", param=param, code="file_missing")
+
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    job = JobRepository(session, user.id).add(
+        FineTuningJob(
+            id=new_id("ftjob-"),
+            owner_id=user.id,
+            model=request.model,
+            training_file_id=training.id,
+            validation_file_id=validation.id if validation else None,
+            status="queued",
+            requested_hyperparameters=requested,
+            seed=seed,
+            seed_origin="user" if request.seed is not None else "auto",
+            suffix=request.suffix or None,
+            user_metadata=request.metadata,
+            model_deleted=False,
+            result_files=[],
+            created_at=int(time.time()),
+            attempt=0,
+        )
+    )
+    split = training.report["split"]
+    add_event(session, job.id, f"Created fine-tuning job {job.id} on {job.model}")
+    eval_source = (
+        f"validation file {validation.id} ({validation.report['examples']} examples)"
+        if validation
+        else f"the file's TEST split ({split['test']} examples)"
+    )
+    add_event(
+        session,
+        job.id,
+        f"Files validated: {split['train']} training examples from {training.id}; evaluation on {eval_source}",
+    )
+    add_event(session, job.id, "Job queued")
+    session.commit()
+    return job
+
+
+def enqueue(session: Session, queue: TaskQueue, job: FineTuningJob) -> None:
+    """After the commit: a worker must never receive a job it cannot read."""
+    if queue.send(TRAIN_TASK, job.id):
+        JobLifecycle(session).mark_enqueued(job.id)
+
+
+def get_job(session: Session, user: User, job_id: str) -> FineTuningJob:
+    job = JobRepository(session, user.id).get(job_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def cancel_job(session: Session, user: User, job_id: str) -> FineTuningJob:
+    job = get_job(session, user, job_id)
+    if job.status not in ACTIVE_STATUSES:
+        raise APIError(
+            400, f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", code="job_not_cancellable"
+        )
+    was_running = job.status == "running"
+    # Conditional: a worker finishing at this very moment wins, not us.
+    if not JobLifecycle(session).cancel(job.id):
+        session.refresh(job)
+        raise APIError(
+            400, f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", code="job_not_cancellable"
+        )
+    # A running worker sees the status at its next step and stops there.
+    add_event(session, job.id, "Job cancelled" + (" (the worker stops at its next step)" if was_running else ""))
+    session.commit()
+    session.refresh(job)
+    return job

