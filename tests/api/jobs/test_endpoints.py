@@ -1,0 +1,198 @@
+"""The fine-tuning jobs API without a worker: creation checks, listing, cancel,
+isolation. (Training end to end is in tests/worker/test_finetune_e2e.py.)"""
+
+import openai
+import pytest
+
+from tests.api.files.test_endpoints import upload
+from tests.chat_data import batch_jsonl, chat_jsonl
+
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def training_file(client, n: int = 20) -> str:
+    response = upload(client, chat_jsonl(n))
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def create(client, **body):
+    return client.post("/v1/fine_tuning/jobs", json={"model": BASE, **body})
+
+
+def test_create_returns_a_queued_openai_job(alice, alice_user):
+    file_id = training_file(alice)
+    response = create(alice, training_file=file_id, suffix="first", seed=7, metadata={"team": "nlp"})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["object"] == "fine_tuning.job"
+    assert job["id"].startswith("ftjob-")
+    assert (job["status"], job["model"], job["training_file"]) == ("queued", BASE, file_id)
+    assert job["hyperparameters"] == {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert job["method"]["type"] == "supervised"
+    assert (job["seed"], job["user_provided_suffix"], job["metadata"]) == (7, "first", {"team": "nlp"})
+    assert job["fine_tuned_model"] is None and job["error"] is None
+    assert job["organization_id"] == alice_user.name
+
+    events = alice.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()
+    messages = [e["message"] for e in events["data"]]
+    assert messages[0] == "Job queued"  # newest first
+    assert f"Files validated: 18 training examples from {file_id}; evaluation on the file's TEST split (2 examples)" in messages
+    assert all(e["object"] == "fine_tuning.job.event" and e["id"].startswith("ft-event-") for e in events["data"])
+
+
+def test_explicit_and_extension_hyperparameters_are_kept(alice):
+    file_id = training_file(alice)
+    response = create(
+        alice,
+        training_file=file_id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "extra": {"lora_r": 4, "packing": False}}}},
+    )
+    assert response.status_code == 200, response.text
+    hyperparameters = response.json()["hyperparameters"]
+    assert hyperparameters["n_epochs"] == 2 and hyperparameters["lora_r"] == 4 and hyperparameters["packing"] is False
+    assert hyperparameters["batch_size"] == "auto"
+
+
+def test_seed_is_drawn_and_recorded_when_not_given(alice):
+    job = create(alice, training_file=training_file(alice)).json()
+    assert isinstance(job["seed"], int) and 0 <= job["seed"] < 2**31
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"model": "gpt-4o"}, "model", "model_not_found"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "invalid_hyperparameters"),
+        ({"hyperparameters": {"batch_size": "big"}}, "hyperparameters.batch_size", "invalid_hyperparameters"),
+        ({"hyperparameters": {"extra": {"lora_r": 0}}}, "hyperparameters.extra.lora_r", "invalid_hyperparameters"),
+        ({"hyperparameters": {"extra": {"nonsense": 1}}}, "hyperparameters.extra.nonsense", "invalid_hyperparameters"),
+        ({"hyperparameters": {"batch_size": 64}}, "hyperparameters.batch_size", "invalid_hyperparameters"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": -1}}}},
+            "method.supervised.hyperparameters.learning_rate_multiplier",
+            "invalid_hyperparameters",
+        ),
+        ({"method": {"type": "dpo"}}, "method.type", "unsupported_method"),
+        ({"suffix": "has:colon"}, "suffix", "invalid_value"),
+        ({"seed": -1}, "seed", "invalid_value"),
+        ({"surprise": True}, "surprise", "invalid_value"),
+        ({"training_file": "file-doesnotexist0000000000000"}, "training_file", "file_not_found"),
+        ({"validation_file": "file-doesnotexist0000000000000"}, "validation_file", "file_not_found"),
+    ],
+)
+def test_requests_that_cannot_train_are_refused_and_nothing_is_queued(alice, body, param, code):
+    body = {"training_file": training_file(alice), **body}
+    response = alice.post("/v1/fine_tuning/jobs", json={"model": BASE, **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, code)
+    assert alice.get("/v1/fine_tuning/jobs").json()["data"] == []
+
+
+def test_training_files_must_be_fine_tune_files_of_the_caller(alice, bob):
+    batch_file = upload(alice, batch_jsonl(3), purpose="batch").json()["id"]
+    response = create(alice, training_file=batch_file)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_file_purpose"
+
+    alices_file = training_file(alice)
+    response = create(bob, training_file=alices_file)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "file_not_found"
+    assert bob.get("/v1/fine_tuning/jobs").json()["data"] == []
+
+
+def test_a_file_with_only_test_examples_cannot_train(alice):
+    only_test = upload(alice, chat_jsonl(10, split="TEST")).json()["id"]
+    response = create(alice, training_file=only_test)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "no_training_examples"
+
+
+def test_cancel_a_queued_job(alice):
+    job = create(alice, training_file=training_file(alice)).json()
+    cancelled = alice.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    again = alice.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert again.status_code == 400
+    assert again.json()["error"]["code"] == "job_not_cancellable"
+    events = alice.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
+    assert events[0]["message"] == "Job cancelled"
+
+
+def test_list_paginates_and_filters_by_metadata(alice):
+    file_id = training_file(alice)
+    ids = [create(alice, training_file=file_id, metadata={"run": str(i % 2)}).json()["id"] for i in range(3)]
+    page = alice.get("/v1/fine_tuning/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["data"]] == [ids[2], ids[1]] and page["has_more"] is True
+    rest = alice.get("/v1/fine_tuning/jobs", params={"limit": 2, "after": page["last_id"]}).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    filtered = alice.get("/v1/fine_tuning/jobs", params={"metadata[run]": "0"}).json()
+    assert [j["id"] for j in filtered["data"]] == [ids[2], ids[0]]
+
+
+def test_event_pagination(alice):
+    job_id = create(alice, training_file=training_file(alice)).json()["id"]
+    everything = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
+    assert len(everything) == 3
+    first = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1}).json()
+    assert first["has_more"] is True
+    rest = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"after": first["last_id"]}).json()
+    assert [e["id"] for e in first["data"] + rest["data"]] == [e["id"] for e in everything]
+
+
+def test_artifacts_are_not_there_before_the_job_runs(alice):
+    job_id = create(alice, training_file=training_file(alice)).json()["id"]
+    for suffix, code in [("recipe", "recipe_not_ready"), ("adapter", "adapter_not_ready"), ("merged", "adapter_not_ready")]:
+        response = alice.get(f"/v1/fine_tuning/jobs/{job_id}/{suffix}")
+        assert response.status_code == 409, suffix
+        assert response.json()["error"]["code"] == code
+    assert alice.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"] == []
+    assert alice.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"] == []
+
+
+def test_another_users_job_is_404_everywhere(alice, bob):
+    job_id = create(alice, training_file=training_file(alice), metadata={"k": "v"}).json()["id"]
+    for method, suffix in [
+        ("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/checkpoints"), ("GET", "/metrics"),
+        ("GET", "/recipe"), ("GET", "/adapter"), ("GET", "/merged"),
+    ]:
+        response = bob.request(method, f"/v1/fine_tuning/jobs/{job_id}{suffix}")
+        assert response.status_code == 404, suffix
+    assert bob.get("/v1/fine_tuning/jobs", params={"metadata[k]": "v"}).json()["data"] == []
+    assert alice.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "queued"
+
+
+def test_models_lists_base_models_and_refuses_unknown_ones(alice):
+    models = alice.get("/v1/models").json()
+    assert models["object"] == "list"
+    assert {"id": BASE, "object": "model", "created": 0, "owned_by": "tunehouse"}.items() <= models["data"][0].items()
+    assert alice.get(f"/v1/models/{BASE}").json()["id"] == BASE
+    missing = alice.get("/v1/models/ft:nothing:here::ftjob-x")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert alice.delete(f"/v1/models/{BASE}").status_code == 403
+    assert alice.delete("/v1/models/ft:nothing:here::ftjob-x").status_code == 404
+
+
+def test_the_openai_sdk_drives_the_jobs_api(service, alice_user):
+    client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=alice_user.key, max_retries=0)
+    file = client.files.create(file=("train.jsonl", chat_jsonl(20)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=file.id, suffix="sdk", hyperparameters={"n_epochs": 1}, metadata={"via": "sdk"}
+    )
+    assert job.status == "queued" and job.hyperparameters.n_epochs == 1
+    assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"via": "sdk"})] == [job.id]
+    events = list(client.fine_tuning.jobs.list_events(job.id))
+    assert events and events[0].message == "Job queued"
+    assert list(client.fine_tuning.jobs.checkpoints.list(job.id)) == []
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(model="nope", training_file=file.id)
+    assert refused.value.code == "model_not_found"
+    assert BASE in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("ft:none")
