@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, keys."""
+"""The `tunehouse` command: serve, worker, train, keys."""
 
 import argparse
 import logging
@@ -134,6 +134,25 @@ def cmd_keys_create(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    settings = _settings(args.data_dir)
+    from worker.finetune import train_from_recipe
+
+    try:
+        train_from_recipe(
+            Path(args.recipe),
+            Path(args.data),
+            Path(args.out),
+            validation_path=Path(args.validation_data) if args.validation_data else None,
+            device=args.device,
+            settings=settings,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunehouse", description="Self-hosted fine-tuning service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", help="comma-separated queues (default: all)")
     worker.add_argument("--concurrency", type=int, default=1, help="processes; 1 per GPU")
     worker.set_defaults(func=cmd_worker)
+
+    train = commands.add_parser("train", help="re-run a job's training from its recipe, without the service")
+    train.add_argument("--recipe", required=True, help="recipe.yaml (or .json) from GET /v1/fine_tuning/jobs/{id}/recipe")
+    train.add_argument("--data", required=True, help="the training JSONL file")
+    train.add_argument("--validation-data", help="the validation JSONL file, if the job had one")
+    train.add_argument("--out", required=True, help="output folder (adapter/, metrics.csv, recipe.yaml)")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--data-dir", help="where the base model cache lives")
+    train.set_defaults(func=cmd_train)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

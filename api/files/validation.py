@@ -309,6 +309,9 @@ def _messages_problem(messages: list) -> str | None:
         if message["role"] == "assistant":
             has_assistant = True
             if message.get("weight", 1):
+                if index == 1:
+                    # Nothing before it to answer: the trainer has no prompt to condition on.
+                    return "message 1: a trained assistant message cannot come first; start with a user or system message"
                 has_trained_assistant = True
     if not has_assistant:
         return "no assistant message"

@@ -791,3 +791,18 @@ def test_duplicates_are_found_across_index_growth():
         assert index.first_line(hash(f"line {line_no}".encode()), line_no) == line_no
     for line_no in (1, 777, 5000):
         assert index.first_line(hash(f"line {line_no}".encode()), 9000 + line_no) == line_no
+
+
+def test_a_trained_assistant_message_cannot_open_the_conversation():
+    examples = good_examples(12)
+    examples[2] = {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}]}
+    error = only_error(validate(jsonl(examples)))
+    assert (error.line, error.reason) == (
+        3, "message 1: a trained assistant message cannot come first; start with a user or system message"
+    )
+    examples[2] = {"messages": [
+        {"role": "assistant", "content": "hi", "weight": 0},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]}
+    assert validate(jsonl(examples)).ok

@@ -1,0 +1,296 @@
+"""Fine-tuning end to end: the API in this process, real `tunehouse worker`
+processes, a tiny Llama trained on the CPU. Runs on the embedded parts (SQLite,
+filesystem broker, local storage) and on the production parts (PostgreSQL,
+Redis, S3 over HTTP)."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from api.settings import Settings
+from tests.api.files.test_endpoints import upload
+from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
+
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY = "tiny-llama"
+JOB_TIMEOUT = 240
+HEARTBEAT_TIMEOUT = 4.0
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_chat_jsonl(n: int = 24) -> bytes:
+    """Short, repetitive conversations a tiny model can learn a little of."""
+    lines = []
+    for i in range(n):
+        animal = ["cat", "dog", "cow", "owl"][i % 4]
+        lines.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What sound does a {animal} make? ({i})"},
+                    {"role": "assistant", "content": {"cat": "Meow.", "dog": "Woof.", "cow": "Moo.", "owl": "Hoot."}[animal]},
+                ]
+            }
+        )
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+class Workers:
+    """`tunehouse worker` processes with the service's configuration."""
+
+    def __init__(self, settings: Settings):
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEHOUSE_")} | settings.as_env()
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        # A process group of its own, so a test can SIGKILL the worker and its children at once.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "worker"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
+def training(request, tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp(f"training-{request.param}")
+    common = dict(
+        data_dir=tmp,
+        base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}"},
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+    )
+    if request.param == "sqlite-local":
+        settings = Settings(**common)
+        with running_service(request.param, settings) as service:
+            workers = Workers(settings)
+            workers.start()
+            yield service, workers
+            workers.stop_all()
+        return
+    endpoint = request.getfixturevalue("s3_endpoint")
+    with fresh_postgres_database("tunehouse_jobs") as database_url, redis_db("jobs") as broker_url:
+        settings = Settings(
+            **common,
+            database_url=database_url,
+            broker_url=broker_url,
+            storage_url=f"s3://{make_bucket(endpoint)}/artifacts",
+            s3_endpoint_url=endpoint,
+        )
+        with running_service(request.param, settings) as service:
+            workers = Workers(settings)
+            workers.start()
+            yield service, workers
+            workers.stop_all()
+
+
+@pytest.fixture
+def client(training):
+    service, _ = training
+    user = service.make_user("trainer")
+    with service.client(user.key, follow_redirects=True) as http:
+        yield http
+
+
+def start_job(client, data: bytes, **hyperparameters) -> dict:
+    file_id = upload(client, data).json()["id"]
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": TINY, "training_file": file_id, "seed": 3, "suffix": "e2e", "hyperparameters": hyperparameters},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_until_done(client, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
+    def finished():
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(finished, timeout, f"job {job_id} to finish", interval=0.5)
+
+
+def event_messages(client, job_id: str) -> list[str]:
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    return [event["message"] for event in reversed(events)]
+
+
+def test_a_job_trains_and_publishes_everything(client, tiny_model_dir, tmp_path):
+    job = start_job(client, tiny_chat_jsonl(), n_epochs=2, batch_size=4, extra={"checkpoint_interval": 3})
+    job = wait_until_done(client, job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["fine_tuned_model"] == f"ft:{TINY}:{job['organization_id']}:e2e:{job['id']}"
+    assert job["trained_tokens"] > 0
+    assert "auto" not in job["hyperparameters"].values()
+    assert job["hyperparameters"]["n_epochs"] == 2 and job["hyperparameters"]["batch_size"] == 4
+    details = job["hyperparameter_details"]
+    assert details["n_epochs"]["origin"] == "user" and details["max_seq_length"]["origin"] == "auto"
+    assert details["max_seq_length"]["reason"]
+
+    # Events: phases and one metrics event per step.
+    messages = event_messages(client, job["id"])
+    assert any(m.startswith("Attempt 1 started") for m in messages)
+    assert messages[-1].startswith("Fine-tuning succeeded")
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
+    total = metrics[-1]["total_steps"]
+    assert [row["step"] for row in metrics] == list(range(1, total + 1))
+    assert {"train_loss", "learning_rate", "tokens_per_second", "epoch"} <= set(metrics[0])
+    assert metrics[-1]["valid_loss"] is not None
+
+    # Checkpoints every 3 steps and at each epoch end.
+    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    steps = sorted(c["step_number"] for c in checkpoints)
+    assert 3 in steps and total in steps
+    assert checkpoints[0]["fine_tuned_model_checkpoint"] == f"{job['fine_tuned_model']}:ckpt-step-{max(steps)}"
+
+    # The result file is the metrics CSV.
+    csv_text = client.get(f"/v1/files/{job['result_files'][0]}/content").text
+    assert csv_text.splitlines()[0].startswith("step,epoch,train_loss")
+    assert len(csv_text.splitlines()) == total + 1
+
+    # The model is listed and retrievable.
+    assert job["fine_tuned_model"] in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert client.get(f"/v1/models/{job['fine_tuned_model']}").json()["fine_tuning_job"] == job["id"]
+
+    # The recipe holds everything, as JSON and as YAML.
+    recipe = client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe").json()
+    assert recipe["seed"] == {"value": 3, "origin": "user"}
+    assert recipe["data"]["training_file"]["sha256"]
+    assert recipe["base_model"]["revision"].startswith("local-sha256:")
+    assert {"torch", "transformers", "peft", "python"} <= set(recipe["environment"])
+    assert recipe["method"]["adapter"] == "lora"
+    assert yaml.safe_load(client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe", params={"format": "yaml"}).text) == recipe
+
+    # The adapter zip loads with PEFT and changes the base model's outputs.
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").content))
+    assert {"adapter_config.json", "adapter_model.safetensors", "tunehouse_recipe.yaml", "README.md"} <= set(archive.namelist())
+    archive.extractall(tmp_path / "adapter")
+    assert_adapter_changes_outputs(tiny_model_dir, tmp_path / "adapter")
+
+
+def assert_adapter_changes_outputs(base_dir: Path, adapter_dir: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    inputs = torch.tensor([[1, 2, 3, 4, 5]])
+    base = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True)
+    with torch.no_grad():
+        before = base(inputs).logits
+        tuned = PeftModel.from_pretrained(base, adapter_dir)
+        after = tuned(inputs).logits
+    assert not torch.allclose(before, after)
+
+
+def test_merged_weights_are_made_on_request(client, tmp_path):
+    job = wait_until_done(client, start_job(client, tiny_chat_jsonl(), n_epochs=1, batch_size=8)["id"])
+    assert job["status"] == "succeeded"
+    first = client.get(f"/v1/fine_tuning/jobs/{job['id']}/merged")
+    assert first.status_code == 202
+    assert first.json()["status"] in ("queued", "running")
+
+    def ready():
+        response = client.get(f"/v1/fine_tuning/jobs/{job['id']}/merged")
+        return response if response.status_code == 200 else None
+
+    merged = wait_for(ready, JOB_TIMEOUT, "merged weights")
+    names = zipfile.ZipFile(io.BytesIO(merged.content)).namelist()
+    assert "config.json" in names and any(n.endswith(".safetensors") for n in names)
+    assert not any(n.startswith("adapter_") for n in names)
+
+
+def test_cancel_a_running_job_frees_the_worker(client):
+    job = start_job(client, tiny_chat_jsonl(), n_epochs=100, batch_size=1)
+    wait_for(lambda: (client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["progress"]["step"] or 0) >= 2, JOB_TIMEOUT, "training to start")
+    cancelled = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    wait_for(lambda: any("stopped at step" in m for m in event_messages(client, job["id"])), 60, "the worker to stop")
+    final = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert final["status"] == "cancelled" and final["fine_tuned_model"] is None
+    # The worker is free again: the next job runs to the end.
+    follow_up = wait_until_done(client, start_job(client, tiny_chat_jsonl(), n_epochs=1, batch_size=8)["id"])
+    assert follow_up["status"] == "succeeded"
+
+
+def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(training, client):
+    _, workers = training
+    job = start_job(client, tiny_chat_jsonl(), n_epochs=30, batch_size=2, extra={"checkpoint_interval": 4})
+
+    def has_checkpoint():
+        return client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+
+    wait_for(has_checkpoint, JOB_TIMEOUT, "a first checkpoint")
+    for process in list(workers.processes):
+        if process.poll() is None:
+            workers.kill(process)  # SIGKILL: no chance to clean up or give the job back
+    workers.start()
+    final = wait_until_done(client, job["id"])
+    assert final["status"] == "succeeded", final["error"]
+    assert final["progress"]["attempt"] == 2
+    messages = event_messages(client, job["id"])
+    assert any("stopped responding" in m and "requeued to resume from the checkpoint at step" in m for m in messages)
+    assert any(m.startswith("Resumed from step") for m in messages)
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
+    assert [row["step"] for row in metrics] == list(range(1, metrics[-1]["total_steps"] + 1))
+
+
+def test_the_recipe_reruns_without_the_service(training, client, tmp_path):
+    service, _ = training
+    data = tiny_chat_jsonl()
+    job = wait_until_done(client, start_job(client, data, n_epochs=1, batch_size=4)["id"])
+    assert job["status"] == "succeeded"
+    (tmp_path / "recipe.yaml").write_text(client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe", params={"format": "yaml"}).text)
+    (tmp_path / "train.jsonl").write_bytes(data)
+    curves = []
+    for run in ("a", "b"):
+        subprocess.run(
+            [sys.executable, "-m", "api.cli", "train", "--recipe", str(tmp_path / "recipe.yaml"),
+             "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / run), "--data-dir", str(tmp_path / "cli-data")],
+            check=True, timeout=300, capture_output=True,
+        )
+        assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()
+        curves.append(loss_curve((tmp_path / run / "metrics.csv").read_text()))
+    assert curves[0] == curves[1]  # same recipe, same seed: the same losses, exactly
+    service_curve = [
+        (row["step"], row["train_loss"], row["valid_loss"], row["learning_rate"])
+        for row in client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
+    ]
+    assert [step for step, *_ in curves[0]] == [step for step, *_ in service_curve]
+    for cli_row, service_row in zip(curves[0], service_curve):
+        assert cli_row[1:] == pytest.approx(service_row[1:], rel=1e-4)
+
+
+def loss_curve(metrics_csv: str) -> list[tuple]:
+    """(step, train_loss, valid_loss, learning_rate) per row; timings left out."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(metrics_csv)):
+        valid = float(row["valid_loss"]) if row["valid_loss"] else None
+        rows.append((int(row["step"]), float(row["train_loss"]), valid, float(row["learning_rate"])))
+    return rows

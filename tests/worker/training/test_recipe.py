@@ -1,0 +1,319 @@
+"""The training recipe, end to end on the tiny random Llama (CPU, fp32).
+
+Runs are a few steps each; runs that several tests look at are made once per
+module. Everything runs on one thread so that equal seeds give bit-equal losses.
+"""
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worker.training.recipe import TrainingConfig, TrainingHooks, TrainingResult, token_lengths, train
+
+WORDS = ("apple", "pear", "plum", "fig", "kiwi", "lime", "date", "lemon", "melon", "grape")
+
+BASE_HYPERPARAMETERS = dict(
+    n_epochs=2,
+    batch_size=4,  # 10 examples: 3 steps an epoch, the last one with 2 examples
+    learning_rate=2e-2,
+    learning_rate_multiplier=1.0,  # present in resolved values; ignored
+    adapter="lora",
+    lora_r=8,
+    lora_alpha=16,
+    lora_dropout=0.0,
+    target_modules="all-linear",
+    max_seq_length=128,
+    warmup_ratio=0.1,  # ceil(0.6) = 1 warmup step
+    lr_scheduler="linear",
+    weight_decay=0.0,
+    gradient_accumulation_steps=1,
+    packing=True,
+    checkpoint_interval=0,  # epoch ends only
+    eval_interval=4,
+)
+TOTAL_STEPS = 6
+METRIC_KEYS = {"step", "total_steps", "epoch", "train_loss", "learning_rate", "tokens_per_second", "trained_tokens"}
+
+
+def repeat_example(word: str, times: int) -> dict:
+    return {"messages": [
+        {"role": "system", "content": "Repeat words."},
+        {"role": "user", "content": f"Say {word} {times} times."},
+        {"role": "assistant", "content": " ".join([word] * times)},
+    ]}
+
+
+TRAIN_EXAMPLES = [repeat_example(word, 1 + index % 4) for index, word in enumerate(WORDS)]
+EVAL_EXAMPLES = [repeat_example("apple", 2), repeat_example("kiwi", 3)]
+
+
+@dataclass
+class Run:
+    result: TrainingResult
+    work_dir: Path
+    metrics: list[dict] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    checkpoints: list[tuple[int, list[str]]] = field(default_factory=list)  # (step, file names)
+
+    @property
+    def losses(self) -> list[float]:
+        return [m["train_loss"] for m in self.metrics]
+
+
+def run_training(model_dir, work_dir, *, seed=0, train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES,
+                 stop_after_step=None, resume_from=None, **overrides) -> Run:
+    hyperparameters = {**BASE_HYPERPARAMETERS, **overrides}
+    metrics, messages, checkpoints = [], [], []
+
+    def on_checkpoint(step, checkpoint_dir, step_metrics):
+        assert checkpoint_dir.name == f"step-{step:06d}" and step_metrics["step"] == step
+        checkpoints.append((step, sorted(path.name for path in checkpoint_dir.iterdir())))
+
+    def should_stop():
+        return stop_after_step is not None and bool(metrics) and metrics[-1]["step"] >= stop_after_step
+
+    hooks = TrainingHooks(
+        on_message=lambda message, data=None: messages.append(message),
+        on_metrics=metrics.append,
+        on_checkpoint=on_checkpoint,
+        should_stop=should_stop,
+    )
+    config = TrainingConfig(base_model_dir=model_dir, hyperparameters=hyperparameters, seed=seed, device="cpu")
+    result = train(config, train_examples, eval_examples, work_dir, hooks=hooks, resume_from=resume_from)
+    return Run(result=result, work_dir=work_dir, metrics=metrics, messages=messages, checkpoints=checkpoints)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model_dir, runs_dir) -> Run:
+    return run_training(tiny_model_dir, runs_dir / "baseline")
+
+
+@pytest.fixture(scope="module")
+def with_dropout(tiny_model_dir, runs_dir) -> Run:
+    """Dropout draws random numbers every step: what determinism and resuming must get right."""
+    return run_training(tiny_model_dir, runs_dir / "dropout", lora_dropout=0.1, checkpoint_interval=2)
+
+
+@pytest.fixture(scope="module")
+def stopped(tiny_model_dir, runs_dir) -> Run:
+    return run_training(tiny_model_dir, runs_dir / "resumed", lora_dropout=0.1, checkpoint_interval=2,
+                        stop_after_step=2)
+
+
+def adapter_weights(run: Run) -> dict[str, torch.Tensor]:
+    return load_file(run.result.adapter_dir / "adapter_model.safetensors")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_a_short_run_lowers_the_loss_and_saves_a_working_adapter(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # One example over and over: each step's loss is comparable to the last.
+    # (The tiny model's frozen, tied output layer keeps the loss near ln(49152) ~ 10.8.)
+    same = [repeat_example("apple", 3)] * 8
+    run = run_training(tiny_model_dir, tmp_path, train_examples=same, eval_examples=same[:1],
+                       n_epochs=3, warmup_ratio=0)
+    result = run.result
+    assert not result.stopped and result.steps == result.total_steps == 6
+    assert run.losses[-1] < run.losses[0] - 0.3
+    assert result.train_loss == run.losses[-1]
+    assert result.valid_loss == run.metrics[-1]["valid_loss"] < run.losses[0] - 0.3
+    assert result.method == {
+        "adapter": "lora", "device": "cpu", "dtype": "float32", "quantization": None,
+        "optimizer": "adamw_torch", "gradient_checkpointing": False,
+        "target_modules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"],
+    }
+    assert result.adapter_dir == tmp_path / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in result.adapter_dir.iterdir()}
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    input_ids = torch.tensor([[1, 4093, 198, 19556, 2, 198]])
+    with torch.no_grad():
+        before = base(input_ids=input_ids).logits
+        tuned = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+        after = tuned(input_ids=input_ids).logits
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
+def test_metrics_hook_gets_every_step(baseline, tokenizer_lengths):
+    assert [m["step"] for m in baseline.metrics] == list(range(1, TOTAL_STEPS + 1))
+    for metrics in baseline.metrics:
+        expected = METRIC_KEYS | ({"valid_loss"} if metrics["step"] in (4, 6) else set())
+        assert set(metrics) == expected, metrics["step"]
+        assert metrics["total_steps"] == TOTAL_STEPS
+        assert metrics["tokens_per_second"] > 0
+    assert [m["epoch"] for m in baseline.metrics] == [0.3333, 0.6667, 1.0, 1.3333, 1.6667, 2.0]
+    # Linear schedule, one warmup step.
+    assert [m["learning_rate"] for m in baseline.metrics] == pytest.approx([0.0, 0.02, 0.016, 0.012, 0.008, 0.004])
+    # trained_tokens: non-padding tokens, cumulative, all epochs.
+    assert baseline.metrics[-1]["trained_tokens"] == baseline.result.trained_tokens == 2 * sum(tokenizer_lengths)
+    assert [m["trained_tokens"] for m in baseline.metrics] == sorted(m["trained_tokens"] for m in baseline.metrics)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_lengths(tiny_model_dir) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return token_lengths(AutoTokenizer.from_pretrained(tiny_model_dir), TRAIN_EXAMPLES)
+
+
+def test_phase_messages_and_checkpoints(baseline):
+    assert baseline.messages == [
+        "Loading base model",
+        "Tokenized 12 examples (0 truncated to 128 tokens)",
+        "Epoch 1/2",
+        "Checkpoint at step 3",
+        "Epoch 2/2",
+        "Evaluating",
+        "Evaluating",
+        "Checkpoint at step 6",
+        "Training done",
+    ]
+    files = ["README.md", "adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "training_state.pt"]
+    assert baseline.checkpoints == [(3, files), (6, files)]
+    # Older local checkpoints go once the caller had its turn.
+    assert [p.name for p in (baseline.work_dir / "checkpoints").iterdir()] == ["step-000006"]
+    state = json.loads((baseline.work_dir / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["metrics"]["valid_loss"] == baseline.result.valid_loss
+
+
+def test_same_seed_gives_identical_losses_and_another_seed_does_not(with_dropout, tiny_model_dir, runs_dir):
+    again = run_training(tiny_model_dir, runs_dir / "dropout-again", lora_dropout=0.1, checkpoint_interval=2)
+    other_seed = run_training(tiny_model_dir, runs_dir / "dropout-seed-1", seed=1, lora_dropout=0.1)
+
+    assert again.losses == with_dropout.losses
+    assert [m.get("valid_loss") for m in again.metrics] == [m.get("valid_loss") for m in with_dropout.metrics]
+    for name, tensor in adapter_weights(again).items():
+        assert torch.equal(tensor, adapter_weights(with_dropout)[name])
+    assert other_seed.losses != with_dropout.losses
+
+
+def test_a_stopped_run_writes_nothing_further(stopped):
+    result = stopped.result
+    assert result.stopped and result.adapter_dir is None
+    assert result.steps == 2 and result.total_steps == TOTAL_STEPS
+    assert [m["step"] for m in stopped.metrics] == [1, 2]
+    assert [step for step, _ in stopped.checkpoints] == [2]
+    assert sorted(p.name for p in stopped.work_dir.iterdir()) == ["checkpoints"]
+    assert [p.name for p in (stopped.work_dir / "checkpoints").iterdir()] == ["step-000002"]
+    assert "Training done" not in stopped.messages
+
+
+def test_stop_before_the_first_step(tiny_model_dir, tmp_path):
+    hooks = TrainingHooks(should_stop=lambda: True)
+    config = TrainingConfig(tiny_model_dir, dict(BASE_HYPERPARAMETERS), seed=0, device="cpu")
+    result = train(config, TRAIN_EXAMPLES, EVAL_EXAMPLES, tmp_path, hooks=hooks)
+    assert result.stopped and result.steps == 0 and result.adapter_dir is None
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_resume_continues_exactly_where_the_checkpoint_was(with_dropout, stopped, tiny_model_dir, tmp_path):
+    # As the worker does after a crash: the checkpoint comes back from storage into a fresh work dir.
+    checkpoint = shutil.copytree(stopped.work_dir / "checkpoints" / "step-000002", tmp_path / "downloaded")
+    state = torch.load(checkpoint / "training_state.pt", weights_only=True)  # plain data only
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (2, 0, 2)
+
+    resumed = run_training(tiny_model_dir, tmp_path / "work", lora_dropout=0.1, checkpoint_interval=2,
+                           resume_from=checkpoint)
+
+    assert resumed.messages[:3] == ["Loading base model", "Tokenized 12 examples (0 truncated to 128 tokens)",
+                                    "Resumed from step 2"]
+    assert [m["step"] for m in resumed.metrics] == [3, 4, 5, 6]
+    torch.testing.assert_close(resumed.losses, with_dropout.losses[2:], rtol=1e-5, atol=0)
+    assert resumed.metrics[-1]["trained_tokens"] == with_dropout.metrics[-1]["trained_tokens"]
+    assert resumed.result.valid_loss == pytest.approx(with_dropout.result.valid_loss, rel=1e-5)
+    expected = adapter_weights(with_dropout)
+    for name, tensor in adapter_weights(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-7)
+    assert [step for step, _ in resumed.checkpoints] == [3, 4, 6]
+
+
+def test_resume_from_the_last_checkpoint_only_saves_the_adapter(with_dropout, tiny_model_dir, tmp_path):
+    # The worker died after the final checkpoint but before the adapter was saved.
+    checkpoint = shutil.copytree(with_dropout.work_dir / "checkpoints" / "step-000006", tmp_path / "downloaded")
+    resumed = run_training(tiny_model_dir, tmp_path / "work", lora_dropout=0.1, checkpoint_interval=2,
+                           resume_from=checkpoint)
+    assert resumed.metrics == [] and resumed.checkpoints == []
+    assert resumed.result.steps == TOTAL_STEPS and not resumed.result.stopped
+    assert resumed.result.valid_loss == with_dropout.result.valid_loss
+    assert resumed.result.train_loss == with_dropout.result.train_loss
+    expected = adapter_weights(with_dropout)
+    for name, tensor in adapter_weights(resumed).items():
+        assert torch.equal(tensor, expected[name])
+
+
+def test_resume_refuses_a_checkpoint_of_another_run_shape(stopped, tiny_model_dir, tmp_path):
+    checkpoint = stopped.work_dir / "checkpoints" / "step-000002"
+    with pytest.raises(ValueError, match="different run"):
+        run_training(tiny_model_dir, tmp_path, batch_size=2, resume_from=checkpoint)
+
+
+def test_gradient_accumulation_does_not_change_the_losses(baseline, tiny_model_dir, runs_dir):
+    accumulated = run_training(tiny_model_dir, runs_dir / "accumulated", gradient_accumulation_steps=2)
+    torch.testing.assert_close(accumulated.losses, baseline.losses, rtol=1e-5, atol=1e-5)
+    assert accumulated.result.trained_tokens == baseline.result.trained_tokens
+
+
+def test_packing_does_not_change_the_losses(baseline, tiny_model_dir, runs_dir):
+    padded = run_training(tiny_model_dir, runs_dir / "padded", packing=False)
+    torch.testing.assert_close(padded.losses, baseline.losses, rtol=0, atol=1e-4)
+    torch.testing.assert_close(padded.result.valid_loss, baseline.result.valid_loss, rtol=0, atol=1e-4)
+    assert padded.result.trained_tokens == baseline.result.trained_tokens
+
+
+def test_truncated_examples_are_counted(tiny_model_dir, tmp_path, tokenizer_lengths):
+    max_seq_length = sorted(tokenizer_lengths)[len(tokenizer_lengths) // 2]
+    too_long = sum(length > max_seq_length for length in tokenizer_lengths)
+    assert 0 < too_long < len(TRAIN_EXAMPLES)
+
+    run = run_training(tiny_model_dir, tmp_path, eval_examples=[], n_epochs=1, batch_size=10,
+                       max_seq_length=max_seq_length)
+
+    assert run.result.truncated_examples == too_long
+    assert f"Tokenized 10 examples ({too_long} truncated to {max_seq_length} tokens)" in run.messages
+    assert run.result.trained_tokens <= len(TRAIN_EXAMPLES) * max_seq_length
+    assert run.result.valid_loss is None and "Evaluating" not in run.messages
+
+
+def test_qlora_on_cpu_uses_4bit_weights_with_fp32_compute(tiny_model_dir, tmp_path):
+    run = run_training(tiny_model_dir, tmp_path, adapter="qlora", n_epochs=1)
+    assert run.result.method["quantization"] == {
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "float32",
+    }
+    assert run.result.method["optimizer"] == "adamw_torch"
+    assert (run.result.adapter_dir / "adapter_model.safetensors").exists()
+
+
+def test_environment_info_on_cpu():
+    from worker.training.environment import environment_info
+
+    info = environment_info("cpu")
+    assert info["device"] == "cpu" and info["cpu_cores"] >= 1 and info["cpu"]
+    assert info["torch"] == torch.__version__
+    for name in ("python", "transformers", "peft", "accelerate"):
+        assert info[name]
+    assert "bitsandbytes" in info

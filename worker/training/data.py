@@ -1,0 +1,224 @@
+"""Chat examples -> token ids and labels -> batches.
+
+Labels follow the transformers convention: aligned with `input_ids` (the
+model shifts them by one when computing the loss), IGNORE_INDEX where a token
+is not trained. Only the tokens of assistant messages (weight != 0) are
+trained, including the end-of-turn token so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+# Our extension of OpenAI's message format; chat templates must not see it.
+_TRAINING_ONLY_MESSAGE_KEYS = ("weight",)
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX everywhere except trained assistant tokens
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+# --------------------------------------------------------------------------
+# Tokenizing one example
+
+
+def tokenize_example(tokenizer, example: dict) -> TokenizedExample:
+    """Renders `example` with the tokenizer's own chat template and labels the
+    tokens of its trained assistant messages.
+
+    Each assistant message i is located by rendering the conversation twice:
+    P = messages[:i] with the generation prompt, F = messages[:i+1]. The tokens
+    of F beyond P are that message: its content and end-of-turn token are
+    trained, what the template writes after end-of-turn (ChatML's newline) is
+    not, since generation stops at end-of-turn. This only holds if
+    the template renders prefix-consistently, which is checked: a template
+    that is not raises ValueError instead of training on wrong labels.
+    """
+    messages = [_template_message(message) for message in example["messages"]]
+    tools = example.get("tools") or None
+
+    def render(conversation: list[dict], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            conversation, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def encode(text: str) -> list[int]:
+        # The template already wrote any special tokens (BOS etc.): add none again.
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    full_text = render(messages, add_generation_prompt=False)
+    input_ids = encode(full_text)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    end_of_turn_ids = {tokenizer.eos_token_id} - {None}
+
+    for index, message in enumerate(example["messages"]):
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue
+        where = f"assistant message {index + 1}"
+        if index == 0:
+            raise ValueError(
+                f"{where} is the first message: chat templates cannot render the prompt before it; "
+                "start the conversation with a system or user message"
+            )
+        prompt_text = render(messages[:index], add_generation_prompt=True)
+        through_text = render(messages[: index + 1], add_generation_prompt=False)
+        if not through_text.startswith(prompt_text) or not full_text.startswith(through_text):
+            raise ValueError(
+                f"{where}: the chat template does not render conversations prefix-consistently "
+                "(the conversation up to a message is not a prefix of the longer conversation), "
+                "so the assistant tokens cannot be located; use a model whose chat template does"
+            )
+        prompt_ids = encode(prompt_text)
+        through_ids = encode(through_text)
+        if through_ids[: len(prompt_ids)] != prompt_ids or input_ids[: len(through_ids)] != through_ids:
+            raise ValueError(
+                f"{where}: tokenizing the conversation in parts does not give a prefix of the "
+                "whole conversation's tokens (tokens merge across a message boundary), so the "
+                "assistant tokens cannot be located"
+            )
+        start, end = len(prompt_ids), len(through_ids)
+        end = _cut_after_last_end_of_turn(input_ids, start, end, end_of_turn_ids)
+        labels[start:end] = input_ids[start:end]
+
+    # Nothing precedes the first token, so it is never a target. This also keeps
+    # a packed row from "predicting" the next example's first token.
+    if labels:
+        labels[0] = IGNORE_INDEX
+    return TokenizedExample(input_ids=input_ids, labels=labels)
+
+
+def _template_message(message: dict) -> dict:
+    rendered = {key: value for key, value in message.items() if key not in _TRAINING_ONLY_MESSAGE_KEYS}
+    # A tool-calling assistant message may have no content; templates concatenate strings.
+    if rendered.get("content") is None:
+        rendered["content"] = ""
+    if "tool_calls" in rendered:
+        rendered["tool_calls"] = [_template_tool_call(call) for call in rendered["tool_calls"]]
+    return rendered
+
+
+def _template_tool_call(call: dict) -> dict:
+    # OpenAI sends arguments as a JSON string; Hugging Face chat templates expect an object.
+    function = dict(call.get("function") or {})
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            function["arguments"] = parsed
+    return {**call, "function": function}
+
+
+def _cut_after_last_end_of_turn(input_ids: list[int], start: int, end: int, end_of_turn_ids: set[int]) -> int:
+    """The end of the trained span: just after the message's last end-of-turn
+    token. What a template writes after it (ChatML's newline) is glue the model
+    never generates, since generation stops at end-of-turn."""
+    for position in range(end - 1, start - 1, -1):
+        if input_ids[position] in end_of_turn_ids:
+            return position + 1
+    return end
+
+
+def tokenize_dataset(tokenizer, examples: list[dict]) -> list[TokenizedExample]:
+    tokenized = []
+    for number, example in enumerate(examples, 1):
+        try:
+            tokenized.append(tokenize_example(tokenizer, example))
+        except ValueError as error:
+            raise ValueError(f"example {number}: {error}") from error
+    return tokenized
+
+
+def truncate(example: TokenizedExample, max_seq_length: int) -> tuple[TokenizedExample, bool]:
+    """Keeps the first `max_seq_length` tokens; the bool says whether any were cut."""
+    if len(example.input_ids) <= max_seq_length:
+        return example, False
+    return TokenizedExample(example.input_ids[:max_seq_length], example.labels[:max_seq_length]), True
+
+
+# --------------------------------------------------------------------------
+# Batches
+
+
+def pack_batch(
+    examples: list[TokenizedExample], max_seq_length: int, pad_token_id: int, packing: bool
+) -> dict[str, torch.Tensor | int]:
+    """The model inputs for one (micro-)batch.
+
+    packing=True ("padding-free batching"): examples share rows of at most
+    `max_seq_length` tokens (first-fit decreasing); position_ids restart at 0
+    for each example and for the padding tail, and there is no attention_mask:
+    transformers then derives a block-diagonal causal mask from the restarting
+    position_ids, so no example attends to another.
+
+    packing=False: one example per row, right-padded, with an attention_mask.
+
+    Returns input_ids, labels, position_ids ([rows, length] tensors), an
+    attention_mask when packing=False, and the ints num_tokens (non-padding)
+    and num_trained_tokens.
+    """
+    if not examples:
+        raise ValueError("pack_batch needs at least one example")
+    for example in examples:
+        if len(example) > max_seq_length:
+            raise ValueError(f"an example has {len(example)} tokens, more than max_seq_length={max_seq_length}; truncate first")
+        if len(example) == 0:
+            raise ValueError("an example has no tokens")
+
+    rows = _first_fit_decreasing(examples, max_seq_length) if packing else [[example] for example in examples]
+    length = max(sum(len(example) for example in row) for row in rows)
+
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for row_index, row in enumerate(rows):
+        offset = 0
+        for example in row:
+            size = len(example)
+            input_ids[row_index, offset : offset + size] = torch.tensor(example.input_ids)
+            labels[row_index, offset : offset + size] = torch.tensor(example.labels)
+            position_ids[row_index, offset : offset + size] = torch.arange(size)
+            attention_mask[row_index, offset : offset + size] = 1
+            offset += size
+        # The padding tail is one more "sequence" of its own, starting at 0.
+        position_ids[row_index, offset:] = torch.arange(length - offset)
+
+    batch: dict[str, torch.Tensor | int] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if not packing:
+        batch["attention_mask"] = attention_mask
+    batch["num_tokens"] = sum(len(example) for example in examples)
+    batch["num_trained_tokens"] = sum(example.trained_tokens for example in examples)
+    return batch
+
+
+def _first_fit_decreasing(examples: list[TokenizedExample], capacity: int) -> list[list[TokenizedExample]]:
+    rows: list[list[TokenizedExample]] = []
+    room: list[int] = []
+    # sorted() is stable: equal lengths keep their order, so rows are deterministic.
+    for example in sorted(examples, key=len, reverse=True):
+        for row_index, free in enumerate(room):
+            if len(example) <= free:
+                rows[row_index].append(example)
+                room[row_index] -= len(example)
+                break
+        else:
+            rows.append([example])
+            room.append(capacity - len(example))
+    return rows

@@ -1,0 +1,580 @@
+"""The fine-tuning recipe: LoRA / QLoRA on a causal LM, one flat module.
+
+Read `train()` top to bottom: setup (model, adapter, optimizer, scheduler),
+data, the training loop with its evaluations and checkpoints, and the final
+save. The helpers below it follow the same order.
+
+The math, so a run can be reproduced without this service:
+- loss: cross-entropy on assistant tokens only; one optimizer step per batch
+  of `batch_size` examples, split into `gradient_accumulation_steps`
+  micro-batches; the step's loss is the sum of token losses over the whole
+  batch divided by the batch's number of trained tokens (so accumulation
+  does not change the result);
+- data order: each epoch a permutation of the training examples drawn from a
+  torch.Generator seeded from (seed, epoch);
+- total_steps = n_epochs * ceil(n_train / batch_size); learning rate schedule
+  transformers.get_scheduler(lr_scheduler, warmup = ceil(warmup_ratio * total_steps)).
+
+The worker's job runner and the `tunehouse train` command both call `train()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from worker.training.data import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    pack_batch,
+    tokenize_dataset,
+    truncate,
+)
+
+TRAINING_STATE_FILE = "training_state.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+TRAINING_STATE_VERSION = 1
+ATTENTION = "sdpa"  # packing relies on it: transformers builds the per-example mask from position_ids
+
+
+# --------------------------------------------------------------------------
+# Interface
+
+
+def _ignore_message(message: str, data: dict | None = None) -> None:
+    pass
+
+
+def _ignore(*args: Any) -> None:
+    pass
+
+
+def _never_stop() -> bool:
+    return False
+
+
+@dataclass
+class TrainingHooks:
+    """How the caller follows and steers a run. All optional."""
+
+    # Phase messages: "Loading base model", "Tokenized N examples (...)", "Epoch 2/3",
+    # "Evaluating", "Checkpoint at step 40", "Resumed from step 40", "Training done".
+    on_message: Callable[[str, dict | None], None] = _ignore_message
+    # After every optimizer step: step, total_steps, epoch, train_loss, learning_rate,
+    # tokens_per_second, trained_tokens, and valid_loss on evaluation steps.
+    on_metrics: Callable[[dict], None] = _ignore
+    # (step, checkpoint_dir, metrics) once a complete checkpoint exists locally; the
+    # caller uploads it. After it returns, older local checkpoints are deleted.
+    on_checkpoint: Callable[[int, Path, dict], None] = _ignore
+    # Checked before every optimizer step (and between evaluation batches).
+    should_stop: Callable[[], bool] = _never_stop
+
+
+@dataclass
+class TrainingConfig:
+    base_model_dir: Path  # config.json, *.safetensors and tokenizer files
+    hyperparameters: dict[str, Any]  # resolved plain values (api/jobs/hyperparameters.py)
+    seed: int
+    device: str = "auto"  # "auto": cuda if available, else cpu
+
+
+@dataclass
+class TrainingResult:
+    adapter_dir: Path | None  # work_dir/"adapter"; None if stopped
+    steps: int
+    total_steps: int
+    trained_tokens: int  # non-padding tokens processed in training, over all epochs
+    train_loss: float | None  # the last step's
+    valid_loss: float | None  # the final evaluation's; None without eval examples
+    truncated_examples: int
+    stopped: bool
+    method: dict  # what was actually used (adapter, device, dtype, quantization, ...)
+
+
+class _StopRequested(Exception):
+    """should_stop() said yes: unwind to train() and return stopped=True."""
+
+
+def token_lengths(tokenizer, examples: list[dict]) -> list[int]:
+    """Untruncated token counts, for the caller's hyperparameter resolution."""
+    return [len(example.input_ids) for example in tokenize_dataset(tokenizer, examples)]
+
+
+# --------------------------------------------------------------------------
+# The recipe
+
+
+def train(
+    config: TrainingConfig,
+    train_examples: list[dict],
+    eval_examples: list[dict],
+    work_dir: Path,
+    hooks: TrainingHooks | None = None,
+    resume_from: Path | None = None,
+) -> TrainingResult:
+    hooks = hooks or TrainingHooks()
+    hp = config.hyperparameters
+    work_dir = Path(work_dir)
+    checkpoints_dir = work_dir / "checkpoints"
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    _remove_unfinished_checkpoints(checkpoints_dir)
+    if not train_examples:
+        raise ValueError("there are no training examples")
+
+    # ---- Setup: model, adapter -------------------------------------------
+    device = resolve_device(config.device)
+    hooks.on_message("Loading base model", {"base_model_dir": str(config.base_model_dir), "device": device})
+    tokenizer = load_tokenizer(config.base_model_dir)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    set_seed(config.seed)  # before the adapter exists: LoRA's initial weights are random
+    model, method = load_model(config.base_model_dir, hp["adapter"], device)
+    model = add_lora_adapter(model, hp)
+    method["target_modules"] = lora_target_module_names(model)
+
+    # ---- Data --------------------------------------------------------------
+    max_seq_length = int(hp["max_seq_length"])
+    train_data, train_truncated = tokenize_and_truncate(tokenizer, train_examples, max_seq_length)
+    eval_data, eval_truncated = tokenize_and_truncate(tokenizer, eval_examples, max_seq_length)
+    truncated_examples = train_truncated + eval_truncated
+    hooks.on_message(
+        f"Tokenized {len(train_data) + len(eval_data)} examples "
+        f"({truncated_examples} truncated to {max_seq_length} tokens)",
+        {
+            "train_examples": len(train_data),
+            "eval_examples": len(eval_data),
+            "truncated_examples": truncated_examples,
+            "max_seq_length": max_seq_length,
+            "train_tokens": sum(len(example) for example in train_data),
+            "train_examples_without_trained_tokens": sum(1 for e in train_data if e.trained_tokens == 0),
+        },
+    )
+
+    # ---- Optimizer, scheduler ---------------------------------------------
+    n_epochs = int(hp["n_epochs"])
+    batch_size = int(hp["batch_size"])
+    accumulation_steps = int(hp.get("gradient_accumulation_steps") or 1)
+    micro_batch_size = math.ceil(batch_size / accumulation_steps)
+    packing = bool(hp.get("packing", False))
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
+    total_steps = n_epochs * steps_per_epoch
+    optimizer, method["optimizer"] = make_optimizer(model, hp, method)
+    scheduler = make_scheduler(optimizer, hp, total_steps)
+    run_shape = {"seed": config.seed, "train_examples": len(train_data), "batch_size": batch_size,
+                 "n_epochs": n_epochs, "total_steps": total_steps}
+
+    # ---- Resume ------------------------------------------------------------
+    step, trained_tokens, last_metrics = 0, 0, {}
+    if resume_from is not None:
+        step, trained_tokens, last_metrics = resume(Path(resume_from), model, optimizer, scheduler, run_shape, device)
+        hooks.on_message(f"Resumed from step {step}", {"step": step, "total_steps": total_steps})
+
+    def stopped_result() -> TrainingResult:
+        return TrainingResult(
+            adapter_dir=None, steps=step, total_steps=total_steps, trained_tokens=trained_tokens,
+            train_loss=last_metrics.get("train_loss"), valid_loss=None,
+            truncated_examples=truncated_examples, stopped=True, method=method,
+        )
+
+    def stop_if_asked() -> None:
+        if hooks.should_stop():
+            raise _StopRequested
+
+    # ---- Training loop -----------------------------------------------------
+    eval_interval = int(hp.get("eval_interval") or 0)
+    checkpoint_interval = int(hp.get("checkpoint_interval") or 0)
+    first_epoch, first_batch = divmod(step, steps_per_epoch)
+    try:
+        for epoch in range(first_epoch, n_epochs):
+            hooks.on_message(f"Epoch {epoch + 1}/{n_epochs}", {"epoch": epoch + 1, "n_epochs": n_epochs})
+            order = epoch_order(config.seed, epoch, len(train_data))
+            for batch_index in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
+                stop_if_asked()
+                batch = [train_data[i] for i in order[batch_index * batch_size : (batch_index + 1) * batch_size]]
+                learning_rate = scheduler.get_last_lr()[0]
+                started = time.perf_counter()
+                train_loss, batch_tokens = train_step(
+                    model, optimizer, scheduler, batch, micro_batch_size, max_seq_length,
+                    pad_token_id, packing, device, hp.get("max_grad_norm"),
+                )
+                seconds = time.perf_counter() - started
+                step += 1
+                trained_tokens += batch_tokens
+                metrics = {
+                    "step": step,
+                    "total_steps": total_steps,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "train_loss": train_loss,
+                    "learning_rate": learning_rate,
+                    "tokens_per_second": batch_tokens / seconds if seconds > 0 else 0.0,
+                    "trained_tokens": trained_tokens,
+                }
+                if eval_data and (step == total_steps or (eval_interval and step % eval_interval == 0)):
+                    hooks.on_message("Evaluating", {"step": step, "eval_examples": len(eval_data)})
+                    metrics["valid_loss"] = evaluate(
+                        model, eval_data, micro_batch_size, max_seq_length, pad_token_id, packing, device, stop_if_asked
+                    )
+                hooks.on_metrics(metrics)
+                last_metrics = metrics
+
+                end_of_epoch = batch_index == steps_per_epoch - 1
+                if end_of_epoch or (checkpoint_interval and step % checkpoint_interval == 0):
+                    checkpoint_dir = save_checkpoint(
+                        checkpoints_dir, model, optimizer, scheduler, step, steps_per_epoch,
+                        trained_tokens, metrics, run_shape, hp, device,
+                    )
+                    hooks.on_message(f"Checkpoint at step {step}", {"step": step})
+                    hooks.on_checkpoint(step, checkpoint_dir, metrics)
+                    remove_older_checkpoints(checkpoints_dir, keep=checkpoint_dir)
+    except _StopRequested:
+        return stopped_result()
+
+    # ---- Save --------------------------------------------------------------
+    adapter_dir = save_adapter(model, work_dir / "adapter")
+    hooks.on_message("Training done", {"step": step, "adapter_dir": str(adapter_dir)})
+    return TrainingResult(
+        adapter_dir=adapter_dir,
+        steps=step,
+        total_steps=total_steps,
+        trained_tokens=trained_tokens,
+        train_loss=last_metrics.get("train_loss"),
+        valid_loss=last_metrics.get("valid_loss") if eval_data else None,  # evaluated at the last step
+        truncated_examples=truncated_examples,
+        stopped=False,
+        method=method,
+    )
+
+
+# --------------------------------------------------------------------------
+# Setup
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return requested
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def load_tokenizer(base_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=False)
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer in {base_model_dir} has no chat template; a chat model is needed")
+    return tokenizer
+
+
+def load_model(base_model_dir: Path, adapter: str, device: str) -> tuple[torch.nn.Module, dict]:
+    """The base model, frozen, ready for an adapter; and the method record.
+
+    CPU: fp32 weights (bf16 matmuls are very slow on CPUs). CUDA: bf16 weights,
+    or for qlora 4-bit NF4 with double quantization and bf16 compute; gradient
+    checkpointing on CUDA, where memory is what limits the batch.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if adapter not in ("lora", "qlora"):
+        raise ValueError(f"adapter must be 'lora' or 'qlora', got {adapter!r}")
+    on_cuda = device == "cuda"
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    gradient_checkpointing = on_cuda
+    safe_loading = dict(trust_remote_code=False, use_safetensors=True, attn_implementation=ATTENTION)
+    quantization = None
+
+    if adapter == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        quantization = {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": "bfloat16" if on_cuda else "float32",
+        }
+        quantization_config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+        device_map = {"": torch.cuda.current_device() if on_cuda else "cpu"}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                base_model_dir, quantization_config=quantization_config, dtype=dtype, device_map=device_map, **safe_loading
+            )
+        except Exception as error:
+            if on_cuda:
+                raise
+            raise RuntimeError(
+                f"qlora (bitsandbytes 4-bit) does not work on this CPU: {error}; use adapter 'lora' on CPU"
+            ) from error
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, **safe_loading).to(device)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # With a cache, transformers does not detect packed sequences from position_ids
+    # (examples in a packed row would attend to each other); training needs none.
+    model.config.use_cache = False
+    method = {
+        "adapter": adapter,
+        "device": device,
+        "dtype": "bfloat16" if on_cuda else "float32",
+        "quantization": quantization,
+        "gradient_checkpointing": gradient_checkpointing,
+    }
+    return model, method
+
+
+def add_lora_adapter(model, hp: dict):
+    from peft import LoraConfig, get_peft_model
+
+    target_modules = hp.get("target_modules", "all-linear")
+    lora_config = LoraConfig(
+        r=int(hp["lora_r"]),
+        lora_alpha=hp["lora_alpha"],
+        lora_dropout=float(hp["lora_dropout"]),
+        target_modules="all-linear" if target_modules == "all-linear" else list(target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora_config)
+
+
+def lora_target_module_names(model) -> list[str]:
+    """The layer names LoRA was actually put on (e.g. q_proj, down_proj)."""
+    from peft.tuners.lora import LoraLayer
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, LoraLayer)})
+
+
+def make_optimizer(model, hp: dict, method: dict) -> tuple[torch.optim.Optimizer, str]:
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    learning_rate = float(hp["learning_rate"])
+    weight_decay = float(hp.get("weight_decay") or 0.0)
+    if method["adapter"] == "qlora" and method["device"] == "cuda":
+        # Paged: optimizer state moves to CPU memory under GPU memory pressure.
+        from bitsandbytes.optim import PagedAdamW8bit
+
+        return PagedAdamW8bit(parameters, lr=learning_rate, weight_decay=weight_decay), "paged_adamw_8bit"
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay), "adamw_torch"
+
+
+def make_scheduler(optimizer, hp: dict, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup_steps = math.ceil(float(hp.get("warmup_ratio") or 0.0) * total_steps)
+    return get_scheduler(
+        hp.get("lr_scheduler") or "linear", optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+
+
+# --------------------------------------------------------------------------
+# Data
+
+
+def tokenize_and_truncate(tokenizer, examples: list[dict], max_seq_length: int) -> tuple[list[TokenizedExample], int]:
+    tokenized, truncated_count = [], 0
+    for example in tokenize_dataset(tokenizer, examples):
+        example, was_truncated = truncate(example, max_seq_length)
+        tokenized.append(example)
+        truncated_count += was_truncated
+    return tokenized, truncated_count
+
+
+def epoch_order(seed: int, epoch: int, n_examples: int) -> list[int]:
+    """The permutation of the training examples for one epoch; a function of
+    (seed, epoch) alone, so a resumed run continues at the exact position."""
+    digest = hashlib.sha256(f"tunehouse-data-order:{seed}:{epoch}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    return torch.randperm(n_examples, generator=generator).tolist()
+
+
+def micro_batches(batch: list[TokenizedExample], micro_batch_size: int) -> list[list[TokenizedExample]]:
+    return [batch[start : start + micro_batch_size] for start in range(0, len(batch), micro_batch_size)]
+
+
+# --------------------------------------------------------------------------
+# Training step and evaluation
+
+
+def summed_token_loss(model, inputs: dict, device: str) -> torch.Tensor:
+    """Sum of cross-entropy over the trained tokens of a packed/padded batch."""
+    model_inputs = {key: inputs[key].to(device) for key in ("input_ids", "position_ids", "attention_mask") if key in inputs}
+    logits = model(**model_inputs, use_cache=False).logits
+    # Position t predicts token t+1.
+    logits = logits[:, :-1, :].float()
+    targets = inputs["labels"][:, 1:].to(device)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def train_step(
+    model, optimizer, scheduler, batch, micro_batch_size, max_seq_length, pad_token_id, packing, device, max_grad_norm
+) -> tuple[float, int]:
+    """One optimizer step over `batch`; returns (loss per trained token, non-padding tokens)."""
+    model.train()
+    # Each micro-batch's summed loss is divided by the WHOLE batch's trained
+    # tokens, so accumulated gradients equal those of one big batch.
+    batch_trained_tokens = max(sum(example.trained_tokens for example in batch), 1)
+    loss_sum, num_tokens = 0.0, 0
+    for micro_batch in micro_batches(batch, micro_batch_size):
+        inputs = pack_batch(micro_batch, max_seq_length, pad_token_id, packing)
+        token_loss = summed_token_loss(model, inputs, device)
+        (token_loss / batch_trained_tokens).backward()
+        loss_sum += token_loss.item()
+        num_tokens += inputs["num_tokens"]
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], float(max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / batch_trained_tokens, num_tokens
+
+
+@torch.no_grad()
+def evaluate(model, eval_data, micro_batch_size, max_seq_length, pad_token_id, packing, device, stop_if_asked) -> float:
+    """Mean loss per trained token over all evaluation examples."""
+    model.eval()
+    loss_sum, trained = 0.0, 0
+    for micro_batch in micro_batches(eval_data, micro_batch_size):
+        stop_if_asked()
+        inputs = pack_batch(micro_batch, max_seq_length, pad_token_id, packing)
+        loss_sum += summed_token_loss(model, inputs, device).item()
+        trained += inputs["num_trained_tokens"]
+    model.train()
+    return loss_sum / max(trained, 1)
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(
+    checkpoints_dir: Path, model, optimizer, scheduler, step: int, steps_per_epoch: int,
+    trained_tokens: int, metrics: dict, run_shape: dict, hp: dict, device: str,
+) -> Path:
+    """work_dir/checkpoints/step-000040/: the adapter, training_state.pt (for
+    resuming: only tensors, numbers, strings, lists and dicts, so it loads with
+    weights_only=True) and trainer_state.json (for people). Written to a
+    temporary directory and renamed, so a checkpoint dir is always complete."""
+    final_dir = checkpoints_dir / f"step-{step:06d}"
+    temp_dir = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=checkpoints_dir))
+    epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+    python_rng = random.getstate()
+    training_state = {
+        "version": TRAINING_STATE_VERSION,
+        "step": step,
+        "epoch": epoch,  # the epoch to continue in (0-based)
+        "batch_in_epoch": batch_in_epoch,  # batches of that epoch already done
+        "trained_tokens": trained_tokens,
+        "metrics": dict(metrics),
+        "run": dict(run_shape),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device == "cuda" else [],
+            "python": [python_rng[0], list(python_rng[1]), python_rng[2]],
+        },
+    }
+    model.save_pretrained(temp_dir, safe_serialization=True, save_embedding_layers=False)
+    torch.save(training_state, temp_dir / TRAINING_STATE_FILE)
+    trainer_state = {
+        "step": step,
+        "total_steps": run_shape["total_steps"],
+        "epoch": round(step / steps_per_epoch, 4),
+        "trained_tokens": trained_tokens,
+        "metrics": metrics,
+        "seed": run_shape["seed"],
+        "hyperparameters": hp,
+    }
+    (temp_dir / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=str) + "\n")
+    if final_dir.exists():  # left by an earlier run in the same work_dir
+        shutil.rmtree(final_dir)
+    os.rename(temp_dir, final_dir)
+    return final_dir
+
+
+def resume(checkpoint_dir: Path, model, optimizer, scheduler, run_shape: dict, device: str) -> tuple[int, int, dict]:
+    """Restores adapter weights, optimizer, scheduler and RNG states from a
+    checkpoint dir; returns (step, trained_tokens, last metrics)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(checkpoint_dir / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+    if state.get("version") != TRAINING_STATE_VERSION:
+        raise ValueError(f"{checkpoint_dir}: unknown training state version {state.get('version')!r}")
+    if state["run"] != run_shape:
+        raise ValueError(
+            f"cannot resume from {checkpoint_dir}: it belongs to a different run "
+            f"(checkpoint {state['run']}, this run {run_shape})"
+        )
+    adapter_weights = load_file(checkpoint_dir / "adapter_model.safetensors", device=str(device))
+    loaded = set_peft_model_state_dict(model, adapter_weights)
+    if loaded.unexpected_keys:
+        raise ValueError(f"{checkpoint_dir}: adapter weights do not fit this model: {loaded.unexpected_keys[:5]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device == "cuda" and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    version, internal_state, gauss_next = state["rng"]["python"]
+    random.setstate((version, tuple(internal_state), gauss_next))
+    return state["step"], state["trained_tokens"], dict(state["metrics"])
+
+
+def remove_older_checkpoints(checkpoints_dir: Path, keep: Path) -> None:
+    """The caller has uploaded `keep`; local disk holds only the newest checkpoint."""
+    for path in checkpoints_dir.glob("step-*"):
+        if path.is_dir() and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_unfinished_checkpoints(checkpoints_dir: Path) -> None:
+    # Temporary dirs of a process that died while writing a checkpoint.
+    for path in checkpoints_dir.glob(".step-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Save
+
+
+def save_adapter(model, adapter_dir: Path) -> Path:
+    """adapter_config.json + adapter_model.safetensors, written atomically."""
+    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix=".adapter-", dir=adapter_dir.parent))
+    model.save_pretrained(temp_dir, safe_serialization=True, save_embedding_layers=False)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.rename(temp_dir, adapter_dir)
+    return adapter_dir
