@@ -294,3 +294,31 @@ def loss_curve(metrics_csv: str) -> list[tuple]:
         valid = float(row["valid_loss"]) if row["valid_loss"] else None
         rows.append((int(row["step"]), float(row["train_loss"]), valid, float(row["learning_rate"])))
     return rows
+
+
+@pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
+def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
+    import openai
+
+    service, _ = training
+    user = service.make_user("sdk")
+    client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=user.key, max_retries=0)
+    file = client.files.create(file=("animals.jsonl", tiny_chat_jsonl(12)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=file.id, suffix="animals", hyperparameters={"n_epochs": 1, "batch_size": 4}
+    )
+
+    def finished():
+        current = client.fine_tuning.jobs.retrieve(job.id)
+        return current if current.status in ("succeeded", "failed", "cancelled") else None
+
+    job = wait_for(finished, 600, "the SmolLM2 job", interval=1.0)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:{BASE}:{user.name}:animals:{job.id}"
+    assert job.hyperparameters.n_epochs == 1 and job.trained_tokens > 0
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert any(event.type == "metrics" and event.data["train_loss"] > 0 for event in events)
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert job.fine_tuned_model in [m.id for m in client.models.list()]
+    recipe = client.get(f"/fine_tuning/jobs/{job.id}/recipe", cast_to=object)
+    assert recipe["base_model"]["revision"].startswith("gguf-sha256:")
