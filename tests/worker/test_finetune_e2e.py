@@ -241,7 +241,7 @@ def test_cancel_a_running_job_frees_the_worker(client):
 
 def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(training, client):
     _, workers = training
-    job = start_job(client, tiny_chat_jsonl(), n_epochs=30, batch_size=2, extra={"checkpoint_interval": 4})
+    job = start_job(client, tiny_chat_jsonl(), n_epochs=8, batch_size=2, extra={"checkpoint_interval": 4})
 
     def has_checkpoint():
         return client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
