@@ -22,6 +22,7 @@ from tests.conftest import fresh_postgres_database, make_bucket, redis_db, runni
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY = "tiny-llama"
+BROKEN = "broken-model"
 JOB_TIMEOUT = 240
 HEARTBEAT_TIMEOUT = 4.0
 
@@ -84,7 +85,7 @@ def training(request, tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp(f"training-{request.param}")
     common = dict(
         data_dir=tmp,
-        base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}"},
+        base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}", BROKEN: f"path:{tmp / 'no-such-model'}"},
         heartbeat_timeout=HEARTBEAT_TIMEOUT,
     )
     if request.param == "sqlite-local":
@@ -207,6 +208,32 @@ def assert_adapter_changes_outputs(base_dir: Path, adapter_dir: Path) -> None:
         tuned = PeftModel.from_pretrained(base, adapter_dir)
         after = tuned(inputs).logits
     assert not torch.allclose(before, after)
+
+
+def test_a_validation_file_replaces_the_test_split(client):
+    train_id = upload(client, tiny_chat_jsonl(16)).json()["id"]
+    validation_id = upload(client, tiny_chat_jsonl(10)).json()["id"]
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": TINY, "training_file": train_id, "validation_file": validation_id, "hyperparameters": {"n_epochs": 1, "batch_size": 8}},
+    )
+    job = wait_until_done(client, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    recipe = client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe").json()
+    assert recipe["data"]["eval_source"] == "validation file" and recipe["data"]["eval_examples"] == 10
+    assert recipe["data"]["validation_file"]["id"] == validation_id
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
+    assert metrics[-1]["valid_loss"] is not None
+
+
+def test_a_model_that_cannot_load_fails_the_job_with_a_clear_error(client):
+    file_id = upload(client, tiny_chat_jsonl()).json()["id"]
+    job_id = client.post("/v1/fine_tuning/jobs", json={"model": BROKEN, "training_file": file_id}).json()["id"]
+    job = wait_until_done(client, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "model_load_failed"
+    assert "no-such-model" in job["error"]["message"] and "Traceback" not in job["error"]["message"]
+    assert event_messages(client, job_id)[-1] == job["error"]["message"]
 
 
 def test_merged_weights_are_made_on_request(client, tmp_path):
