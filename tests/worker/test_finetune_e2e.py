@@ -191,7 +191,9 @@ def test_a_job_trains_and_publishes_everything(client, tiny_model_dir, tmp_path)
 
     # The adapter zip loads with PEFT and changes the base model's outputs.
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").content))
-    assert {"adapter_config.json", "adapter_model.safetensors", "tunehouse_recipe.yaml", "README.md"} <= set(archive.namelist())
+    names = archive.namelist()
+    assert {"adapter_config.json", "adapter_model.safetensors", "tunehouse_recipe.yaml", "README.md"} <= set(names)
+    assert len(names) == len(set(names))
     archive.extractall(tmp_path / "adapter")
     assert_adapter_changes_outputs(tiny_model_dir, tmp_path / "adapter")
 

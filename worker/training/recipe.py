@@ -437,6 +437,17 @@ def summed_token_loss(model, inputs: dict, device: str) -> torch.Tensor:
     )
 
 
+# Packed rows may be longer than max_seq_length (which bounds each example):
+# fewer, fuller rows mean less padding. Not much longer, though: attention in a
+# packed row is computed densely under a block-diagonal mask, so its cost grows
+# with the square of the row length.
+PACKED_ROW_TOKENS = 1024
+
+
+def packed_row_length(max_seq_length: int, packing: bool) -> int:
+    return max(max_seq_length, PACKED_ROW_TOKENS) if packing else max_seq_length
+
+
 def train_step(
     model, optimizer, scheduler, batch, micro_batch_size, max_seq_length, pad_token_id, packing, device, max_grad_norm
 ) -> tuple[float, int]:
@@ -447,7 +458,7 @@ def train_step(
     batch_trained_tokens = max(sum(example.trained_tokens for example in batch), 1)
     loss_sum, num_tokens = 0.0, 0
     for micro_batch in micro_batches(batch, micro_batch_size):
-        inputs = pack_batch(micro_batch, max_seq_length, pad_token_id, packing)
+        inputs = pack_batch(micro_batch, packed_row_length(max_seq_length, packing), pad_token_id, packing)
         token_loss = summed_token_loss(model, inputs, device)
         (token_loss / batch_trained_tokens).backward()
         loss_sum += token_loss.item()
@@ -467,7 +478,7 @@ def evaluate(model, eval_data, micro_batch_size, max_seq_length, pad_token_id, p
     loss_sum, trained = 0.0, 0
     for micro_batch in micro_batches(eval_data, micro_batch_size):
         stop_if_asked()
-        inputs = pack_batch(micro_batch, max_seq_length, pad_token_id, packing)
+        inputs = pack_batch(micro_batch, packed_row_length(max_seq_length, packing), pad_token_id, packing)
         loss_sum += summed_token_loss(model, inputs, device).item()
         trained += inputs["num_trained_tokens"]
     model.train()
