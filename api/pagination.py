@@ -1,13 +1,24 @@
 """OpenAI-style cursor lists: {"object": "list", "data", "first_id", "last_id", "has_more"}."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Query
+from pydantic import BaseModel
 
 from api.errors import bad_request
 from api.ids import looks_like_id
 
 LimitQuery = Annotated[int, Query(ge=1, le=10_000)]
+
+Item = TypeVar("Item")
+
+
+class ListPage(BaseModel, Generic[Item]):
+    object: Literal["list"] = "list"
+    data: list[Item]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
 
 
 def check_cursor(prefix: str, after: str | None) -> str | None:

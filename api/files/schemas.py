@@ -3,6 +3,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from api.files.models import File
+from api.pagination import ListPage
 
 
 class FileObject(BaseModel):
@@ -34,14 +35,6 @@ class FileObject(BaseModel):
         )
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
 class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
@@ -53,3 +46,6 @@ class FileReport(BaseModel):
     object: Literal["file.report"] = "file.report"
     purpose: str
     report: dict[str, Any]
+
+
+FileList = ListPage[FileObject]

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.jobs.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from api.pagination import ListPage
 
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
@@ -100,14 +101,6 @@ def _visible_hyperparameters(job: FineTuningJob) -> dict[str, Any]:
     return values
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
 class EventObject(BaseModel):
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
     id: str
@@ -127,14 +120,6 @@ class EventObject(BaseModel):
             type=event.type,
             data=event.data,
         )
-
-
-class EventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EventObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
 
 
 class CheckpointObject(BaseModel):
@@ -158,12 +143,9 @@ class CheckpointObject(BaseModel):
         )
 
 
-class CheckpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[CheckpointObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+JobList = ListPage[JobObject]
+EventList = ListPage[EventObject]
+CheckpointList = ListPage[CheckpointObject]
 
 
 def fine_tuned_model_name(job: FineTuningJob, owner_name: str) -> str:
