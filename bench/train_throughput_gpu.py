@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from tests.tiny_model import TINY_CONFIG  # noqa: E402
 from bench.train_throughput import BATCH_SIZE, LEARNING_RATE, LORA, SEED, WARMUP_STEPS, make_examples, percentile  # noqa: E402
 
 LLAMA3_8B_SHAPE = dict(
@@ -53,10 +54,7 @@ LLAMA3_8B_SHAPE = dict(
     rope_theta=500000.0,
     tie_word_embeddings=False,
 )
-TINY_SHAPE = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
-)
+TINY_SHAPE = {**TINY_CONFIG, "vocab_size": 49152}  # the test suite's tiny Llama, SmolLM2's vocabulary
 MFU_FACTOR = 4
 
 

@@ -8,7 +8,6 @@ server (never moto's in-process mocks, so the boto3 wiring is exercised too).
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import subprocess
 import sys
