@@ -1,0 +1,147 @@
+"""The inference engine: a base model loaded once, fine-tunes' adapters fetched
+from a local artifact store and attached to it, least recently used evicted."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from api.settings import Settings
+from api.storage import storage_from_url
+from tests.worker.inference import save_random_lora_adapter
+from worker.base_models import BaseModelError
+from worker.inference.engine import AdapterNotFound, InferenceEngine, adapter_name
+from worker.inference.generation import GenerationRequest, generate, reference_losses, render_prompt
+
+JOB_A = "ftjob-aaa111"
+JOB_B = "ftjob-bbb222"
+PROMPT = [{"role": "user", "content": "Hi there"}]
+ANSWER = "Hello! How can I help?"
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    adapters = tmp_path_factory.mktemp("adapters")
+    return {job_id: save_random_lora_adapter(tiny_model_dir, adapters / job_id, seed=seed)
+            for seed, job_id in enumerate((JOB_A, JOB_B), 1)}
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir) -> Settings:
+    return Settings(data_dir=tmp_path, base_models={"tiny": f"path:{tiny_model_dir}"}, worker_device="cpu")
+
+
+@pytest.fixture
+def storage(tmp_path, adapter_dirs):
+    """The artifact store as training jobs leave it: each job's adapter under jobs/<id>/adapter/."""
+    storage = storage_from_url(str(tmp_path / "artifacts"))
+    for job_id, folder in adapter_dirs.items():
+        for path in folder.iterdir():
+            storage.put_bytes(f"jobs/{job_id}/adapter/{path.name}", path.read_bytes())
+    return storage
+
+
+def answer_loss(loaded, adapter: str | None) -> float:
+    """The loss of a fixed answer: sensitive to every weight, unlike a random model's greedy tokens."""
+    items = [(PROMPT, ANSWER)]
+    [(loss, _)] = reference_losses(loaded.model, loaded.tokenizer, items, adapter=adapter, device=loaded.device)
+    return loss
+
+
+def greedy_tokens(loaded, adapter: str | None) -> list[int]:
+    prompt_ids = render_prompt(loaded.tokenizer, PROMPT)
+    request = GenerationRequest(prompt_ids, adapter=adapter, max_new_tokens=6, temperature=0)
+    [result] = generate(loaded.model, loaded.tokenizer, [request], eos_ids=loaded.eos_ids, device=loaded.device)
+    return result.token_ids
+
+
+def test_a_base_model_is_loaded_once(settings, storage):
+    engine = InferenceEngine(settings, storage)
+    loaded = engine.base("tiny")
+    assert engine.base("tiny") is loaded
+    assert loaded.device == "cpu" and loaded.eos_ids == {loaded.tokenizer.eos_token_id}
+    assert not loaded.model.training
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    with pytest.raises(BaseModelError, match="not offered"):
+        engine.base("unknown")
+
+
+def test_bases_beyond_the_limit_are_unloaded(settings, storage, tiny_model_dir):
+    settings.base_models = {"tiny": f"path:{tiny_model_dir}", "tiny-again": f"path:{tiny_model_dir}"}
+    engine = InferenceEngine(settings, storage, max_bases=1)
+    first = engine.base("tiny")
+    second = engine.base("tiny-again")
+    assert second is not first
+    assert engine.base("tiny") is not first  # loaded anew: the first was evicted
+
+
+def test_adapters_are_fetched_and_attached_once(settings, storage):
+    engine = InferenceEngine(settings, storage)
+    loaded = engine.base("tiny")
+    base_loss, base_tokens = answer_loss(loaded, None), greedy_tokens(loaded, None)
+
+    name_a = engine.adapter(loaded, JOB_A)
+    name_b = engine.adapter(loaded, JOB_B)
+    assert (name_a, name_b) == (adapter_name(JOB_A), adapter_name(JOB_B))
+    assert name_a.isidentifier() and name_a != name_b
+    assert set(loaded.model.peft_config) == {name_a, name_b}
+    assert list(loaded.adapters.items()) == [(JOB_A, name_a), (JOB_B, name_b)]
+    assert (settings.work_dir / "inference" / "adapters" / JOB_A / "adapter_model.safetensors").is_file()
+
+    peft_model = loaded.model
+    assert engine.adapter(loaded, JOB_A) == name_a
+    assert loaded.model is peft_model  # not wrapped or loaded again
+    assert list(loaded.adapters) == [JOB_B, JOB_A]  # A is now the most recently used
+
+    with_a, with_b = answer_loss(loaded, name_a), answer_loss(loaded, name_b)
+    assert abs(with_a - base_loss) > 1e-3 and abs(with_b - base_loss) > 1e-3 and abs(with_a - with_b) > 1e-3
+    assert answer_loss(loaded, None) == pytest.approx(base_loss, rel=1e-6)
+    assert greedy_tokens(loaded, None) == base_tokens
+
+
+def test_the_least_recently_used_adapter_is_evicted(settings, storage):
+    engine = InferenceEngine(settings, storage, max_adapters_per_base=1)
+    loaded = engine.base("tiny")
+    name_a = engine.adapter(loaded, JOB_A)
+    with_a = answer_loss(loaded, name_a)
+    name_b = engine.adapter(loaded, JOB_B)
+    assert list(loaded.adapters) == [JOB_B]
+    assert set(loaded.model.peft_config) == {name_b}
+
+    assert engine.adapter(loaded, JOB_A) == name_a  # back again, from the local copy
+    assert set(loaded.model.peft_config) == {name_a}
+    assert answer_loss(loaded, name_a) == pytest.approx(with_a, rel=1e-6)
+    assert len(greedy_tokens(loaded, name_a)) == 6
+
+
+def test_a_downloaded_adapter_is_reused_from_disk(settings, storage):
+    InferenceEngine(settings, storage).adapter(InferenceEngine(settings, storage).base("tiny"), JOB_A)
+    storage.delete_prefix(f"jobs/{JOB_A}")
+    engine = InferenceEngine(settings, storage)
+    loaded = engine.base("tiny")
+    assert engine.adapter(loaded, JOB_A) == adapter_name(JOB_A)
+    assert not list((settings.work_dir / "inference" / "adapters").glob(".*tmp*"))
+
+
+def test_a_job_without_adapter_files_is_refused(settings, storage):
+    engine = InferenceEngine(settings, storage)
+    loaded = engine.base("tiny")
+    with pytest.raises(AdapterNotFound, match="ftjob-missing"):
+        engine.adapter(loaded, "ftjob-missing")
+    with pytest.raises(ValueError, match="not a valid job id"):
+        engine.adapter(loaded, "../escape")
+    assert loaded.adapters == {}
+    assert not (settings.work_dir / "inference" / "adapters" / "ftjob-missing").exists()
+
+
+def test_adapter_names_are_identifiers_and_distinct():
+    assert adapter_name("ftjob-abc") != adapter_name("ftjob_abc")
+    assert adapter_name("ftjob_abc") == "a_ftjob_abc"
+    assert all(adapter_name(job_id).isidentifier() for job_id in ("ftjob-abc", "x.y", "1-2"))
+
+
+def test_the_device_follows_the_argument_then_the_settings(settings, storage):
+    assert InferenceEngine(settings, storage, device="meta").device == "meta"
+    assert InferenceEngine(settings, storage).device == "cpu"
+    settings.worker_device = "auto"
+    assert InferenceEngine(settings, storage).device == ("cuda" if torch.cuda.is_available() else "cpu")
