@@ -3,9 +3,7 @@ alembic is run by hand, from TUNEHOUSE_DATABASE_URL via the settings)."""
 
 from alembic import context
 
-import api.auth.models  # noqa: F401  (registers the tables on Base.metadata)
-import api.files.models  # noqa: F401
-import api.jobs.models  # noqa: F401
+import api.all_models  # noqa: F401  (registers the tables on Base.metadata)
 from api.db import Base, make_engine
 
 config = context.config

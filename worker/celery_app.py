@@ -1,3 +1,4 @@
+import api.all_models  # noqa: F401  (every table, so foreign keys resolve in workers)
 from api.queue import create_celery
 from api.settings import get_settings
 

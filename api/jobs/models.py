@@ -52,6 +52,8 @@ class FineTuningJob(Base):
     merged_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     merged_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     merged_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The evaluation made automatically when the job succeeded (base vs fine-tune).
+    evaluation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class FineTuningEvent(Base):
