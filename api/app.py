@@ -9,10 +9,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.errors import error_body, install_error_handlers
+from api.batches.endpoints import router as batches_router
 from api.catalog.endpoints import router as models_router
+from api.evaluations.endpoints import router as evaluations_router
 from api.files.endpoints import router as files_router
+from api.inference.endpoints import router as chat_router
+from api.inference.streams import sweep_streams
 from api.jobs.endpoints import router as jobs_router
 from api.jobs.recovery import recover_jobs
+from api.work_recovery import recover_work
 from api.settings import Settings, get_settings
 from api.state import AppState
 
@@ -37,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(jobs_router)
     app.include_router(models_router)
+    app.include_router(evaluations_router)
+    app.include_router(chat_router)
+    app.include_router(batches_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
@@ -52,11 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _recovery_loop(state: AppState) -> None:
-    """Requeue jobs whose worker died (see api/jobs/recovery.py)."""
+    """Requeue work whose worker died (api/jobs/recovery.py, api/work_recovery.py)."""
     interval = min(15.0, state.settings.heartbeat_timeout / 2)
     while True:
         await asyncio.sleep(interval)
         try:
             await asyncio.to_thread(recover_jobs, state.sessionmaker, state.settings, state.queue)
+            await asyncio.to_thread(recover_work, state.sessionmaker, state.settings, state.queue)
+            await asyncio.to_thread(sweep_streams, state.settings)
         except Exception:  # the database may be away for a moment; try next round
             logging.getLogger("tunehouse.recovery").exception("recovery pass failed")

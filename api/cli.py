@@ -50,9 +50,14 @@ def _write_admin_key(settings) -> None:
     print(f"Created user 'admin'. API key (also in {key_file}):\n{key}", flush=True)
 
 
-def _start_worker(settings) -> subprocess.Popen:
+def _start_workers(settings) -> list[subprocess.Popen]:
+    """Embedded mode: one training worker and one inference worker, so a chat
+    request is answered while a job trains."""
     env = {**os.environ, **settings.as_env()}
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env)
+    return [
+        subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--queues", queues], env=env)
+        for queues in ("default,train", "inference")
+    ]
 
 
 def _stop_worker(worker: subprocess.Popen, timeout: float = 30) -> None:
@@ -74,7 +79,7 @@ def cmd_serve(args) -> int:
     settings = _settings(args.data_dir)
     _prepare_database(settings)
     _write_admin_key(settings)
-    worker = None if args.no_worker else _start_worker(settings)
+    workers = [] if args.no_worker else _start_workers(settings)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal to the
     # handler that was installed before it: make that one a no-op, so the
     # process lives on to stop its worker and exit 0.
@@ -85,17 +90,21 @@ def cmd_serve(args) -> int:
         print(f"tunehouse serving on http://{args.host}:{args.port} (data in {settings.data_dir})", flush=True)
         uvicorn.Server(config).run()  # returns after SIGINT/SIGTERM, once requests drain
     finally:
-        if worker is not None:
+        for worker in workers:
             _stop_worker(worker)
     return 0
 
 
 def cmd_worker(args) -> int:
     _settings(args.data_dir)
-    from api.queue import ALL_QUEUES
+    from api.queue import ALL_QUEUES, TRAIN_QUEUE
     from worker.celery_app import app
 
     queues = args.queues or ",".join(ALL_QUEUES)
+    if TRAIN_QUEUE not in queues.split(","):
+        # Inference workers keep their process between tasks: that is where
+        # the loaded base models live (worker/serving.py).
+        app.conf.worker_max_tasks_per_child = None
     app.worker_main(
         [
             "worker",
@@ -157,16 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunehouse", description="Self-hosted fine-tuning service.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run migrations, then the API (and one worker)")
+    serve = commands.add_parser("serve", help="run migrations, then the API (and a training and an inference worker)")
     serve.add_argument("--data-dir", help="where local state lives (default ./data or TUNEHOUSE_DATA_DIR)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--no-worker", action="store_true", help="do not start a worker beside the API")
+    serve.add_argument("--no-worker", action="store_true", help="do not start workers beside the API")
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="run a Celery worker with the service's configuration")
     worker.add_argument("--data-dir")
-    worker.add_argument("--queues", help="comma-separated queues (default: all)")
+    worker.add_argument(
+        "--queues", help="comma-separated: train, inference, default (default: all; a worker without 'train' keeps models loaded)"
+    )
     worker.add_argument("--concurrency", type=int, default=1, help="processes; 1 per GPU")
     worker.set_defaults(func=cmd_worker)
 

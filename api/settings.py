@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3
     # "auto": CUDA when the worker has it, else CPU.
     worker_device: str = "auto"
+    # Chat completions: how long a request waits for an inference worker to
+    # pick it up, and then for each next piece of the answer (the first may
+    # include loading the base model).
+    inference_queue_timeout: float = 60.0
+    inference_idle_timeout: float = 300.0
+    max_completion_tokens: int = 4096
+    # Rows per padded generation batch in batches and evaluations.
+    inference_batch_size: int = 16
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
@@ -47,6 +55,10 @@ class Settings(BaseSettings):
             self.storage_url = str(self.data_dir / "artifacts")
         if self.max_upload_bytes <= 0:
             raise ValueError("TUNEHOUSE_MAX_UPLOAD_BYTES must be positive")
+        if min(self.inference_queue_timeout, self.inference_idle_timeout) <= 0 or min(
+            self.max_completion_tokens, self.inference_batch_size
+        ) < 1:
+            raise ValueError("the TUNEHOUSE_INFERENCE_* timeouts and sizes must be positive")
         if self.heartbeat_timeout <= 0 or self.max_job_attempts < 1:
             raise ValueError("TUNEHOUSE_HEARTBEAT_TIMEOUT must be positive and TUNEHOUSE_MAX_JOB_ATTEMPTS at least 1")
         return self
@@ -79,6 +91,10 @@ class Settings(BaseSettings):
             "TUNEHOUSE_HEARTBEAT_TIMEOUT": str(self.heartbeat_timeout),
             "TUNEHOUSE_MAX_JOB_ATTEMPTS": str(self.max_job_attempts),
             "TUNEHOUSE_WORKER_DEVICE": self.worker_device,
+            "TUNEHOUSE_INFERENCE_QUEUE_TIMEOUT": str(self.inference_queue_timeout),
+            "TUNEHOUSE_INFERENCE_IDLE_TIMEOUT": str(self.inference_idle_timeout),
+            "TUNEHOUSE_MAX_COMPLETION_TOKENS": str(self.max_completion_tokens),
+            "TUNEHOUSE_INFERENCE_BATCH_SIZE": str(self.inference_batch_size),
         }
         if self.s3_endpoint_url:
             env["TUNEHOUSE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -210,7 +210,10 @@ def redis_broker_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session", params=["sqlite-local", "postgres-s3"])
 def service(request, tmp_path_factory) -> Iterator[RunningService]:
-    settings = service_settings(request.param, tmp_path_factory.mktemp(request.param), request)
+    # No worker runs beside this service: a chat request gives up quickly.
+    settings = service_settings(
+        request.param, tmp_path_factory.mktemp(request.param), request, inference_queue_timeout=1.0
+    )
     with running_service(request.param, settings) as running:
         yield running
 

@@ -10,10 +10,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
-import socket
-import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ from api.jobs.repository import JobLifecycle, JobRepository, add_event
 from api.jobs.schemas import fine_tuned_model_name
 from api.settings import Settings, get_settings
 from api.storage import Storage, StorageError, storage_from_url
+from worker.leasing import Heartbeat, worker_name
 
 log = logging.getLogger("tunehouse.worker")
 
@@ -145,29 +143,6 @@ def recipe_yaml(recipe: dict) -> str:
 # ---------------------------------------------------------------- the job run
 
 
-class _Heartbeat(threading.Thread):
-    """Writes the job's heartbeat; notices when the job stopped being ours."""
-
-    def __init__(self, db, job_id: str, attempt: int, interval: float):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
-        self.db, self.job_id, self.attempt, self.interval = db, job_id, attempt, interval
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                with self.db() as session:
-                    if not JobLifecycle(session).heartbeat(self.job_id, self.attempt):
-                        self.lost.set()
-                        return
-            except Exception:  # the database may be away for a moment: try again next beat
-                log.exception("heartbeat for %s failed", self.job_id)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 def _upload_dir(storage: Storage, local_dir: Path, prefix: str) -> None:
     for path in sorted(local_dir.rglob("*")):
         if path.is_file():
@@ -222,7 +197,7 @@ class TrainingJobRun:
         self.session = self.db()
         self.lifecycle = JobLifecycle(self.session)
         self.storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_name = worker_name()
         self.attempt: int | None = None
         self._last_stop_check = 0.0
         self._stop_requested = False
@@ -293,7 +268,10 @@ class TrainingJobRun:
                 attempt=self.attempt,
             )
             return
-        self.heartbeat = _Heartbeat(self.db, self.job_id, self.attempt, self.settings.heartbeat_interval)
+        job_id, attempt = self.job_id, self.attempt
+        self.heartbeat = Heartbeat(
+            self.db, lambda session: JobLifecycle(session).heartbeat(job_id, attempt), self.settings.heartbeat_interval, job_id
+        )
         self.heartbeat.start()
         work_dir = self.settings.work_dir / "jobs" / self.job_id / f"attempt-{self.attempt}"
         try:
@@ -387,6 +365,9 @@ class TrainingJobRun:
         model_name = fine_tuned_model_name(job, owner.name)
         self.storage.put_bytes(f"{prefix}/adapter.zip", adapter_zip(result.adapter_dir, recipe, model_name))
         metrics_file = self._metrics_result_file(job)
+        # The automatic evaluation (base vs the new fine-tune) is committed in
+        # the same transaction as the success: a succeeded job always links it.
+        evaluation = self._automatic_evaluation(job, model_name)
         succeeded = self.lifecycle.update_running(
             self.job_id,
             self.attempt,
@@ -398,9 +379,53 @@ class TrainingJobRun:
             adapter_key=f"{prefix}/adapter.zip",
             result_files=[metrics_file.id],
             recipe=recipe,
+            evaluation_id=evaluation.id if evaluation is not None else None,
         )
-        if succeeded:
-            self.event(f"Fine-tuning succeeded: {model_name}")
+        if not succeeded:
+            if evaluation is not None:  # the job is not ours any more: neither is its evaluation
+                self.session.delete(evaluation)
+                self.session.commit()
+            return
+        message, data = f"Fine-tuning succeeded: {model_name}", None
+        if evaluation is not None:
+            message += (
+                f"; evaluation {evaluation.id} queued ({evaluation.models[0]} vs the fine-tune "
+                f"on the {evaluation.split} split of {evaluation.file_id})"
+            )
+            data = {"evaluation_id": evaluation.id}
+        self.event(message, data)
+        if evaluation is not None:
+            self._enqueue_evaluation(evaluation)
+
+    def _automatic_evaluation(self, job: FineTuningJob, model_name: str):
+        """The evaluation row to commit with the success (pending in the
+        session), or None; a failure here never fails the job."""
+        from api.evaluations.service import create_job_evaluation
+
+        try:
+            evaluation = create_job_evaluation(self.session, self.settings, job, model_name)
+            if evaluation is None:
+                self.event("No automatic evaluation: nothing held out to evaluate on, or the base model is no longer offered")
+            return evaluation
+        except Exception as exc:
+            log.exception("job %s: could not create its evaluation", self.job_id)
+            self.session.rollback()
+            self.event(f"The automatic evaluation could not be created: {type(exc).__name__}", level="warn")
+            return None
+
+    def _enqueue_evaluation(self, evaluation) -> None:
+        """After the commit: send the evaluation to an inference worker. A
+        message the broker did not take is sent again by the recovery loop."""
+        from api.evaluations.models import WORKING_STATUSES, Evaluation
+        from api.leases import Leases
+        from api.queue_client import EVALUATION_TASK, TaskQueue
+
+        try:
+            if TaskQueue(self.settings).send(EVALUATION_TASK, evaluation.id):
+                Leases(self.session, Evaluation, working=WORKING_STATUSES).mark_enqueued(evaluation.id)
+        except Exception:
+            log.exception("job %s: could not queue evaluation %s", self.job_id, evaluation.id)
+            self.session.rollback()
 
     def _metrics_result_file(self, job: FineTuningJob) -> File:
         """OpenAI's result file: the per-step metrics as CSV, owned by the job's user."""

@@ -1,6 +1,7 @@
 """Celery tasks. Heavy imports (torch, transformers) happen inside the tasks
 that need them, so the worker's parent process never touches CUDA; each task
-runs in a fresh child process (worker_max_tasks_per_child=1)."""
+runs in a fresh child process on training workers (worker_max_tasks_per_child=1);
+inference workers keep their child process, and its loaded models, between tasks."""
 
 import json
 import os
@@ -35,3 +36,26 @@ def merge(job_id: str) -> None:
     from worker.merge import run_merge_job
 
     run_merge_job(job_id)
+
+
+@app.task(name="tunehouse.chat")
+def chat(request: dict) -> None:
+    """The request travels whole in the message; the answer goes back on its
+    stream (api/inference/streams.py)."""
+    from worker.serving import run_chat_request
+
+    run_chat_request(request)
+
+
+@app.task(name="tunehouse.batch")
+def batch(batch_id: str) -> None:
+    from worker.batches import run_batch
+
+    run_batch(batch_id)
+
+
+@app.task(name="tunehouse.evaluate")
+def evaluate(evaluation_id: str) -> None:
+    from worker.evaluations import run_evaluation
+
+    run_evaluation(evaluation_id)

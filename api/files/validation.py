@@ -476,6 +476,20 @@ class TestDraw:
         return {line_no for _, line_no in lowest}
 
 
+def jsonl_objects(chunks: Iterable[bytes]) -> Iterator[tuple[int, dict]]:
+    """For an already-validated file: yields (line_no, object) for every
+    non-blank line. Raises ValueError on a line that is not a JSON object."""
+    for line_no, line in _all_lines(_LineReader(), chunks):
+        if line is None:
+            raise ValueError(f"line {line_no}: {_TOO_LONG}")
+        if not line or line.isspace():
+            continue
+        try:
+            yield line_no, _parse_object(line)
+        except _LineProblem as problem:
+            raise ValueError(f"line {line_no}: {problem}") from None
+
+
 def split_lines(chunks: Iterable[bytes], seed: int = DEFAULT_SPLIT_SEED
                 ) -> Iterator[tuple[int, dict, str]]:
     """For an already-validated fine-tune file: yields (line_no, example, "TRAIN"|"TEST")

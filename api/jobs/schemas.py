@@ -58,6 +58,9 @@ class JobObject(BaseModel):
         description="Every hyperparameter with its value, origin (user | auto | default) and reason."
     )
     progress: dict[str, Any]
+    evaluation_id: str | None = Field(
+        default=None, description="The evaluation made when the job succeeded: base model vs the fine-tune."
+    )
 
     @classmethod
     def of(cls, job: FineTuningJob, owner_name: str) -> "JobObject":
@@ -88,6 +91,7 @@ class JobObject(BaseModel):
                 "checkpoint_step": job.checkpoint_step,
                 "attempt": job.attempt,
             },
+            evaluation_id=job.evaluation_id,
         )
 
 

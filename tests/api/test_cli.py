@@ -68,7 +68,7 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_bootstraps_serves_runs_a_worker_and_stops_on_sigterm(tmp_path):
+def test_serve_bootstraps_serves_runs_workers_and_stops_on_sigterm(tmp_path):
     port = free_port()
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
@@ -100,6 +100,19 @@ def test_serve_bootstraps_serves_runs_a_worker_and_stops_on_sigterm(tmp_path):
         record = json.loads(storage.get_bytes(f"system/ping/{nonce}"))
         worker_pids = children_of(process.pid)
         assert record["pid"] != process.pid and worker_pids
+
+        # Its inference worker answers chat on the bundled SmolLM2, streamed, through the SDK.
+        from openai import OpenAI
+
+        sdk = OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=300)
+        stream = sdk.chat.completions.create(
+            model="HuggingFaceTB/SmolLM2-135M-Instruct",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+        )
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices).strip()
 
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

@@ -3,6 +3,7 @@ processes, a tiny Llama trained on the CPU. Runs on the embedded parts (SQLite,
 filesystem broker, local storage) and on the production parts (PostgreSQL,
 Redis, S3 over HTTP)."""
 
+import contextlib
 import csv
 import io
 import json
@@ -52,10 +53,10 @@ class Workers:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEHOUSE_")} | settings.as_env()
         self.processes: list[subprocess.Popen] = []
 
-    def start(self) -> subprocess.Popen:
+    def start(self, queues: str | None = None) -> subprocess.Popen:
         # A process group of its own, so a test can SIGKILL the worker and its children at once.
         process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker"],
+            [sys.executable, "-m", "api.cli", "worker", *(["--queues", queues] if queues else [])],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -69,15 +70,20 @@ class Workers:
         process.wait()
 
     def stop_all(self) -> None:
+        # SIGTERM to the Celery parent only (its warm shutdown stops the pool):
+        # a signal to the whole group also hits the pool's child, which can die
+        # holding a pool lock and leave the parent waiting for ever.
         for process in self.processes:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()
         for process in self.processes:
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            with contextlib.suppress(ProcessLookupError):  # nothing of it may outlive the test
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
@@ -87,6 +93,8 @@ def training(request, tmp_path_factory, tiny_model_dir):
         data_dir=tmp,
         base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}", BROKEN: f"path:{tmp / 'no-such-model'}"},
         heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        # Each job's automatic evaluation generates up to this many tokens: keep it short.
+        max_completion_tokens=16,
     )
     if request.param == "sqlite-local":
         settings = Settings(**common)
@@ -351,3 +359,24 @@ def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
     assert job.fine_tuned_model in [m.id for m in client.models.list()]
     recipe = client.get(f"/fine_tuning/jobs/{job.id}/recipe", cast_to=object)
     assert recipe["base_model"]["revision"].startswith("gguf-sha256:")
+
+    # The fine-tune answers through the SDK, whole and streamed alike.
+    question = [{"role": "user", "content": "What sound does a cat make?"}]
+    answer = client.chat.completions.create(model=job.fine_tuned_model, messages=question, max_tokens=8, temperature=0)
+    assert answer.choices[0].message.content and answer.usage.completion_tokens <= 8
+    stream = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=question, max_tokens=8, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == answer.choices[0].message.content
+
+    # Its automatic evaluation compares it with SmolLM2 on the held-out split.
+    evaluation_id = client.fine_tuning.jobs.retrieve(job.id).model_extra["evaluation_id"]
+
+    def evaluated():
+        current = client.get(f"/evaluations/{evaluation_id}", cast_to=object)
+        return current if current["status"] in ("succeeded", "failed", "cancelled") else None
+
+    evaluation = wait_for(evaluated, 600, "the automatic evaluation", interval=1.0)
+    assert evaluation["status"] == "succeeded", evaluation["error"]
+    assert set(evaluation["results"]) == {BASE, job.fine_tuned_model}
+    assert all(results["perplexity"] > 1 for results in evaluation["results"].values())

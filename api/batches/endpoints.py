@@ -1,0 +1,35 @@
+from fastapi import APIRouter
+
+from api.auth.dependencies import CurrentUser
+from api.batches import service
+from api.batches.repository import BatchRepository
+from api.batches.schemas import BatchList, BatchObject, CreateBatchRequest
+from api.db import SessionDep
+from api.pagination import LimitQuery, check_cursor, list_page
+from api.state import StateDep
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+@router.post("", response_model=BatchObject)
+def create_batch(body: CreateBatchRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> BatchObject:
+    batch = service.create_batch(session, user, body)
+    session.commit()
+    service.enqueue(session, state.queue, batch)
+    return BatchObject.of(batch)
+
+
+@router.get("", response_model=BatchList)
+def list_batches(user: CurrentUser, session: SessionDep, limit: LimitQuery = 20, after: str | None = None) -> dict:
+    batches = BatchRepository(session, user.id).list(after=check_cursor("batch_", after), limit=limit + 1)
+    return list_page(batches, limit, BatchObject.of)
+
+
+@router.get("/{batch_id}", response_model=BatchObject)
+def retrieve_batch(batch_id: str, user: CurrentUser, session: SessionDep) -> BatchObject:
+    return BatchObject.of(service.get_batch(session, user, batch_id))
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchObject)
+def cancel_batch(batch_id: str, user: CurrentUser, session: SessionDep) -> BatchObject:
+    return BatchObject.of(service.cancel_batch(session, user, batch_id))

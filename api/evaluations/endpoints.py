@@ -1,0 +1,92 @@
+"""Evaluations (extension): several models side by side on a file's held-out
+items, supervised metrics per model, per-item predictions as JSONL or CSV."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.auth.dependencies import CurrentUser
+from api.db import SessionDep
+from api.downloads import attachment
+from api.errors import APIError
+from api.evaluations import service
+from api.evaluations.repository import EvaluationRepository
+from api.evaluations.schemas import (
+    CreateEvaluationRequest,
+    EvaluationList,
+    EvaluationObject,
+    predictions_csv_key,
+)
+from api.pagination import LimitQuery, check_cursor, list_page
+from api.state import StateDep
+
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+
+_MEDIA_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
+
+
+@router.post("", response_model=EvaluationObject)
+def create_evaluation(body: CreateEvaluationRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> EvaluationObject:
+    evaluation = service.create_evaluation(session, state.storage, state.settings, user, body)
+    service.enqueue(session, state.queue, evaluation)
+    return EvaluationObject.of(evaluation)
+
+
+@router.get("", response_model=EvaluationList)
+def list_evaluations(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: LimitQuery = 20,
+    after: str | None = None,
+    fine_tuning_job_id: str | None = None,
+) -> dict:
+    evaluations = EvaluationRepository(session, user.id).list(
+        after=check_cursor("eval_", after), limit=limit + 1, fine_tuning_job_id=fine_tuning_job_id
+    )
+    return list_page(evaluations, limit, EvaluationObject.of)
+
+
+@router.get("/{evaluation_id}", response_model=EvaluationObject)
+def retrieve_evaluation(evaluation_id: str, user: CurrentUser, session: SessionDep) -> EvaluationObject:
+    return EvaluationObject.of(service.get_evaluation(session, user, evaluation_id))
+
+
+@router.post("/{evaluation_id}/cancel", response_model=EvaluationObject)
+def cancel_evaluation(evaluation_id: str, user: CurrentUser, session: SessionDep) -> EvaluationObject:
+    return EvaluationObject.of(service.cancel_evaluation(session, user, evaluation_id))
+
+
+@router.get("/{evaluation_id}/predictions", response_class=StreamingResponse)
+def download_predictions(
+    evaluation_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    state: StateDep,
+    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
+):
+    """One row per item: `item`, `line` (in the file), `prompt`, `reference`,
+    then per model its output in a column named after the model,
+    `finish_reason:{model}` and a `{metric}:{model}` column per score."""
+    evaluation = service.get_evaluation(session, user, evaluation_id)
+    if evaluation.status != "succeeded" or not evaluation.predictions_key:
+        raise APIError(
+            409,
+            f"Evaluation '{evaluation_id}' is {evaluation.status}; its predictions exist once it succeeds.",
+            param="evaluation_id",
+            code="predictions_not_ready",
+        )
+    key = evaluation.predictions_key if format == "jsonl" else predictions_csv_key(evaluation.predictions_key)
+    storage = state.storage
+    if not storage.exists(key):
+        raise APIError(
+            409, f"The predictions of evaluation '{evaluation_id}' are missing from storage.", code="predictions_missing"
+        )
+    headers = {"Content-Disposition": attachment(f"{evaluation.id}-predictions.{format}")}
+    local_path = storage.local_path(key)
+    if local_path is not None:
+        return FileResponse(local_path, media_type=_MEDIA_TYPES[format], headers=headers)
+    # Through the API even on S3: clients send their API key, which a redirect
+    # to a presigned URL would not accept.
+    headers["Content-Length"] = str(storage.size(key))
+    return StreamingResponse(storage.iter_bytes(key), media_type=_MEDIA_TYPES[format], headers=headers)

@@ -1,0 +1,33 @@
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.auth.dependencies import CurrentUser
+from api.db import SessionDep
+from api.inference import service
+from api.inference.schemas import ChatCompletion, ChatCompletionRequest
+from api.state import StateDep
+
+router = APIRouter(prefix="/v1/chat", tags=["inference"])
+
+
+@router.post("/completions", response_model=ChatCompletion)
+async def create_chat_completion(body: ChatCompletionRequest, user: CurrentUser, session: SessionDep, state: StateDep):
+    target = await run_in_threadpool(service.resolve_or_404, session, user, state.settings, body.model)
+    payload = service.worker_request(body, target, state.settings)
+    session.close()  # do not hold a database connection while the model generates
+    run = await run_in_threadpool(service.ChatRun, state.settings, state.queue, payload)
+    events = run.events()
+    # The first event decides between an HTTP error and a 200: errors found
+    # before any text (unknown adapter, prompt too long) get their own status.
+    first = await run_in_threadpool(service.next_event, events)
+    if not body.stream:
+        while first["type"] != "done":
+            first = await run_in_threadpool(service.next_event, events)
+        return service.completion(payload, first)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        service.sse_chunks(payload, first, events, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,176 @@
+"""Chat completions: check the request, hand it to an inference worker, and
+turn the worker's event stream into OpenAI's response or SSE chunks.
+
+Latency path: API -> broker (queue `inference`) -> an inference worker's
+long-lived process, which keeps the base model loaded and attaches the
+fine-tune's adapter -> events back on a per-request channel
+(api/inference/streams.py) -> the client. One inference worker process
+answers one request at a time; add processes or workers for concurrency.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+
+from sqlalchemy.orm import Session
+
+from api.auth.models import User
+from api.errors import APIError, bad_request
+from api.ids import new_id
+from api.inference.schemas import ChatCompletion, ChatCompletionRequest
+from api.inference.streams import StreamTimeout, streams_for
+from api.inference.targets import InferenceTarget, resolve_target
+from api.queue_client import TaskQueue
+from api.settings import Settings
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404, f"The model '{model}' does not exist or you do not have access to it.", param="model", code="model_not_found"
+    )
+
+
+def no_worker_error(settings: Settings) -> APIError:
+    return APIError(
+        503,
+        f"No inference worker answered within {settings.inference_queue_timeout:g} s; "
+        "start one with `tunehouse worker --queues inference` or try again.",
+        type="server_error",
+        code="no_inference_worker",
+        headers={"Retry-After": "10"},
+    )
+
+
+def resolve_or_404(session: Session, user: User, settings: Settings, model: str) -> InferenceTarget:
+    target = resolve_target(session, user.id, settings, model)
+    if target is None:
+        raise model_not_found(model)
+    return target
+
+
+def worker_request(request: ChatCompletionRequest, target: InferenceTarget, settings: Settings) -> dict:
+    if request.max_tokens is not None and request.max_completion_tokens is not None:
+        raise bad_request("Give max_tokens or max_completion_tokens, not both.", param="max_tokens")
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    if max_tokens is not None and max_tokens > settings.max_completion_tokens:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise bad_request(
+            f"{param} is {max_tokens}; this deployment allows at most {settings.max_completion_tokens}.", param=param
+        )
+    return {
+        "id": new_id("chatcmpl-"),
+        "created": int(time.time()),
+        "target": target.as_dict(),
+        "messages": [message.for_template() for message in request.messages],
+        "max_tokens": max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "n": request.n,
+        "stop": request.stop,
+        "seed": request.seed,
+        # A worker that gets the message after the API stopped waiting drops it.
+        "expires_at": time.time() + settings.inference_queue_timeout,
+    }
+
+
+class ChatRun:
+    """One request in flight: send it, then read its events."""
+
+    def __init__(self, settings: Settings, queue: TaskQueue, payload: dict):
+        self.settings = settings
+        self.payload = payload
+        self.streams = streams_for(settings)
+        try:
+            queue.send_chat(payload)
+        except Exception as exc:
+            self.streams.close()
+            raise APIError(503, "The task queue is unavailable; try again shortly.", type="server_error",
+                           code="queue_unavailable", headers={"Retry-After": "5"}) from exc
+        self._events = self.streams.read(
+            payload["id"], self.settings.inference_queue_timeout, self.settings.inference_idle_timeout
+        )
+
+    def events(self) -> Iterator[dict]:
+        """The worker's events after `started`; errors become APIError."""
+        try:
+            for event in self._events:
+                if event["type"] == "started":
+                    continue
+                if event["type"] == "error":
+                    raise APIError(
+                        event.get("status", 500),
+                        event["message"],
+                        type="invalid_request_error" if event.get("status", 500) < 500 else "server_error",
+                        param=event.get("param"),
+                        code=event.get("code"),
+                    )
+                yield event
+        except StreamTimeout as exc:
+            raise no_worker_error(self.settings) from exc
+        finally:
+            self.streams.close()
+
+    def close(self) -> None:
+        self._events.close()
+        self.streams.close()
+
+
+def next_event(events: Iterator[dict]) -> dict:
+    # StopIteration cannot cross a thread pool's future: say what ended instead.
+    event = next(events, None)
+    if event is None:
+        raise APIError(502, "The inference worker ended the answer early.", type="server_error", code="worker_error")
+    return event
+
+
+def completion(payload: dict, done: dict) -> ChatCompletion:
+    return ChatCompletion.model_validate(
+        {
+            "id": payload["id"],
+            "created": payload["created"],
+            "model": payload["target"]["model"],
+            "choices": [
+                {"index": c["index"], "message": {"content": c["text"]}, "finish_reason": c["finish_reason"]}
+                for c in done["choices"]
+            ],
+            "usage": done["usage"],
+        }
+    )
+
+
+def sse_chunks(payload: dict, first: dict, events: Iterator[dict], include_usage: bool) -> Iterator[str]:
+    """OpenAI's stream: a role chunk per choice, content chunks, a final chunk
+    per choice with its finish_reason, optionally a usage chunk, then [DONE]."""
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        body = {
+            "id": payload["id"],
+            "object": "chat.completion.chunk",
+            "created": payload["created"],
+            "model": payload["target"]["model"],
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    def choice(index: int, delta: dict, finish_reason: str | None = None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(payload["n"])])
+    event = first
+    try:
+        while True:
+            if event["type"] == "delta":
+                yield chunk([choice(event["index"], {"content": event["text"]})])
+            elif event["type"] == "done":
+                yield chunk([choice(c["index"], {}, c["finish_reason"]) for c in event["choices"]])
+                if include_usage:
+                    yield chunk([], event["usage"])
+                break
+            event = next_event(events)
+    except APIError as error:
+        # Headers are gone: the error travels in the stream, as OpenAI does it.
+        yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.type, 'param': error.param, 'code': error.code}})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,77 @@
+"""Recovery of batches and evaluations whose worker died (fine-tuning jobs:
+api/jobs/recovery.py). Run by the API's recovery loop: a working row whose
+heartbeat is older than TUNEHOUSE_HEARTBEAT_TIMEOUT is released and sent
+again; the next worker skips what is already done (batch lines stored in
+batch_results, evaluation models stored in the artifact store). After
+TUNEHOUSE_MAX_JOB_ATTEMPTS attempts it fails instead. Rows whose message
+never reached the broker are sent again."""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.batches.models import WORKING_STATUSES as BATCH_WORKING
+from api.batches.models import Batch
+from api.evaluations.models import WORKING_STATUSES as EVALUATION_WORKING
+from api.evaluations.models import Evaluation
+from api.leases import Leases
+from api.queue_client import BATCH_TASK, EVALUATION_TASK, TaskQueue
+from api.settings import Settings
+
+log = logging.getLogger("tunehouse.recovery")
+
+
+@dataclass(frozen=True)
+class WorkKind:
+    model: Any
+    working: tuple[str, ...]
+    task: str
+
+    def failed_values(self, message: str) -> dict:
+        now = int(time.time())
+        if self.model is Batch:
+            return {"status": "failed", "failed_at": now, "errors": {"object": "list", "data": [
+                {"code": "worker_lost", "message": message, "param": None, "line": None}]}}
+        return {"status": "failed", "finished_at": now, "error": {"code": "worker_lost", "message": message}}
+
+
+WORK_KINDS = (
+    WorkKind(Batch, BATCH_WORKING, BATCH_TASK),
+    WorkKind(Evaluation, EVALUATION_WORKING, EVALUATION_TASK),
+)
+
+
+def recover_work(db: sessionmaker[Session], settings: Settings, queue: TaskQueue) -> list[str]:
+    """One pass over every kind. Returns the ids sent to the queue again."""
+    sent = []
+    with db() as session:
+        for kind in WORK_KINDS:
+            leases = Leases(session, kind.model, working=kind.working)
+            for row in leases.stale(settings.heartbeat_timeout):
+                if row.attempt >= settings.max_job_attempts:
+                    message = (
+                        f"The worker stopped responding (attempt {row.attempt} of {settings.max_job_attempts}); giving up."
+                    )
+                    session.execute(
+                        update(kind.model)
+                        .where(kind.model.id == row.id, kind.model.attempt == row.attempt,
+                               kind.model.status.in_(kind.working))
+                        .values(**kind.failed_values(message))
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.commit()
+                    continue
+                if not leases.release(row):
+                    continue  # it moved on meanwhile
+                log.warning("released %s (worker %s stopped responding)", row.id, row.worker)
+                if queue.send(kind.task, row.id):
+                    sent.append(row.id)
+            for row in leases.unsent(older_than=5.0):
+                if queue.send(kind.task, row.id):
+                    leases.mark_enqueued(row.id)
+                    sent.append(row.id)
+    return sent
