@@ -38,7 +38,8 @@ class CreateEvaluationRequest(BaseModel):
     file_id: str = Field(min_length=1, max_length=64)
     split: Literal["test", "train", "all"] = "test"
     models: list[str] = Field(min_length=1, max_length=MAX_MODELS)
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
+    # None: 256, or the deployment's TUNEHOUSE_MAX_COMPLETION_TOKENS if lower.
+    max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     # None: every metric. Names are checked (with their position) in the service.
     metrics: list[str] | None = Field(default=None, min_length=1, max_length=len(EVALUATION_METRICS))

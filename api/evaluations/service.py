@@ -89,7 +89,8 @@ def create_evaluation(
         if len(key) > 64 or len(value) > 512:
             raise bad_request("Metadata keys are at most 64 and values 512 characters.", param="metadata")
     metrics = _checked_metrics(request.metrics)
-    if request.max_tokens > settings.max_completion_tokens:
+    max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens)
+    if max_tokens > settings.max_completion_tokens:
         raise bad_request(
             f"max_tokens is {request.max_tokens}; this deployment allows at most {settings.max_completion_tokens}.",
             param="max_tokens",
@@ -108,7 +109,7 @@ def create_evaluation(
             file_id=file.id,
             split=request.split,
             models=models,
-            max_tokens=request.max_tokens,
+            max_tokens=max_tokens,
             temperature=request.temperature,
             metrics=metrics,
             item_limit=request.limit,
