@@ -1,0 +1,112 @@
+import { lazy, Suspense, useState, type FormEvent } from "react";
+import { Navigate, NavLink, Route, Routes } from "react-router-dom";
+import { api, getKey, setKey } from "./api";
+import { ApiError } from "./lib";
+import { ErrorBox } from "./common";
+
+// Pages are split into their own chunks (the charts are the bulk of the bundle).
+const DatasetsPage = lazy(() => import("./pages/Datasets"));
+const JobsPage = lazy(() => import("./pages/Jobs").then((m) => ({ default: m.JobsPage })));
+const NewJobPage = lazy(() => import("./pages/Jobs").then((m) => ({ default: m.NewJobPage })));
+const JobDetailPage = lazy(() => import("./pages/Jobs").then((m) => ({ default: m.JobDetailPage })));
+const ModelsPage = lazy(() => import("./pages/Models"));
+const ComparePage = lazy(() => import("./pages/Compare"));
+const BatchesPage = lazy(() => import("./pages/Batches"));
+
+function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
+  const [key, setKeyInput] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+
+  async function submit(e: FormEvent) {
+    e.preventDefault();
+    const k = key.trim();
+    if (!k) return;
+    setBusy(true);
+    setError(null);
+    try {
+      await api("/v1/models", {}, k);
+      setKey(k);
+      onSignedIn();
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        setError(new Error(`That key was not accepted: ${err.body.message}`));
+      } else setError(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <main className="signin">
+      <h1>tunehouse</h1>
+      <form onSubmit={submit} aria-label="Sign in" className="card">
+        <h2>Sign in</h2>
+        <p className="muted">
+          Paste your API key. The admin key is printed on first start and written to <code>data/admin-key</code>; more keys:{" "}
+          <code>tunehouse keys create --user NAME</code>.
+        </p>
+        <label htmlFor="api-key">API key</label>
+        <input
+          id="api-key"
+          data-testid="api-key-input"
+          type="password"
+          autoComplete="off"
+          value={key}
+          onChange={(e) => setKeyInput(e.target.value)}
+          placeholder="th-…"
+        />
+        <button type="submit" data-testid="sign-in-submit" disabled={busy || !key.trim()}>
+          {busy ? "Checking…" : "Sign in"}
+        </button>
+        <ErrorBox error={error} testId="sign-in-error" />
+      </form>
+    </main>
+  );
+}
+
+export default function App() {
+  const [signedIn, setSignedIn] = useState(() => !!getKey());
+  if (!signedIn) return <SignIn onSignedIn={() => setSignedIn(true)} />;
+  return (
+    <>
+      <header className="topbar">
+        <span className="brand">tunehouse</span>
+        <nav aria-label="Main">
+          <NavLink to="/datasets">Datasets</NavLink>
+          <NavLink to="/jobs">Jobs</NavLink>
+          <NavLink to="/models">Models</NavLink>
+          <NavLink to="/compare">Compare</NavLink>
+          <NavLink to="/batches">Batches</NavLink>
+        </nav>
+        <button
+          type="button"
+          className="secondary"
+          data-testid="sign-out"
+          onClick={() => {
+            setKey(null);
+            setSignedIn(false);
+          }}
+        >
+          Sign out
+        </button>
+      </header>
+      <main className="content">
+        <Suspense fallback={<p className="muted">Loading…</p>}>
+        <Routes>
+          <Route path="/" element={<Navigate to="/datasets" replace />} />
+          <Route path="/datasets" element={<DatasetsPage />} />
+          <Route path="/jobs" element={<JobsPage />} />
+          <Route path="/jobs/new" element={<NewJobPage />} />
+          <Route path="/jobs/:id" element={<JobDetailPage />} />
+          <Route path="/models" element={<ModelsPage />} />
+          <Route path="/compare" element={<ComparePage />} />
+          <Route path="/compare/:id" element={<ComparePage />} />
+          <Route path="/batches" element={<BatchesPage />} />
+          <Route path="*" element={<p>Page not found. <NavLink to="/datasets">Go to datasets</NavLink></p>} />
+        </Routes>
+        </Suspense>
+      </main>
+    </>
+  );
+}
