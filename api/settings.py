@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_completion_tokens: int = 4096
     # Rows per padded generation batch in batches and evaluations.
     inference_batch_size: int = 16
+    # The built web UI (web/dist); unset means the one in this source tree.
+    web_dist: Path | None = None
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
