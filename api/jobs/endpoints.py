@@ -34,6 +34,13 @@ def create_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, s
     return JobObject.of(job, user.name)
 
 
+@router.post("/preview", response_model=dict[str, Any])
+def preview_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> dict:
+    """Extension: what every `auto` hyperparameter of this request would
+    resolve to, and why, without creating a job (the same body as create)."""
+    return service.preview_hyperparameters(session, state.settings, user, body)
+
+
 def _metadata_filter(request: Request) -> dict[str, str]:
     # OpenAI's list filter: ?metadata[key]=value
     return {

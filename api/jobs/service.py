@@ -1,5 +1,7 @@
 import secrets
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -61,11 +63,7 @@ def _training_ready_file(files: FileRepository, file_id: str, param: str) -> Fil
     return file
 
 
-def create_job(
-    session: Session, storage: Storage, settings: Settings, user: User, request: CreateJobRequest
-) -> FineTuningJob:
-    """Check everything that can be checked before a worker sees the job; a
-    request that cannot train is refused here and nothing is queued."""
+def _check_model(settings: Settings, request: CreateJobRequest) -> None:
     if request.model not in settings.base_models:
         offered = ", ".join(sorted(settings.base_models))
         raise APIError(
@@ -74,11 +72,19 @@ def create_job(
             param="model",
             code="model_not_found",
         )
-    if request.integrations:
-        raise bad_request("Integrations are not supported.", param="integrations", code="unsupported_parameter")
-    for key, value in (request.metadata or {}).items():
-        if len(key) > 64 or len(value) > 512:
-            raise bad_request("Metadata keys are at most 64 and values 512 characters.", param="metadata")
+
+
+@dataclass
+class CheckedRequest:
+    requested: dict[str, Any]
+    training: File
+    validation: File | None
+    preview: dict[str, dict[str, Any]]
+
+
+def _checked_request(session: Session, user: User, request: CreateJobRequest, *, device: str = "cuda") -> CheckedRequest:
+    """The files and hyperparameters of a job request, checked, with a
+    resolution on the upload report's estimated statistics."""
     try:
         requested, param_prefix = _requested_hyperparameters(request)
     except HyperparameterError as exc:
@@ -99,9 +105,54 @@ def create_job(
     try:
         # A preview on estimated statistics: catches impossible combinations
         # (batch larger than the data, …) now rather than on a worker.
-        resolve(requested, stats, model_max_length=_UNKNOWN_MODEL_MAX_LENGTH, device="cuda", param_prefix=param_prefix)
+        preview = resolve(
+            requested, stats, model_max_length=_UNKNOWN_MODEL_MAX_LENGTH, device=device, param_prefix=param_prefix
+        )
     except HyperparameterError as exc:
         raise bad_request(exc.message, param=exc.param, code="invalid_hyperparameters") from exc
+    return CheckedRequest(requested, training, validation, preview)
+
+
+def _likely_worker_device(settings: Settings) -> str:
+    """The device `auto` will most likely find. Embedded mode's workers run
+    on this machine: CUDA if it has an NVIDIA device. Production workers are
+    GPU machines. (The API never imports torch to ask.)"""
+    if settings.worker_device != "auto":
+        return settings.worker_device
+    if settings.broker_url.startswith("filesystem://"):
+        return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
+    return "cuda"
+
+
+def preview_hyperparameters(session: Session, settings: Settings, user: User, request: CreateJobRequest) -> dict:
+    """What `auto` would resolve to for this request, before creating it.
+    Estimates: the worker resolves again on the real token counts and device."""
+    _check_model(settings, request)
+    device = _likely_worker_device(settings)
+    checked = _checked_request(session, user, request, device=device)
+    return {
+        "object": "fine_tuning.job.preview",
+        "device": device,
+        "hyperparameters": checked.preview,
+        "note": "Estimated from the upload report's token counts (characters / 4) for a "
+        + ("CPU" if device == "cpu" else "CUDA")
+        + " worker; the worker resolves `auto` again on the tokenized data, and the job records the final values.",
+    }
+
+
+def create_job(
+    session: Session, storage: Storage, settings: Settings, user: User, request: CreateJobRequest
+) -> FineTuningJob:
+    """Check everything that can be checked before a worker sees the job; a
+    request that cannot train is refused here and nothing is queued."""
+    _check_model(settings, request)
+    if request.integrations:
+        raise bad_request("Integrations are not supported.", param="integrations", code="unsupported_parameter")
+    for key, value in (request.metadata or {}).items():
+        if len(key) > 64 or len(value) > 512:
+            raise bad_request("Metadata keys are at most 64 and values 512 characters.", param="metadata")
+    checked = _checked_request(session, user, request)
+    training, validation = checked.training, checked.validation
     for file, param in ((training, "training_file"), (validation, "validation_file")):
         if file is not None and not storage.exists(file.storage_key):
             raise APIError(409, f"The content of file '{file.id}' is missing from storage.", param=param, code="file_missing")
@@ -115,7 +166,7 @@ def create_job(
             training_file_id=training.id,
             validation_file_id=validation.id if validation else None,
             status="queued",
-            requested_hyperparameters=requested,
+            requested_hyperparameters=checked.requested,
             seed=seed,
             seed_origin="user" if request.seed is not None else "auto",
             suffix=request.suffix or None,

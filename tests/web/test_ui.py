@@ -112,6 +112,12 @@ def test_a_job_trains_with_live_curves_and_its_adapter_downloads(page, site):
     select_file(page.get_by_test_id("training-file"), "animals.jsonl")
     page.get_by_test_id("base-model").select_option(TINY)
     page.get_by_test_id("hp-n_epochs").fill("2")
+    # Before anything is created, the form shows what every "auto" resolves to, and why.
+    preview = page.get_by_test_id("hyperparameter-preview")
+    expect(preview.locator("[data-name='n_epochs']")).to_contain_text("user")
+    expect(preview.locator("[data-name='n_epochs'] td").nth(1)).to_have_text("2")
+    expect(preview.locator("[data-name='batch_size']")).to_contain_text("auto")
+    expect(preview.locator("[data-name='adapter']")).to_contain_text("lora")
     page.get_by_test_id("create-job-submit").click()
     expect(page).to_have_url(re.compile(r"/jobs/ftjob-"))
     site["state"]["job_id"] = page.url.rsplit("/", 1)[-1]

@@ -196,3 +196,32 @@ def test_the_openai_sdk_drives_the_jobs_api(service, alice_user):
     assert BASE in [m.id for m in client.models.list()]
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("ft:none")
+
+
+def test_preview_shows_what_auto_resolves_to_and_creates_nothing(service, alice):
+    file_id = training_file(alice)
+    body = {"model": BASE, "training_file": file_id, "hyperparameters": {"n_epochs": 2, "extra": {"lora_r": 8}}}
+    response = alice.post("/v1/fine_tuning/jobs/preview", json=body)
+    assert response.status_code == 200, response.text
+    preview = response.json()
+    assert preview["object"] == "fine_tuning.job.preview"
+    # Embedded workers run on this CPU-only machine; production ones are GPU machines.
+    embedded = service.settings.broker_url.startswith("filesystem://")
+    assert preview["device"] == ("cpu" if embedded else "cuda")
+    details = preview["hyperparameters"]
+    assert details["n_epochs"] == {"value": 2, "origin": "user", "reason": None}
+    assert details["lora_r"]["value"] == 8
+    assert details["batch_size"]["origin"] == "auto" and details["batch_size"]["reason"]
+    assert details["adapter"]["value"] == ("lora" if embedded else "qlora")
+    assert alice.get("/v1/fine_tuning/jobs").json()["data"] == []
+
+
+def test_preview_refuses_what_create_would_refuse(alice, bob):
+    file_id = training_file(alice)
+    bad = alice.post("/v1/fine_tuning/jobs/preview", json={"model": BASE, "training_file": file_id,
+                                                            "hyperparameters": {"n_epochs": 0}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "hyperparameters.n_epochs"
+    foreign = bob.post("/v1/fine_tuning/jobs/preview", json={"model": BASE, "training_file": file_id})
+    assert foreign.status_code == 400 and foreign.json()["error"]["code"] == "file_not_found"
+    unknown = alice.post("/v1/fine_tuning/jobs/preview", json={"model": "nope", "training_file": file_id})
+    assert unknown.json()["error"]["param"] == "model"

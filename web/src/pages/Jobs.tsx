@@ -129,6 +129,8 @@ export function NewJobPage() {
   const [extra, setExtra] = useState<Record<string, string>>({});
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+  const [preview, setPreview] = useState<Preview | null>(null);
+  const [previewError, setPreviewError] = useState<unknown>(null);
 
   useEffect(() => {
     Promise.all([allFiles("fine-tune"), api<{ data: { id: string; kind: string }[] }>("/v1/models")])
@@ -142,26 +144,62 @@ export function NewJobPage() {
       .catch(setLoadError);
   }, []);
 
-  async function submit(e: FormEvent) {
-    e.preventDefault();
-    setError(null);
-    let hyperparameters;
-    try {
-      hyperparameters = buildHyperparameters(basic, extra);
-    } catch (err) {
-      setError(err);
-      return;
-    }
+  // The request body, or an Error naming what is wrong with the form.
+  function requestBody(): Record<string, unknown> {
+    const hyperparameters = buildHyperparameters(basic, extra);
     const body: Record<string, unknown> = { model, training_file: trainingFile, hyperparameters };
     if (validationFile) body.validation_file = validationFile;
     if (suffix.trim()) body.suffix = suffix.trim();
     if (seed.trim()) {
       const n = Number(seed);
-      if (!Number.isInteger(n)) {
-        setError(new Error("seed must be an integer"));
-        return;
-      }
+      if (!Number.isInteger(n)) throw new Error("seed must be an integer");
       body.seed = n;
+    }
+    return body;
+  }
+
+  // What `auto` will resolve to, refreshed as the form changes (debounced).
+  useEffect(() => {
+    if (!trainingFile || !model) return;
+    let body: Record<string, unknown>;
+    try {
+      body = requestBody();
+    } catch (err) {
+      setPreview(null);
+      setPreviewError(err);
+      return;
+    }
+    let cancelled = false;
+    const timer = window.setTimeout(() => {
+      api<Preview>("/v1/fine_tuning/jobs/preview", { json: body })
+        .then((p) => {
+          if (!cancelled) {
+            setPreview(p);
+            setPreviewError(null);
+          }
+        })
+        .catch((err) => {
+          if (!cancelled) {
+            setPreview(null);
+            setPreviewError(err);
+          }
+        });
+    }, 400);
+    return () => {
+      cancelled = true;
+      window.clearTimeout(timer);
+    };
+  }, [trainingFile, validationFile, model, suffix, seed, basic, extra]);
+
+  async function submit(e: FormEvent) {
+    e.preventDefault();
+    setError(null);
+    let body: Record<string, unknown>;
+    try {
+      body = requestBody();
+    } catch (err) {
+      setError(err);
+      return;
     }
     setBusy(true);
     try {
@@ -267,8 +305,49 @@ export function NewJobPage() {
         </button>
         <ErrorBox error={error} testId="new-job-error" />
       </form>
+      <div className="card" data-testid="hyperparameter-preview">
+        <h2>What these settings resolve to</h2>
+        <ErrorBox error={previewError} testId="preview-error" />
+        {preview ? (
+          <>
+            <p className="muted small">{preview.note}</p>
+            <div className="table-wrap">
+              <table>
+                <thead>
+                  <tr>
+                    <th>Name</th>
+                    <th>Value</th>
+                    <th>Origin</th>
+                    <th>Reason</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {Object.entries(preview.hyperparameters).map(([name, d]) => (
+                    <tr key={name} data-testid="preview-row" data-name={name}>
+                      <td className="mono small">{name}</td>
+                      <td className="mono small">{String(d.value)}</td>
+                      <td>
+                        <span className={`chip chip-origin-${d.origin}`}>{d.origin}</span>
+                      </td>
+                      <td className="small">{d.reason ?? ""}</td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          </>
+        ) : (
+          !previewError && <p className="muted">Pick a training file and a base model to see how every “auto” resolves.</p>
+        )}
+      </div>
     </>
   );
+}
+
+interface Preview {
+  device: string;
+  note: string;
+  hyperparameters: Record<string, { value: unknown; origin: string; reason: string | null }>;
 }
 
 interface MetricRow {
@@ -355,7 +434,6 @@ export function JobDetailPage() {
     setJob(null);
     setRecipe(null);
     refresh();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [id]);
   const active = !!job && !FINAL_JOB_STATUSES.has(job.status);
   usePoll(refresh, 2000, active);
