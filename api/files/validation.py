@@ -17,6 +17,7 @@ import hashlib
 import heapq
 import json
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -720,6 +721,7 @@ class _FineTuneStats:
     def report(self, lines: int, blank_lines: int, seed: int) -> dict:
         token_summary = _number_summary(self.tokens)
         token_summary["total"] = sum(self.tokens)
+        token_summary["histogram"] = _length_histogram(self.tokens)
         token_summary["method"] = "characters / 4, plus 4 per message"
         split = self._split_report(seed)
         return {
@@ -881,6 +883,20 @@ def _number_summary(values: array) -> dict:
         return {"min": 0, "mean": 0.0, "max": 0, "p95": 0}
     return {"min": min(values), "mean": round(sum(values) / count, 2),
             "max": max(values), "p95": _p95(values)}
+
+
+def _length_histogram(values: array) -> list[dict]:
+    """Examples per length bucket, doubling widths (0-15, 16-31, 32-63, …):
+    token lengths are long-tailed, so equal widths would hide the short ones.
+    Empty buckets between the shortest and longest are kept."""
+    counts = Counter(max(value.bit_length(), 4) for value in values)
+    if not counts:
+        return []
+    buckets = []
+    for bits in range(min(counts), max(counts) + 1):
+        low = 0 if bits == 4 else 1 << (bits - 1)
+        buckets.append({"min": low, "max": (1 << bits) - 1, "count": counts.get(bits, 0)})
+    return buckets
 
 
 def _p95(values: array) -> int:

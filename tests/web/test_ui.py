@@ -103,6 +103,8 @@ def test_a_good_file_shows_its_report_and_preview(page, site):
     expect(page.get_by_test_id("report-train-count")).to_contain_text(re.compile(r"\d"))
     expect(page.get_by_test_id("report-split-description")).not_to_be_empty()
     expect(page.get_by_test_id("report-preview")).to_contain_text("What sound does a")
+    # The token-length histogram is drawn (one bar per non-empty length bucket).
+    expect(page.get_by_test_id("report-tokens").locator(".recharts-bar-rectangle").first).to_be_visible()
     expect(page.get_by_test_id("files-table").get_by_test_id("file-row")).to_have_count(1)
 
 

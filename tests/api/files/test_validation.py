@@ -612,7 +612,9 @@ def test_report_numbers():
         "distinct_system_prompts": 1,
         "characters": {"min": 12, "mean": 14.18, "max": 32, "p95": 32},
         "estimated_tokens": {"min": 11, "mean": 13.0, "max": 28, "p95": 28, "total": 143,
-                             "method": "characters / 4, plus 4 per message"},
+                             "method": "characters / 4, plus 4 per message",
+                             # Doubling buckets: nine examples of 11 tokens, then 16 and 28.
+                             "histogram": [{"min": 0, "max": 15, "count": 9}, {"min": 16, "max": 31, "count": 2}]},
         "examples_with_tools": 0,
         "duplicates": {"count": 1, "examples": [{"line": 11, "duplicate_of": 1}]},
     }
@@ -642,6 +644,9 @@ def test_long_example_warning():
     items = [chat("x" * 20_000), *good_examples(10)]
     report = validate(jsonl(items)).report
     assert report["estimated_tokens"]["max"] == 5000 + 1 + 8
+    histogram = report["estimated_tokens"]["histogram"]
+    assert (histogram[-1]["min"], histogram[-1]["max"], histogram[-1]["count"]) == (4096, 8191, 1)
+    assert sum(bucket["count"] for bucket in histogram) == 11
     assert "1 example is longer than 4096 estimated tokens and may be truncated" in report["warnings"]
 
 

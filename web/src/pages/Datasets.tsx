@@ -112,14 +112,10 @@ export function ReportView({ file }: { file: FileObj }) {
   if (error) return <ErrorBox error={error} />;
   if (!report) return <p className="muted">Loading report…</p>;
   const tok = report.estimated_tokens;
-  const tokData = tok
-    ? [
-        { name: "min", tokens: tok.min },
-        { name: "mean", tokens: tok.mean },
-        { name: "p95", tokens: tok.p95 },
-        { name: "max", tokens: tok.max },
-      ]
-    : [];
+  // Examples per length bucket (doubling widths), from the report's histogram.
+  const tokData: { name: string; examples: number }[] = (tok?.histogram ?? []).map(
+    (b: { min: number; max: number; count: number }) => ({ name: `${b.min}–${b.max}`, examples: b.count }),
+  );
   return (
     <div className="report" data-testid="file-report" aria-label={`Report for ${file.filename}`}>
       <h3>
@@ -147,7 +143,7 @@ export function ReportView({ file }: { file: FileObj }) {
         </section>
         {tok && (
           <section data-testid="report-tokens" aria-label="Token lengths">
-            <h4>Estimated tokens per example</h4>
+            <h4>Examples by estimated token length</h4>
             <div className="chart-sm">
               <ResponsiveContainer width="100%" height={180}>
                 <BarChart data={tokData}>
@@ -155,12 +151,12 @@ export function ReportView({ file }: { file: FileObj }) {
                   <XAxis dataKey="name" />
                   <YAxis />
                   <Tooltip />
-                  <Bar dataKey="tokens" fill="#3b6ea5" isAnimationActive={false} />
+                  <Bar dataKey="examples" fill="#3b6ea5" isAnimationActive={false} />
                 </BarChart>
               </ResponsiveContainer>
             </div>
             <p className="muted small">
-              total {tok.total} tokens ({tok.method})
+              min {tok.min} · mean {tok.mean} · p95 {tok.p95} · max {tok.max} · total {tok.total} tokens ({tok.method})
             </p>
           </section>
         )}
