@@ -33,6 +33,9 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         folders = {name: settings.broker_dir / name for name in ("queue", "processed", "control")}
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
+        # Kombu's own transport can lose a message to a consumer that reads it
+        # half-written (api/filesystem_broker.py).
+        app.conf.broker_transport = "api.filesystem_broker:Transport"
         app.conf.broker_transport_options = {
             "data_folder_in": str(folders["queue"]),
             "data_folder_out": str(folders["queue"]),
