@@ -146,7 +146,10 @@ def test_compare_base_and_fine_tune_on_the_test_split(page, site):
     expect(table).to_be_visible(timeout=JOB_TIMEOUT_MS)
     expect(table.locator("tbody tr")).to_have_count(2)
     expect(table.locator("[data-best='true']").first).to_be_visible()
-    expect(page.get_by_test_id("items-table").get_by_test_id("item-row").first).to_be_visible()
+    items = page.get_by_test_id("items-table")
+    expect(items.get_by_test_id("item-row").first).to_be_visible()
+    # Each model's answer is marked as matching the reference or not.
+    expect(items.locator("td.answer-matches, td.answer-differs").first).to_be_visible()
 
 
 def test_the_playground_asks_several_models_at_once(page, site):

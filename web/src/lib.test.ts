@@ -8,6 +8,7 @@ import {
   lineErrors,
   mergePages,
   modelsDisagree,
+  sameAnswer,
   nextCursor,
   pageQuery,
   parseApiError,
@@ -133,5 +134,13 @@ describe("formatting", () => {
   });
   it("writes CSV with quoting", () => {
     expect(toCsv([{ a: 'x,"y"', b: 1 }, { a: "z" }])).toBe('a,b\n"x,""y""",1\nz,\n');
+  });
+});
+
+describe("sameAnswer", () => {
+  it("ignores case and runs of whitespace, nothing else", () => {
+    expect(sameAnswer(" Meow.\n", "meow.")).toBe(true);
+    expect(sameAnswer("Meow", "Meow.")).toBe(false);
+    expect(sameAnswer(undefined, "")).toBe(true);
   });
 });

@@ -129,6 +129,11 @@ function norm(s: unknown): string {
   return String(s ?? "").trim().replace(/\s+/g, " ").toLowerCase();
 }
 
+/** True when two answers are the same after whitespace/case normalization. */
+export function sameAnswer(a: unknown, b: unknown): boolean {
+  return norm(a) === norm(b);
+}
+
 /** True when the models' outputs in a prediction row are not all the same (after whitespace/case normalization). */
 export function modelsDisagree(row: Record<string, unknown>, models: string[]): boolean {
   if (models.length < 2) return false;

@@ -2,7 +2,7 @@ import { useCallback, useEffect, useMemo, useState, type FormEvent } from "react
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, download, saveBlob, text } from "../api";
 import { ErrorBox, fmtTime, LoadMore, ProgressBar, StatusChip, usePaged, usePoll } from "../common";
-import { bestPerColumn, FINAL_JOB_STATUSES, formatError, modelsDisagree, parseJsonl, toCsv } from "../lib";
+import { bestPerColumn, FINAL_JOB_STATUSES, formatError, modelsDisagree, parseJsonl, sameAnswer, toCsv } from "../lib";
 import type { FileObj } from "./Datasets";
 import type { ModelObj } from "./Models";
 
@@ -240,12 +240,16 @@ function EvaluationView({ id }: { id: string }) {
                   </thead>
                   <tbody>
                     {shown.map((r, i) => (
-                      <tr key={String(r.item ?? i)} data-testid="item-row">
+                      <tr key={String(r.item ?? i)} data-testid="item-row" data-disagree={modelsDisagree(r, ev.models)}>
                         <td className="num">{String(r.item ?? i)}</td>
                         <td className="pre">{promptText(r.prompt)}</td>
                         <td className="pre">{String(r.reference ?? "")}</td>
                         {ev.models.map((m) => (
-                          <td key={m} className="pre">
+                          <td
+                            key={m}
+                            className={`pre ${sameAnswer(r[m], r.reference) ? "answer-matches" : "answer-differs"}`}
+                            title={sameAnswer(r[m], r.reference) ? "same as the reference" : "differs from the reference"}
+                          >
                             {String(r[m] ?? "")}
                           </td>
                         ))}
