@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY = "tiny-llama"
 BROKEN = "broken-model"
 JOB_TIMEOUT = 240
+WORKER_LOGS = Path(__file__).resolve().parent.parent.parent / "test-artifacts" / "worker-logs"
 HEARTBEAT_TIMEOUT = 4.0
 
 pytestmark = pytest.mark.slow
@@ -54,14 +56,18 @@ class Workers:
         self.processes: list[subprocess.Popen] = []
 
     def start(self, queues: str | None = None) -> subprocess.Popen:
-        # A process group of its own, so a test can SIGKILL the worker and its children at once.
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker", *(["--queues", queues] if queues else [])],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # The worker's log is kept for when a test fails (test-artifacts/ is git-ignored).
+        WORKER_LOGS.mkdir(parents=True, exist_ok=True)
+        log_path = WORKER_LOGS / f"worker-{uuid.uuid4().hex[:12]}-{(queues or 'all').replace(',', '+')}.log"
+        with log_path.open("wb") as log:
+            # A process group of its own, so a test can SIGKILL the worker and its children at once.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "worker", *(["--queues", queues] if queues else [])],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
