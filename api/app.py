@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recovery.cancel()
         with suppress(asyncio.CancelledError):
             await recovery
+        state.streams.close()
         state.engine.dispose()
 
     app = FastAPI(title="tunehouse", version="0.1.0", lifespan=lifespan)

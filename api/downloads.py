@@ -15,14 +15,21 @@ def attachment(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
-def download(storage: Storage, key: str, filename: str, *, redirect_s3: bool = False):
+def download(
+    storage: Storage,
+    key: str,
+    filename: str,
+    *,
+    redirect_s3: bool = False,
+    media_type: str = "application/octet-stream",
+):
     headers = {"Content-Disposition": attachment(filename)}
     local_path = storage.local_path(key)
     if local_path is not None:
-        return FileResponse(local_path, media_type="application/octet-stream", headers=headers)
+        return FileResponse(local_path, media_type=media_type, headers=headers)
     if redirect_s3:
         url = storage.presigned_url(key, expires_in=PRESIGNED_URL_SECONDS, download_name=filename)
         if url:
             return RedirectResponse(url, status_code=307)
     headers["Content-Length"] = str(storage.size(key))
-    return StreamingResponse(storage.iter_bytes(key), media_type="application/octet-stream", headers=headers)
+    return StreamingResponse(storage.iter_bytes(key), media_type=media_type, headers=headers)

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker
+from api.inference.streams import FileStreams, RedisStreams, streams_for
 from api.queue_client import TaskQueue
 from api.settings import Settings
 from api.storage import Storage, storage_from_url
@@ -20,6 +21,8 @@ class AppState:
     sessionmaker: sessionmaker[Session]
     storage: Storage
     queue: TaskQueue
+    # Where inference workers answer chat requests; one client for all requests.
+    streams: RedisStreams | FileStreams
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "AppState":
@@ -30,6 +33,7 @@ class AppState:
             sessionmaker=make_sessionmaker(engine),
             storage=storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url),
             queue=TaskQueue(settings),
+            streams=streams_for(settings),
         )
 
 

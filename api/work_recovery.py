@@ -7,7 +7,7 @@ TUNEHOUSE_MAX_JOB_ATTEMPTS attempts it fails instead. Rows whose message
 never reached the broker are sent again."""
 
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.batches.models import WORKING_STATUSES as BATCH_WORKING
 from api.batches.models import Batch
+from api.batches.models import failed_values as batch_failed_values
 from api.evaluations.models import WORKING_STATUSES as EVALUATION_WORKING
 from api.evaluations.models import Evaluation
+from api.evaluations.models import failed_values as evaluation_failed_values
 from api.leases import Leases
 from api.queue_client import BATCH_TASK, EVALUATION_TASK, TaskQueue
 from api.settings import Settings
@@ -30,18 +32,12 @@ class WorkKind:
     model: Any
     working: tuple[str, ...]
     task: str
-
-    def failed_values(self, message: str) -> dict:
-        now = int(time.time())
-        if self.model is Batch:
-            return {"status": "failed", "failed_at": now, "errors": {"object": "list", "data": [
-                {"code": "worker_lost", "message": message, "param": None, "line": None}]}}
-        return {"status": "failed", "finished_at": now, "error": {"code": "worker_lost", "message": message}}
+    failed_values: Callable[[str, str], dict]
 
 
 WORK_KINDS = (
-    WorkKind(Batch, BATCH_WORKING, BATCH_TASK),
-    WorkKind(Evaluation, EVALUATION_WORKING, EVALUATION_TASK),
+    WorkKind(Batch, BATCH_WORKING, BATCH_TASK, batch_failed_values),
+    WorkKind(Evaluation, EVALUATION_WORKING, EVALUATION_TASK, evaluation_failed_values),
 )
 
 
@@ -60,7 +56,7 @@ def recover_work(db: sessionmaker[Session], settings: Settings, queue: TaskQueue
                         update(kind.model)
                         .where(kind.model.id == row.id, kind.model.attempt == row.attempt,
                                kind.model.status.in_(kind.working))
-                        .values(**kind.failed_values(message))
+                        .values(**kind.failed_values("worker_lost", message))
                         .execution_options(synchronize_session=False)
                     )
                     session.commit()

@@ -12,7 +12,6 @@ bad parameter, prompt too long) becomes a line in the error file; it never
 fails the batch.
 """
 
-import hashlib
 import json
 import logging
 import time
@@ -23,9 +22,10 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from api.batches.models import WORKING_STATUSES, Batch, BatchResult
+from api.batches.models import WORKING_STATUSES, Batch, BatchResult, failed_values
 from api.db import make_engine, make_sessionmaker
-from api.files.models import File, storage_key_for
+from api.files.models import File
+from api.files.outputs import write_output_file
 from api.files.repository import FileRepository
 from api.files.validation import jsonl_objects
 from api.ids import new_id
@@ -348,33 +348,11 @@ class BatchRun:
         """Writes the JSONL to storage; returns the File row for the caller to add."""
         if not records:
             return None
-        file_id = new_id("file-")
-        key = storage_key_for(batch.owner_id, file_id)
-        digest, size = hashlib.sha256(), 0
-        with self.storage.writer(key) as writer:
-            for record in records:
-                line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-                digest.update(line)
-                size += len(line)
-                writer.write(line)
-            writer.commit()
-        return File(
-            id=file_id,
-            owner_id=batch.owner_id,
-            purpose="batch_output",
-            filename=f"{batch.id}_{kind}.jsonl",
-            bytes=size,
-            sha256=digest.hexdigest(),
-            storage_key=key,
-            status="processed",
-            report=None,
-            created_at=int(time.time()),
-        )
+        lines = ((json.dumps(record, ensure_ascii=False) + "\n").encode() for record in records)
+        return write_output_file(self.storage, batch.owner_id, "batch_output", f"{batch.id}_{kind}.jsonl", lines)
 
     def _fail(self, code: str, message: str) -> None:
-        values = {"status": "failed", "failed_at": int(time.time()),
-                  "errors": {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}}
-        if self.leases.update(self.batch_id, self.attempt, **values):
+        if self.leases.update(self.batch_id, self.attempt, **failed_values(code, message)):
             self.session.commit()
         else:
             self.session.rollback()

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from api.db import make_engine, make_sessionmaker
-from api.evaluations.models import WORKING_STATUSES, Evaluation
+from api.evaluations.models import WORKING_STATUSES, Evaluation, failed_values
 from api.evaluations.schemas import PERPLEXITY, as_json_safe, item_columns, predictions_csv_key
 from api.files.repository import FileRepository
 from api.files.validation import DEFAULT_SPLIT_SEED, split_lines
@@ -184,13 +184,7 @@ class EvaluationRun:
             raise _Stopped()
 
     def fail(self, code: str, message: str) -> None:
-        self.leases.update(
-            self.evaluation_id,
-            self.attempt,
-            status="failed",
-            error={"code": code, "message": message},
-            finished_at=int(time.time()),
-        )
+        self.leases.update(self.evaluation_id, self.attempt, **failed_values(code, message))
         self.session.commit()
 
     # -- the attempt -----------------------------------------------------------

@@ -22,10 +22,10 @@ from sqlalchemy import select
 
 from api.auth.models import User
 from api.db import make_engine, make_sessionmaker
-from api.files.models import File, storage_key_for
+from api.files.models import File
+from api.files.outputs import write_output_file
 from api.files.repository import FileRepository
 from api.files.validation import DEFAULT_SPLIT_SEED, split_lines
-from api.ids import new_id
 from api.jobs.hyperparameters import DatasetStats, HyperparameterError, plain_values, resolve
 from api.jobs.models import FineTuningJob
 from api.jobs.metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
@@ -430,24 +430,10 @@ class TrainingJobRun:
     def _metrics_result_file(self, job: FineTuningJob) -> File:
         """OpenAI's result file: the per-step metrics as CSV, owned by the job's user."""
         rows = metrics_by_step(JobRepository(self.session, job.owner_id).metrics_events(job.id))
-        content = metrics_csv(rows).encode()
-        file_id = new_id("file-")
-        key = storage_key_for(job.owner_id, file_id)
-        self.storage.put_bytes(key, content)
-        file = FileRepository(self.session, job.owner_id).add(
-            File(
-                id=file_id,
-                owner_id=job.owner_id,
-                purpose="fine-tune-results",
-                filename=f"{job.id}-step-metrics.csv",
-                bytes=len(content),
-                sha256=hashlib.sha256(content).hexdigest(),
-                storage_key=key,
-                status="processed",
-                report=None,
-                created_at=int(time.time()),
-            )
+        file = write_output_file(
+            self.storage, job.owner_id, "fine-tune-results", f"{job.id}-step-metrics.csv", [metrics_csv(rows).encode()]
         )
+        FileRepository(self.session, job.owner_id).add(file)
         self.session.commit()
         return file
 

@@ -1,3 +1,4 @@
+import time
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String
@@ -9,6 +10,12 @@ from api.db import Base
 # `cancelling` still need a worker.
 WORKING_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL_STATUSES = ("completed", "failed", "cancelled", "expired")
+
+
+def failed_values(code: str, message: str) -> dict[str, Any]:
+    """The columns of a batch that failed as a whole (OpenAI's `errors` list)."""
+    error = {"code": code, "message": message, "param": None, "line": None}
+    return {"status": "failed", "failed_at": int(time.time()), "errors": {"object": "list", "data": [error]}}
 
 
 class Batch(Base):

@@ -4,11 +4,11 @@ items, supervised metrics per model, per-item predictions as JSONL or CSV."""
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import CurrentUser
 from api.db import SessionDep
-from api.downloads import attachment
+from api.downloads import download
 from api.errors import APIError
 from api.evaluations import service
 from api.evaluations.repository import EvaluationRepository
@@ -77,16 +77,12 @@ def download_predictions(
             code="predictions_not_ready",
         )
     key = evaluation.predictions_key if format == "jsonl" else predictions_csv_key(evaluation.predictions_key)
-    storage = state.storage
-    if not storage.exists(key):
+    if not state.storage.exists(key):
         raise APIError(
             409, f"The predictions of evaluation '{evaluation_id}' are missing from storage.", code="predictions_missing"
         )
-    headers = {"Content-Disposition": attachment(f"{evaluation.id}-predictions.{format}")}
-    local_path = storage.local_path(key)
-    if local_path is not None:
-        return FileResponse(local_path, media_type=_MEDIA_TYPES[format], headers=headers)
     # Through the API even on S3: clients send their API key, which a redirect
     # to a presigned URL would not accept.
-    headers["Content-Length"] = str(storage.size(key))
-    return StreamingResponse(storage.iter_bytes(key), media_type=_MEDIA_TYPES[format], headers=headers)
+    return download(
+        state.storage, key, f"{evaluation.id}-predictions.{format}", media_type=_MEDIA_TYPES[format]
+    )

@@ -1,3 +1,4 @@
+import time
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String
@@ -7,6 +8,11 @@ from api.db import Base
 
 WORKING_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def failed_values(code: str, message: str) -> dict[str, Any]:
+    """The columns of an evaluation that failed."""
+    return {"status": "failed", "finished_at": int(time.time()), "error": {"code": code, "message": message}}
 
 
 class Evaluation(Base):

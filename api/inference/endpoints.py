@@ -16,7 +16,7 @@ async def create_chat_completion(body: ChatCompletionRequest, user: CurrentUser,
     target = await run_in_threadpool(service.resolve_or_404, session, user, state.settings, body.model)
     payload = service.worker_request(body, target, state.settings)
     session.close()  # do not hold a database connection while the model generates
-    run = await run_in_threadpool(service.ChatRun, state.settings, state.queue, payload)
+    run = await run_in_threadpool(service.ChatRun, state.settings, state.queue, state.streams, payload)
     events = run.events()
     # The first event decides between an HTTP error and a 200: errors found
     # before any text (unknown adapter, prompt too long) get their own status.

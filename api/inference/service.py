@@ -18,7 +18,7 @@ from api.auth.models import User
 from api.errors import APIError, bad_request
 from api.ids import new_id
 from api.inference.schemas import ChatCompletion, ChatCompletionRequest
-from api.inference.streams import StreamTimeout, streams_for
+from api.inference.streams import FileStreams, RedisStreams, StreamTimeout
 from api.inference.targets import InferenceTarget, resolve_target
 from api.queue_client import TaskQueue
 from api.settings import Settings
@@ -76,17 +76,15 @@ def worker_request(request: ChatCompletionRequest, target: InferenceTarget, sett
 class ChatRun:
     """One request in flight: send it, then read its events."""
 
-    def __init__(self, settings: Settings, queue: TaskQueue, payload: dict):
+    def __init__(self, settings: Settings, queue: TaskQueue, streams: RedisStreams | FileStreams, payload: dict):
         self.settings = settings
         self.payload = payload
-        self.streams = streams_for(settings)
         try:
             queue.send_chat(payload)
         except Exception as exc:
-            self.streams.close()
             raise APIError(503, "The task queue is unavailable; try again shortly.", type="server_error",
                            code="queue_unavailable", headers={"Retry-After": "5"}) from exc
-        self._events = self.streams.read(
+        self._events = streams.read(
             payload["id"], self.settings.inference_queue_timeout, self.settings.inference_idle_timeout
         )
 
@@ -107,12 +105,6 @@ class ChatRun:
                 yield event
         except StreamTimeout as exc:
             raise no_worker_error(self.settings) from exc
-        finally:
-            self.streams.close()
-
-    def close(self) -> None:
-        self._events.close()
-        self.streams.close()
 
 
 def next_event(events: Iterator[dict]) -> dict:
