@@ -1,5 +1,39 @@
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+
 import api.all_models  # noqa: F401  (every table, so foreign keys resolve in workers)
 from api.queue import create_celery
 from api.settings import get_settings
+from worker import shutdown
 
 app = create_celery(get_settings(), include=("worker.tasks",))
+
+
+def preload_ml_stack() -> None:
+    """Import (not initialise) torch and transformers in the worker's parent:
+    each task's pool process is forked from it with them loaded, instead of
+    spending seconds importing them per job. CUDA stays untouched here (torch
+    initialises it lazily, in the child that uses it). peft is left to the
+    child: it imports bitsandbytes, which may probe the GPU on import, and a
+    CUDA driver initialised before a fork is unusable in the child."""
+    import torch  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    import worker.finetune  # noqa: F401
+    import worker.training.recipe  # noqa: F401
+
+
+@worker_init.connect
+def _clear_stale_shutdown_flag(**_kwargs) -> None:
+    shutdown.clear(get_settings())
+
+
+@worker_shutting_down.connect
+def _announce_shutdown(**_kwargs) -> None:
+    # Runs in the parent on SIGTERM/SIGINT: a running training job checkpoints
+    # and hands itself back (worker/finetune.py), so the warm shutdown is quick.
+    shutdown.announce(get_settings())
+
+
+@worker_shutdown.connect
+def _remove_shutdown_flag(**_kwargs) -> None:
+    shutdown.clear(get_settings())

@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from api.auth.models import User
-from api.db import make_engine, make_sessionmaker
+from api.db import is_disconnect, make_engine, make_sessionmaker, retry_on_disconnect
 from api.files.models import File
 from api.files.outputs import write_output_file
 from api.files.repository import FileRepository
@@ -31,14 +32,19 @@ from api.jobs.models import FineTuningJob
 from api.jobs.metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
 from api.jobs.repository import JobLifecycle, JobRepository, add_event
 from api.jobs.schemas import fine_tuned_model_name
+from api.queue_client import TRAIN_TASK, TaskQueue
 from api.settings import Settings, get_settings
 from api.storage import Storage, StorageError, storage_from_url
+from worker import shutdown
 from worker.leasing import Heartbeat, worker_name
 
 log = logging.getLogger("tunehouse.worker")
 
 RECIPE_VERSION = 1
 STOP_CHECK_SECONDS = 0.5
+# How long a worker keeps retrying a write while the database is unreachable
+# before it gives the job up (the recovery loop then requeues it).
+DATABASE_PATIENCE_SECONDS = 60.0
 
 
 # ----------------------------------------------------------------------- data
@@ -201,6 +207,7 @@ class TrainingJobRun:
         self.attempt: int | None = None
         self._last_stop_check = 0.0
         self._stop_requested = False
+        self._pause_requested = False
 
     def close(self) -> None:
         self.session.close()
@@ -209,8 +216,37 @@ class TrainingJobRun:
     # -- events -------------------------------------------------------------
 
     def event(self, message: str, data: dict | None = None, *, level: str = "info", type: str = "message") -> None:
-        add_event(self.session, self.job_id, message, level=level, type=type, data=data)
-        self.session.commit()
+        def write() -> None:
+            add_event(self.session, self.job_id, message, level=level, type=type, data=data)
+            self.session.commit()
+
+        self._db(write, "writing an event")
+
+    # -- retries ------------------------------------------------------------
+
+    def _db(self, transaction, what: str):
+        """A write (or read) that waits out a database restart instead of failing the job."""
+        return retry_on_disconnect(
+            self.session, transaction, what=f"{what} (job {self.job_id})", patience=DATABASE_PATIENCE_SECONDS
+        )
+
+    def _stored(self, what: str, operation) -> None:
+        """An upload, tried TUNEHOUSE_STORAGE_ATTEMPTS times with growing pauses;
+        then the StorageError fails the job (it never succeeds without its files)."""
+        attempts = self.settings.storage_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                operation()
+                return
+            except StorageError as exc:
+                if attempt == attempts:
+                    raise StorageError(f"{what} failed {attempts} times; the last error: {exc}") from exc
+                delay = self.settings.storage_retry_delay * 2 ** (attempt - 1)
+                log.warning("job %s: %s failed (attempt %d of %d): %s", self.job_id, what, attempt, attempts, exc)
+                self.event(
+                    f"{what} failed (attempt {attempt} of {attempts}): {exc}; retrying in {delay:g} s", level="warn"
+                )
+                time.sleep(delay)
 
     # -- hooks the recipe calls ---------------------------------------------
 
@@ -226,22 +262,33 @@ class TrainingJobRun:
         elapsed = time.time() - self._train_started
         done = max(step - self._first_step, 1)
         remaining = (total - step) * elapsed / done
-        self.lifecycle.update_running(
-            self.job_id,
-            self.attempt,
-            step=step,
-            total_steps=total,
-            trained_tokens=metrics.get("trained_tokens"),
-            estimated_finish=int(time.time() + remaining),
-            heartbeat_at=time.time(),
+        self._db(
+            lambda: self.lifecycle.update_running(
+                self.job_id,
+                self.attempt,
+                step=step,
+                total_steps=total,
+                trained_tokens=metrics.get("trained_tokens"),
+                estimated_finish=int(time.time() + remaining),
+                heartbeat_at=time.time(),
+            ),
+            "recording progress",
         )
 
     def on_checkpoint(self, step: int, checkpoint_dir: Path, metrics: dict) -> None:
         key = f"jobs/{self.job_id}/checkpoints/step-{step:06d}"
-        self.storage.delete_prefix(key)  # a redone step replaces its files
-        _upload_dir(self.storage, checkpoint_dir, key)
+
+        def upload() -> None:
+            self.storage.delete_prefix(key)  # a redone step (or try) replaces its files
+            _upload_dir(self.storage, checkpoint_dir, key)
+
+        self._stored(f"Uploading the checkpoint at step {step}", upload)
         # The row is written after the files: a checkpoint in the database is complete.
-        if self.lifecycle.add_checkpoint(self.job_id, self.attempt, step, _checkpoint_metrics(metrics), key):
+        recorded = self._db(
+            lambda: self.lifecycle.add_checkpoint(self.job_id, self.attempt, step, _checkpoint_metrics(metrics), key),
+            "recording a checkpoint",
+        )
+        if recorded:
             self.event(f"Checkpoint at step {step} saved", {"step": step})
 
     def should_stop(self) -> bool:
@@ -250,21 +297,31 @@ class TrainingJobRun:
         now = time.monotonic()
         if now - self._last_stop_check >= STOP_CHECK_SECONDS:
             self._last_stop_check = now
-            self._stop_requested = not self.lifecycle.still_ours(self.job_id, self.attempt)
+            self._stop_requested = not self._db(
+                lambda: self.lifecycle.still_ours(self.job_id, self.attempt), "checking for a cancel"
+            )
         return self._stop_requested
+
+    def should_pause(self) -> bool:
+        """The worker is shutting down (worker/shutdown.py): checkpoint and hand back."""
+        self._pause_requested = self._pause_requested or shutdown.requested(self.settings)
+        return self._pause_requested
 
     # -- the attempt ---------------------------------------------------------
 
     def run(self) -> None:
-        self.attempt = self.lifecycle.claim(self.job_id, self.worker_name, self.settings.heartbeat_timeout)
+        self.attempt = self._db(
+            lambda: self.lifecycle.claim(self.job_id, self.worker_name, self.settings.heartbeat_timeout), "claiming"
+        )
         if self.attempt is None:
             log.info("job %s is not claimable (duplicate delivery, finished or alive elsewhere)", self.job_id)
             return
-        if self.attempt > self.settings.max_job_attempts:
+        lost_attempts = self.attempt - 1 - self.lifecycle.get(self.job_id).handbacks
+        if lost_attempts >= self.settings.max_job_attempts:
             self.lifecycle.fail(
                 self.job_id,
                 "worker_lost",
-                f"The job was started {self.attempt - 1} times without finishing; giving up.",
+                f"The job was started {lost_attempts} times without finishing; giving up.",
                 attempt=self.attempt,
             )
             return
@@ -277,6 +334,8 @@ class TrainingJobRun:
         try:
             self._train(work_dir)
         except Exception as exc:
+            if isinstance(exc, DBAPIError) and is_disconnect(exc):
+                raise  # not the job's fault: it is requeued (run_training_job, the recovery loop)
             log.exception("job %s failed", self.job_id)
             self.session.rollback()
             code, message = classify_failure(exc)
@@ -324,7 +383,10 @@ class TrainingJobRun:
             job, base, resolved, data_summary, {"training": training_file, "validation": validation_file},
             split_seed, environment, job.recipe.get("method") if job.recipe else None,
         )
-        self.lifecycle.update_running(self.job_id, self.attempt, hyperparameters=resolved, recipe=recipe)
+        self._db(
+            lambda: self.lifecycle.update_running(self.job_id, self.attempt, hyperparameters=resolved, recipe=recipe),
+            "recording the hyperparameters",
+        )
         self.event(
             "Hyperparameters: "
             + ", ".join(f"{name}={detail['value']} ({detail['origin']})" for name, detail in resolved.items()),
@@ -336,12 +398,19 @@ class TrainingJobRun:
             resume_from = _download_prefix(self.storage, job.checkpoint_key, work_dir / "resume")
         config = TrainingConfig(base_model_dir=base.local_dir, hyperparameters=plain_values(resolved), seed=job.seed, device=device)
         hooks = TrainingHooks(
-            on_message=self.on_message, on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop
+            on_message=self.on_message,
+            on_metrics=self.on_metrics,
+            on_checkpoint=self.on_checkpoint,
+            should_stop=self.should_stop,
+            should_pause=self.should_pause,
         )
         self._train_started = time.time()
         self._first_step = job.checkpoint_step or 0
         result = train(config, data.train, data.eval, work_dir, hooks, resume_from=resume_from)
 
+        if result.paused:
+            self._hand_back(result.steps)
+            return
         if result.stopped:
             self.session.rollback()
             if self.lifecycle.get(self.job_id).status == "cancelled":
@@ -357,18 +426,36 @@ class TrainingJobRun:
         }
         self._publish(job, owner, recipe, result)
 
+    def _hand_back(self, steps: int) -> None:
+        """Graceful shutdown: every step done is in a checkpoint (the recipe saved
+        it before pausing); give the job back for another worker to resume."""
+        self.heartbeat.stop()
+        self.heartbeat.join()
+        if not self._db(lambda: self.lifecycle.hand_back(self.job_id, self.attempt), "handing the job back"):
+            return  # cancelled, or no longer ours, meanwhile
+        resume = f"the checkpoint at step {steps}" if steps else "the start"
+        self.event(f"Worker {self.worker_name} is shutting down: the job goes back to the queue to resume from {resume}")
+        log.info("job %s handed back at step %d", self.job_id, steps)
+        # Sent after the commit; if the broker does not take it, the recovery loop sends it.
+        if TaskQueue(self.settings).send(TRAIN_TASK, self.job_id):
+            self._db(lambda: self.lifecycle.mark_enqueued(self.job_id), "marking the job sent")
+
     def _publish(self, job: FineTuningJob, owner: User, recipe: dict, result) -> None:
         """Artifacts first, then the status: a job never succeeds without them."""
         self.event("Uploading the adapter")
         prefix = f"jobs/{self.job_id}"
-        _upload_dir(self.storage, result.adapter_dir, f"{prefix}/adapter")
         model_name = fine_tuned_model_name(job, owner.name)
-        self.storage.put_bytes(f"{prefix}/adapter.zip", adapter_zip(result.adapter_dir, recipe, model_name))
+
+        def upload() -> None:
+            _upload_dir(self.storage, result.adapter_dir, f"{prefix}/adapter")
+            self.storage.put_bytes(f"{prefix}/adapter.zip", adapter_zip(result.adapter_dir, recipe, model_name))
+
+        self._stored("Uploading the adapter", upload)
         metrics_file = self._metrics_result_file(job)
         # The automatic evaluation (base vs the new fine-tune) is committed in
         # the same transaction as the success: a succeeded job always links it.
         evaluation = self._automatic_evaluation(job, model_name)
-        succeeded = self.lifecycle.update_running(
+        succeeded = self.lifecycle.update_running(  # no retry: a repeat would lose the pending evaluation row
             self.job_id,
             self.attempt,
             status="succeeded",
@@ -478,9 +565,17 @@ it again without the service: `{recipe['rerun']}`.
 
 
 def run_training_job(job_id: str) -> None:
-    run = TrainingJobRun(get_settings(), job_id)
+    settings = get_settings()
+    run = TrainingJobRun(settings, job_id)
     try:
         run.run()
+    except DBAPIError as exc:
+        if not is_disconnect(exc):
+            raise
+        # The database stayed away longer than we wait. This message is spent;
+        # send another so the job is not stranded (a duplicate does nothing).
+        log.error("job %s: the database is unreachable; sending the job back to the queue", job_id)
+        TaskQueue(settings).send(TRAIN_TASK, job_id)
     finally:
         run.close()
 

@@ -27,10 +27,10 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True, name=f"heartbeat-{name}")
         self.db, self.beat, self.interval = db, beat, interval
         self.lost = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stopping.wait(self.interval):
             try:
                 with self.db() as session:
                     if not self.beat(session):
@@ -40,7 +40,7 @@ class Heartbeat(threading.Thread):
                 log.exception("%s failed", self.name)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def lease_heartbeat(db, model, row_id: str, attempt: int, interval: float, working: tuple[str, ...]) -> Heartbeat:

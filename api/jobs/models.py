@@ -39,6 +39,9 @@ class FineTuningJob(Base):
     # Delivery and recovery: `attempt` counts claims; a worker's writes are
     # fenced by it, so a worker that lost its claim cannot overwrite the job.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts a worker ended on purpose (graceful shutdown: checkpoint, then
+    # hand the job back); they do not count towards TUNEHOUSE_MAX_JOB_ATTEMPTS.
+    handbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -28,11 +28,12 @@ def recover_jobs(db: sessionmaker[Session], settings: Settings, queue: TaskQueue
         lifecycle = JobLifecycle(session)
         for job in lifecycle.stale_running_jobs(settings.heartbeat_timeout):
             silent_for = int(time.time() - (job.heartbeat_at or 0))
-            if job.attempt >= settings.max_job_attempts:
+            lost_attempts = job.attempt - job.handbacks  # handed back on shutdown: not lost
+            if lost_attempts >= settings.max_job_attempts:
                 lifecycle.fail(
                     job.id,
                     "worker_lost",
-                    f"The worker running this job stopped responding (attempt {job.attempt} of "
+                    f"The worker running this job stopped responding (attempt {lost_attempts} of "
                     f"{settings.max_job_attempts}); giving up.",
                     attempt=job.attempt,
                 )

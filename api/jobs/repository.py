@@ -214,6 +214,18 @@ class JobLifecycle:
         self.session.commit()
         return result.rowcount == 1
 
+    def hand_back(self, job_id: str, attempt: int) -> bool:
+        """A worker that is shutting down gives its running job back to the
+        queue (after saving a checkpoint); the caller sends a new message."""
+        result = self.session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id, FineTuningJob.attempt == attempt, FineTuningJob.status == "running")
+            .values(status="queued", worker=None, enqueued_at=None, handbacks=FineTuningJob.handbacks + 1)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+        return result.rowcount == 1
+
     def mark_enqueued(self, job_id: str) -> None:
         self.session.execute(
             update(FineTuningJob)

@@ -81,6 +81,10 @@ class TrainingHooks:
     on_checkpoint: Callable[[int, Path, dict], None] = _ignore
     # Checked before every optimizer step (and between evaluation batches).
     should_stop: Callable[[], bool] = _never_stop
+    # Checked before every optimizer step: yes means "save a checkpoint of the
+    # steps done so far, then stop" (the worker is shutting down; another one
+    # resumes from that checkpoint).
+    should_pause: Callable[[], bool] = _never_stop
 
 
 @dataclass
@@ -102,6 +106,7 @@ class TrainingResult:
     truncated_examples: int
     stopped: bool
     method: dict  # what was actually used (adapter, device, dtype, quantization, ...)
+    paused: bool = False  # stopped by should_pause, with a checkpoint of every step done
 
 
 class _StopRequested(Exception):
@@ -181,12 +186,21 @@ def train(
         step, trained_tokens, last_metrics = resume(Path(resume_from), model, optimizer, scheduler, run_shape, device)
         hooks.on_message(f"Resumed from step {step}", {"step": step, "total_steps": total_steps})
 
-    def stopped_result() -> TrainingResult:
+    def stopped_result(paused: bool = False) -> TrainingResult:
         return TrainingResult(
             adapter_dir=None, steps=step, total_steps=total_steps, trained_tokens=trained_tokens,
             train_loss=last_metrics.get("train_loss"), valid_loss=None,
-            truncated_examples=truncated_examples, stopped=True, method=method,
+            truncated_examples=truncated_examples, stopped=True, method=method, paused=paused,
         )
+
+    def checkpoint(metrics: dict) -> None:
+        checkpoint_dir = save_checkpoint(
+            checkpoints_dir, model, optimizer, scheduler, step, steps_per_epoch,
+            trained_tokens, metrics, run_shape, hp, device,
+        )
+        hooks.on_message(f"Checkpoint at step {step}", {"step": step})
+        hooks.on_checkpoint(step, checkpoint_dir, metrics)
+        remove_older_checkpoints(checkpoints_dir, keep=checkpoint_dir)
 
     def stop_if_asked() -> None:
         if hooks.should_stop():
@@ -196,12 +210,17 @@ def train(
     eval_interval = int(hp.get("eval_interval") or 0)
     checkpoint_interval = int(hp.get("checkpoint_interval") or 0)
     first_epoch, first_batch = divmod(step, steps_per_epoch)
+    checkpointed_step = step
     try:
         for epoch in range(first_epoch, n_epochs):
             hooks.on_message(f"Epoch {epoch + 1}/{n_epochs}", {"epoch": epoch + 1, "n_epochs": n_epochs})
             order = epoch_order(config.seed, epoch, len(train_data))
             for batch_index in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
                 stop_if_asked()
+                if hooks.should_pause():
+                    if step > checkpointed_step:
+                        checkpoint(last_metrics)
+                    return stopped_result(paused=True)
                 batch = [train_data[i] for i in order[batch_index * batch_size : (batch_index + 1) * batch_size]]
                 learning_rate = scheduler.get_last_lr()[0]
                 started = time.perf_counter()
@@ -231,13 +250,8 @@ def train(
 
                 end_of_epoch = batch_index == steps_per_epoch - 1
                 if end_of_epoch or (checkpoint_interval and step % checkpoint_interval == 0):
-                    checkpoint_dir = save_checkpoint(
-                        checkpoints_dir, model, optimizer, scheduler, step, steps_per_epoch,
-                        trained_tokens, metrics, run_shape, hp, device,
-                    )
-                    hooks.on_message(f"Checkpoint at step {step}", {"step": step})
-                    hooks.on_checkpoint(step, checkpoint_dir, metrics)
-                    remove_older_checkpoints(checkpoints_dir, keep=checkpoint_dir)
+                    checkpoint(metrics)
+                    checkpointed_step = step
     except _StopRequested:
         return stopped_result()
 

@@ -66,7 +66,7 @@ class Run:
 
 
 def run_training(model_dir, work_dir, *, seed=0, train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES,
-                 stop_after_step=None, resume_from=None, **overrides) -> Run:
+                 stop_after_step=None, pause_after_step=None, resume_from=None, **overrides) -> Run:
     hyperparameters = {**BASE_HYPERPARAMETERS, **overrides}
     metrics, messages, checkpoints = [], [], []
 
@@ -77,11 +77,15 @@ def run_training(model_dir, work_dir, *, seed=0, train_examples=TRAIN_EXAMPLES, 
     def should_stop():
         return stop_after_step is not None and bool(metrics) and metrics[-1]["step"] >= stop_after_step
 
+    def should_pause():
+        return pause_after_step is not None and bool(metrics) and metrics[-1]["step"] >= pause_after_step
+
     hooks = TrainingHooks(
         on_message=lambda message, data=None: messages.append(message),
         on_metrics=metrics.append,
         on_checkpoint=on_checkpoint,
         should_stop=should_stop,
+        should_pause=should_pause,
     )
     config = TrainingConfig(base_model_dir=model_dir, hyperparameters=hyperparameters, seed=seed, device="cpu")
     result = train(config, train_examples, eval_examples, work_dir, hooks=hooks, resume_from=resume_from)
@@ -249,6 +253,29 @@ def test_resume_continues_exactly_where_the_checkpoint_was(with_dropout, stopped
     for name, tensor in adapter_weights(resumed).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-7)
     assert [step for step, _ in resumed.checkpoints] == [3, 4, 6]
+
+
+def test_a_paused_run_checkpoints_the_steps_it_did_and_resumes_exactly(with_dropout, tiny_model_dir, tmp_path):
+    # A worker shutting down pauses between checkpoints (interval 2, paused after step 3):
+    # it saves step 3 so that no step is lost or done twice.
+    paused = run_training(tiny_model_dir, tmp_path / "paused", lora_dropout=0.1, checkpoint_interval=2,
+                          pause_after_step=3)
+    assert paused.result.stopped and paused.result.paused and paused.result.adapter_dir is None
+    assert [m["step"] for m in paused.metrics] == [1, 2, 3]
+    assert [step for step, _ in paused.checkpoints] == [2, 3]
+    checkpoint = shutil.copytree(paused.work_dir / "checkpoints" / "step-000003", tmp_path / "downloaded")
+    resumed = run_training(tiny_model_dir, tmp_path / "work", lora_dropout=0.1, checkpoint_interval=2,
+                           resume_from=checkpoint)
+    assert [m["step"] for m in resumed.metrics] == [4, 5, 6]
+    torch.testing.assert_close(resumed.losses, with_dropout.losses[3:], rtol=1e-5, atol=0)
+    expected = adapter_weights(with_dropout)
+    for name, tensor in adapter_weights(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_pause_right_after_a_checkpoint_saves_no_second_copy(tiny_model_dir, tmp_path):
+    paused = run_training(tiny_model_dir, tmp_path, lora_dropout=0.1, checkpoint_interval=2, pause_after_step=2)
+    assert paused.result.paused and [step for step, _ in paused.checkpoints] == [2]
 
 
 def test_resume_from_the_last_checkpoint_only_saves_the_adapter(with_dropout, tiny_model_dir, tmp_path):
