@@ -55,7 +55,7 @@ class Workers:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEHOUSE_")} | settings.as_env()
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, queues: str | None = None) -> subprocess.Popen:
+    def start(self, queues: str | None = None, **extra_env: str) -> subprocess.Popen:
         # The worker's log is kept for when a test fails (test-artifacts/ is git-ignored).
         WORKER_LOGS.mkdir(parents=True, exist_ok=True)
         log_path = WORKER_LOGS / f"worker-{uuid.uuid4().hex[:12]}-{(queues or 'all').replace(',', '+')}.log"
@@ -63,13 +63,19 @@ class Workers:
             # A process group of its own, so a test can SIGKILL the worker and its children at once.
             process = subprocess.Popen(
                 [sys.executable, "-m", "api.cli", "worker", *(["--queues", queues] if queues else [])],
-                env=self.env,
+                env=self.env | extra_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        process.log_path = log_path  # type: ignore[attr-defined]
         self.processes.append(process)
         return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 60) -> None:
+        """SIGTERM to the Celery parent: its warm shutdown (a training job checkpoints and goes back to the queue)."""
+        process.terminate()
+        process.wait(timeout=timeout)
 
     def kill(self, process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
@@ -282,6 +288,8 @@ def test_cancel_a_running_job_frees_the_worker(client):
     assert follow_up["status"] == "succeeded"
 
 
+# On the production parts this is tests/production/test_faults.py's, with separate API and worker processes.
+@pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
 def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(training, client):
     _, workers = training
     job = start_job(client, tiny_chat_jsonl(), n_epochs=8, batch_size=2, extra={"checkpoint_interval": 4})
@@ -304,6 +312,8 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(tra
     assert [row["step"] for row in metrics] == list(range(1, metrics[-1]["total_steps"] + 1))
 
 
+# The re-run reads only the downloaded files: one backend is enough.
+@pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
 def test_the_recipe_reruns_without_the_service(training, client, tmp_path):
     service, _ = training
     data = tiny_chat_jsonl()

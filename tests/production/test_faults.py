@@ -1,0 +1,354 @@
+"""Fault injection on the production stack, with real processes and signals:
+workers killed and asked to stop, Redis crashed, the API killed, PostgreSQL
+refusing connections, the artifact store cut off, messages delivered twice."""
+
+import base64
+import io
+import json
+import re
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psycopg
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from api.queue_client import TRAIN_TASK, TaskQueue
+from tests.api.files.test_endpoints import upload
+from tests.conftest import wait_for
+from tests.production.conftest import database_connections_refused
+from tests.worker.test_finetune_e2e import TINY, event_messages, start_job, tiny_chat_jsonl, wait_until_done
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 240
+
+
+def train_only_jsonl(n: int = 10) -> bytes:
+    """Every example in the train split: nothing held out, so no automatic
+    evaluation runs after the job (these tests are about training)."""
+    lines = [json.loads(line) | {"split": "TRAIN"} for line in tiny_chat_jsonl(n).decode().splitlines()]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def job_of(client, job_id: str) -> dict:
+    return client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+
+
+def wait_for_step(client, job_id: str, step: int) -> dict:
+    def reached():
+        job = job_of(client, job_id)
+        return job if (job["progress"]["step"] or 0) >= step else None
+
+    return wait_for(reached, TIMEOUT, f"job {job_id} to reach step {step}")
+
+
+def metrics_steps(client, job_id: str) -> list[int]:
+    return [row["step"] for row in client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]]
+
+
+def assert_ran_once(client, job: dict) -> None:
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["attempt"] == 1
+    messages = event_messages(client, job["id"])
+    assert sum(m.startswith("Attempt ") for m in messages) == 1
+    assert sum(m.startswith("Fine-tuning succeeded") for m in messages) == 1
+    assert metrics_steps(client, job["id"]) == list(range(1, job["progress"]["total_steps"] + 1))
+
+
+def adapter_weights(client, job_id: str) -> dict[str, torch.Tensor]:
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter").content))
+    return load_safetensors(archive.read("adapter_model.safetensors"))
+
+
+@pytest.fixture
+def user(stack):
+    _, key = stack.make_user("faults")
+    with stack.client(key) as client:
+        yield client
+
+
+@pytest.fixture
+def training_worker(stack):
+    """The stack's training worker, alive before and after the test (a test
+    that kills or stops it starts another)."""
+    if stack.training_worker.poll() is not None:
+        stack.training_worker = stack.workers.start("train,default")
+    yield stack
+    if stack.training_worker.poll() is not None:
+        stack.training_worker = stack.workers.start("train,default")
+
+
+def no_message_for(stack, job_id: str) -> bool:
+    """No message for this job waits in the train queue or is held
+    unacknowledged by a worker: every one sent has been consumed. (Messages
+    of workers an earlier test SIGKILLed stay unacknowledged until Redis's
+    visibility timeout; they are other jobs'.)"""
+    broker = stack.broker()
+    try:
+        pending = broker.lrange("train", 0, -1) + broker.hvals("unacked")
+        return not any(job_id.encode() in message or job_id.encode() in base64_bodies(message) for message in pending)
+    finally:
+        broker.close()
+
+
+def ignored_deliveries(stack, job_id: str) -> int:
+    """Messages for the job that a worker received and left alone (its log says so)."""
+    logs = (process.log_path.read_text(errors="replace") for process in stack.workers.processes)
+    return sum(log.count(f"job {job_id} is not claimable") for log in logs)
+
+
+def base64_bodies(raw: bytes) -> bytes:
+    """The decoded task bodies inside a kombu message (or unacked entry)."""
+    found = []
+    for match in re.finditer(rb'"body": "([A-Za-z0-9+/=]+)"', raw):
+        found.append(base64.b64decode(match.group(1)))
+    return b"".join(found)
+
+
+# ---------------------------------------------------------------- workers
+
+
+def test_a_killed_training_worker_resumes_from_its_checkpoint_with_no_step_applied_twice(training_worker, user):
+    stack = training_worker
+    hyperparameters = dict(n_epochs=4, batch_size=2, extra={"checkpoint_interval": 4})
+    reference = wait_until_done(user, start_job(user, train_only_jsonl(12), **hyperparameters)["id"])
+    assert_ran_once(user, reference)
+
+    job = start_job(user, train_only_jsonl(12), **hyperparameters)
+    wait_for(lambda: job_of(user, job["id"])["progress"]["checkpoint_step"], TIMEOUT, "a first checkpoint")
+    stack.workers.kill(stack.training_worker)  # SIGKILL, worker and its pool child
+    stack.training_worker = stack.workers.start("train,default")
+
+    final = wait_until_done(user, job["id"])
+    assert final["status"] == "succeeded", final["error"]
+    assert final["progress"]["attempt"] == 2
+    messages = event_messages(user, job["id"])
+    assert any("stopped responding" in m for m in messages)
+    resumed = [m for m in messages if m.startswith("Resumed from step")]
+    assert len(resumed) == 1
+    # Steps after the checkpoint ran again on the new worker, from the
+    # checkpoint's state: the final adapter is exactly the uninterrupted run's.
+    assert metrics_steps(user, job["id"])[-1] == final["progress"]["total_steps"]
+    expected = adapter_weights(user, reference["id"])
+    actual = adapter_weights(user, job["id"])
+    assert actual.keys() == expected.keys()
+    for name, tensor in actual.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_worker_asked_to_stop_checkpoints_and_hands_its_job_back(training_worker, user):
+    stack = training_worker
+    # 12 steps an epoch, checkpoints only at epoch ends: the stop falls between them.
+    job = start_job(user, train_only_jsonl(24), n_epochs=2, batch_size=2)
+    wait_for_step(user, job["id"], 2)
+    stack.workers.stop(stack.training_worker)  # SIGTERM: Celery's warm shutdown
+
+    handed_back = job_of(user, job["id"])
+    assert handed_back["status"] == "queued"  # the worker exited long before the job could end
+    paused_at = handed_back["progress"]["checkpoint_step"]
+    assert paused_at == handed_back["progress"]["step"] and 2 <= paused_at < handed_back["progress"]["total_steps"]
+    messages = event_messages(user, job["id"])
+    assert any("is shutting down" in m and f"checkpoint at step {paused_at}" in m for m in messages)
+
+    stack.training_worker = stack.workers.start("train,default")
+    final = wait_until_done(user, job["id"])
+    assert final["status"] == "succeeded", final["error"]
+    assert f"Resumed from step {paused_at}" in event_messages(user, job["id"])
+    # Every step once: none lost at the stop, none redone after it.
+    assert metrics_steps(user, job["id"]) == list(range(1, final["progress"]["total_steps"] + 1))
+
+
+def test_a_message_delivered_twice_runs_the_job_once(training_worker, user):
+    stack = training_worker
+    second = stack.workers.start("train,default")
+    try:
+        job = start_job(user, train_only_jsonl(), n_epochs=3, batch_size=2)
+        queue = TaskQueue(stack.settings)
+        assert queue.send(TRAIN_TASK, job["id"])  # a duplicate while the job is queued or running
+        final = wait_until_done(user, job["id"])
+        wait_for(lambda: no_message_for(stack, job["id"]), TIMEOUT, "both messages to be consumed")
+        assert_ran_once(user, final)
+
+        assert ignored_deliveries(stack, job["id"]) == 1
+
+        events_before = event_messages(user, job["id"])
+        assert queue.send(TRAIN_TASK, job["id"])  # and one after it finished
+        wait_for(lambda: ignored_deliveries(stack, job["id"]) == 2, TIMEOUT, "the late duplicate to be consumed")
+        assert event_messages(user, job["id"]) == events_before
+        assert job_of(user, job["id"])["progress"]["attempt"] == 1
+    finally:
+        stack.workers.stop(second)
+
+
+# ------------------------------------------------------------------ Redis
+
+
+def test_a_redis_crash_loses_no_queued_job_and_runs_none_twice(training_worker, user):
+    stack = training_worker
+    stack.workers.stop(stack.training_worker)  # nothing consumes the train queue now
+    jobs = [start_job(user, train_only_jsonl(), n_epochs=1, batch_size=4) for _ in range(3)]
+    broker = stack.broker()
+    wait_for(lambda: broker.llen("train") == 3, 30, "three messages in the train queue")
+
+    stack.redis.crash()
+    # Submitted while Redis is down: accepted (the row is the truth), sent later by the API's recovery loop.
+    jobs.append(start_job(user, train_only_jsonl(), n_epochs=1, batch_size=4))
+    stack.redis.start()
+    assert broker.llen("train") >= 3  # the AOF kept every queued message
+
+    stack.training_worker = stack.workers.start("train,default")
+    for job in jobs:
+        assert_ran_once(user, wait_until_done(user, job["id"]))
+    # The inference worker and the API reconnected too: a chat is answered.
+    answer = user.post(
+        "/v1/chat/completions",
+        json={"model": jobs[0]["model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
+    assert answer.status_code == 200, answer.text
+    broker.close()
+
+
+# -------------------------------------------------------------------- API
+
+
+def test_jobs_continue_while_the_api_restarts(stack, user):
+    job = start_job(user, train_only_jsonl(24), n_epochs=4, batch_size=2)
+    before = wait_for_step(user, job["id"], 1)["progress"]["step"]
+    stack.api.kill()
+    with pytest.raises(httpx.TransportError):
+        user.get(f"/v1/fine_tuning/jobs/{job['id']}")
+    stack.api.start()  # same port, same database: clients carry on
+    current = job_of(user, job["id"])
+    assert current["status"] in ("running", "succeeded") and current["progress"]["step"] >= before
+    assert_ran_once(user, wait_until_done(user, job["id"]))
+
+
+# ------------------------------------------------------------- PostgreSQL
+
+
+def test_the_api_answers_503_while_postgres_is_away_and_the_worker_retries_its_writes(stack, user):
+    job = start_job(user, train_only_jsonl(24), n_epochs=6, batch_size=2)
+    wait_for_step(user, job["id"], 2)
+    worker_log = stack.training_worker.log_path
+    log_size = worker_log.stat().st_size
+    _, key = user.headers["Authorization"].split(" ", 1)
+    with stack.client(key, fail_on_5xx=False) as raw, database_connections_refused(stack.database_url):
+        answer = raw.get(f"/v1/fine_tuning/jobs/{job['id']}")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        assert int(answer.headers["Retry-After"]) > 0
+        # Held until the worker has met the outage in one of its writes.
+        wait_for(
+            lambda: "database unavailable while" in worker_log.read_text(errors="replace")[log_size:],
+            30, "the worker to retry a write",
+        )
+    # Back by itself: no restart of anything.
+    wait_for(lambda: raw_status(stack, key, f"/v1/fine_tuning/jobs/{job['id']}") == 200, 30, "the API to recover")
+    assert_ran_once(user, wait_until_done(user, job["id"]))
+
+
+def raw_status(stack, key: str, path: str) -> int:
+    with stack.client(key, fail_on_5xx=False) as raw:
+        return raw.get(path).status_code
+
+
+# ---------------------------------------------------------------- storage
+
+CHECKPOINT_UPLOAD = rb"(PUT|POST) /\S*/checkpoints/"
+
+
+def test_a_checkpoint_upload_is_retried_while_storage_is_away(stack, user):
+    job = start_job(user, train_only_jsonl(), n_epochs=2, batch_size=2, extra={"checkpoint_interval": 2})
+    stack.storage_proxy.cut_on(CHECKPOINT_UPLOAD)
+    try:
+        wait_for(
+            lambda: any("failed (attempt 1 of 3)" in m for m in event_messages(user, job["id"])),
+            TIMEOUT, "a failed checkpoint upload",
+        )
+    finally:
+        stack.storage_proxy.restore()
+    final = wait_until_done(user, job["id"])
+    assert final["status"] == "succeeded", final["error"]
+    assert user.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+
+
+def test_storage_that_stays_away_fails_the_job_clearly_and_never_reports_success(stack, user):
+    job = start_job(user, train_only_jsonl(), n_epochs=2, batch_size=2, extra={"checkpoint_interval": 2})
+    stack.storage_proxy.cut_on(CHECKPOINT_UPLOAD)
+    try:
+        final = wait_until_done(user, job["id"])
+    finally:
+        stack.storage_proxy.restore()
+    assert stack.storage_proxy.triggered.is_set()
+    assert final["status"] == "failed" and final["fine_tuned_model"] is None
+    assert final["error"]["code"] == "storage_error"
+    assert "Uploading the checkpoint at step 2 failed 3 times" in final["error"]["message"]
+    messages = event_messages(user, job["id"])
+    assert sum("failed (attempt" in m for m in messages) == 2
+    assert not any(m.startswith("Fine-tuning succeeded") for m in messages)
+    assert user.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").status_code in (400, 404, 409)
+
+
+# ------------------------------------------------------------------- load
+
+
+def queued_job_ids(broker) -> list[str]:
+    """The train queue's messages in delivery order (kombu LPUSHes and BRPOPs)."""
+    messages = [json.loads(raw) for raw in broker.lrange("train", 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in reversed(messages)]
+
+
+def test_fifty_jobs_from_several_users_each_run_once_in_queue_order(training_worker):
+    stack = training_worker
+    stack.workers.stop(stack.training_worker)  # the queue fills first, then two workers drain it
+    clients = [stack.client(stack.make_user(f"crowd{i}")[1]) for i in range(5)]
+    files = [upload(client, train_only_jsonl()).json()["id"] for client in clients]
+
+    def submit(n: int) -> str:
+        client, file_id = clients[n % 5], files[n % 5]
+        response = client.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": TINY, "training_file": file_id, "hyperparameters": {"n_epochs": 1, "batch_size": 10}},
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=10) as pool:  # concurrent requests, several users
+        job_ids = list(pool.map(submit, range(50)))
+    assert len(set(job_ids)) == 50
+    broker = stack.broker()
+    wait_for(lambda: broker.llen("train") == 50, 30, "fifty messages in the train queue")
+    queue_order = queued_job_ids(broker)
+    assert sorted(queue_order) == sorted(job_ids)  # one message per job, none lost or doubled
+    broker.close()
+
+    # One thread each: two workers share this machine's two cores.
+    stack.training_worker = stack.workers.start("train,default", OMP_NUM_THREADS="1")
+    second = stack.workers.start("train,default", OMP_NUM_THREADS="1")
+    try:
+        def all_done() -> bool:
+            jobs = [job for client in clients for job in client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]]
+            return len(jobs) == 50 and all(job["status"] in ("succeeded", "failed", "cancelled") for job in jobs) and jobs
+
+        jobs = wait_for(all_done, 900, "fifty jobs to finish", interval=1.0)
+    finally:
+        stack.workers.stop(second)
+    assert {job["status"] for job in jobs} == {"succeeded"}
+    assert {job["progress"]["attempt"] for job in jobs} == {1}
+    for client in clients:  # each user sees their own ten, no one else's
+        assert len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]) == 10
+
+    # Each job started once, in the order the queue held them (two workers
+    # take turns, so neighbours may swap, nothing more).
+    with psycopg.connect(stack.database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        started = [row[0] for row in connection.execute(
+            "SELECT job_id FROM fine_tuning_events WHERE message LIKE 'Attempt %%' AND job_id = ANY(%s) ORDER BY seq",
+            (job_ids,),
+        )]
+    assert sorted(started) == sorted(job_ids)
+    for position, job_id in enumerate(started):
+        assert abs(position - queue_order.index(job_id)) <= 1, (position, queue_order.index(job_id))
+    for client in clients:
+        client.close()
