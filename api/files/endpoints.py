@@ -5,25 +5,29 @@ from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import CurrentUser
 from api.db import SessionDep
-from api.downloads import download
-from api.errors import APIError
+from api.downloads import BINARY_DOWNLOAD, download
+from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from api.files import service
 from api.files.repository import FileRepository
-from api.files.schemas import FileDeleted, FileList, FileObject, FileReport
-from api.pagination import LimitQuery, check_cursor, list_page
+from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileList, FileObject, FileReport
+from api.pagination import LimitQuery, after_query, check_cursor, list_page
 from api.state import StateDep
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=COMMON_ERROR_RESPONSES)
 
 
-@router.post("", response_model=FileObject)
+# The body is parsed by hand as it streams (api/files/upload.py): documented here.
+@router.post(
+    "", response_model=FileObject, responses=error_responses(413), openapi_extra={"requestBody": UPLOAD_REQUEST_BODY}
+)
 async def create_file(request: Request, user: CurrentUser, state: StateDep) -> FileObject:
     """Upload a JSONL file (multipart: `file`, `purpose` = fine-tune | batch).
 
     The file is validated while it streams; an invalid file is refused with
     every bad line named and nothing is kept."""
+    settings = state.settings
     file = await service.create_file(
-        request, user, state.storage, state.sessionmaker, state.settings.max_upload_bytes
+        request, user, state.storage, state.sessionmaker, settings.max_upload_bytes, settings.upload_idle_timeout
     )
     return FileObject.of(file)
 
@@ -34,7 +38,7 @@ def list_files(
     session: SessionDep,
     purpose: str | None = None,
     limit: LimitQuery = 100,
-    after: str | None = None,
+    after: Annotated[str | None, after_query("file-")] = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
 ) -> dict:
     files = FileRepository(session, user.id).list(
@@ -43,12 +47,12 @@ def list_files(
     return list_page(files, limit, FileObject.of)
 
 
-@router.get("/{file_id}", response_model=FileObject)
+@router.get("/{file_id}", response_model=FileObject, responses=error_responses(404))
 def retrieve_file(file_id: str, user: CurrentUser, session: SessionDep) -> FileObject:
     return FileObject.of(service.get_file(session, user, file_id))
 
 
-@router.get("/{file_id}/report", response_model=FileReport)
+@router.get("/{file_id}/report", response_model=FileReport, responses=error_responses(404, 409))
 def file_report(file_id: str, user: CurrentUser, session: SessionDep) -> FileReport:
     file = service.get_file(session, user, file_id)
     if file.report is None:
@@ -56,7 +60,11 @@ def file_report(file_id: str, user: CurrentUser, session: SessionDep) -> FileRep
     return FileReport(id=file.id, purpose=file.purpose, report=file.report)
 
 
-@router.get("/{file_id}/content", response_class=StreamingResponse)
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: BINARY_DOWNLOAD, **error_responses(404)},
+)
 def file_content(file_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     file = service.get_file(session, user, file_id)
     # Streamed through the API even on S3: SDK clients send their API key,
@@ -64,7 +72,7 @@ def file_content(file_id: str, user: CurrentUser, session: SessionDep, state: St
     return download(state.storage, file.storage_key, file.filename)
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(404))
 def delete_file(file_id: str, user: CurrentUser, session: SessionDep, state: StateDep) -> FileDeleted:
     service.delete_file(session, state.storage, user, file_id)
     return FileDeleted(id=file_id, deleted=True)

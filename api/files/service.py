@@ -8,21 +8,27 @@ from api.auth.models import User
 from api.errors import APIError, not_found
 from api.files.models import File, storage_key_for
 from api.files.repository import FileRepository
-from api.files.upload import MultipartUpload, check_purpose, multipart_boundary, receive
+from api.files.upload import MultipartUpload, check_declared_length, check_purpose, multipart_boundary, receive
 from api.ids import new_id
 from api.storage import Storage
 
 
 async def create_file(
-    request: Request, user: User, storage: Storage, db: sessionmaker[Session], max_upload_bytes: int
+    request: Request,
+    user: User,
+    storage: Storage,
+    db: sessionmaker[Session],
+    max_upload_bytes: int,
+    idle_timeout: float,
 ) -> File:
     boundary = multipart_boundary(request)
+    check_declared_length(request, max_upload_bytes)  # before a temp file or upload exists
     file_id = new_id("file-")
     key = storage_key_for(user.id, file_id)
     writer = storage.writer(key)
     try:
         upload = MultipartUpload(boundary, writer, max_upload_bytes)
-        await receive(request, upload)
+        await receive(request, upload, idle_timeout)
         purpose = check_purpose(upload.fields.get("purpose"))
         result = upload.validation_result(purpose)
         if not result.ok:

@@ -5,8 +5,15 @@ Starlette's own form parsing would first spool the whole file to a temporary
 file and make us read it back; a 1 GB upload would then cost two extra passes.
 Here the request body is consumed once, in ~1 MiB steps, and the file's bytes
 are counted against the limit as they arrive, with or without Content-Length.
+
+A refused upload is answered at once, as soon as the limit is crossed (before
+the body is read at all when Content-Length already says too much), and with
+"Connection: close", so the server does not go on reading and discarding the
+rest. An upload whose body stops arriving for `idle_timeout` seconds gets a
+408; either way the caller aborts the storage writer, so nothing stays.
 """
 
+import asyncio
 import hashlib
 from dataclasses import dataclass, field
 
@@ -30,6 +37,15 @@ def too_large(limit: int) -> APIError:
         f"The file is larger than this server's upload limit of {limit} bytes.",
         param="file",
         code="file_too_large",
+    )
+
+
+def upload_timeout(seconds: float) -> APIError:
+    return APIError(
+        408,
+        f"The upload stalled: no data arrived for {seconds:g} seconds.",
+        param="file",
+        code="upload_timeout",
     )
 
 
@@ -183,17 +199,44 @@ def multipart_boundary(request: Request) -> bytes:
     return boundary
 
 
-async def receive(request: Request, upload: MultipartUpload) -> None:
-    """Feed the request body to `upload` in ~1 MiB steps, each in a worker thread."""
-    max_body = upload.max_file_bytes + BODY_OVERHEAD_BYTES
+def check_declared_length(request: Request, max_file_bytes: int) -> None:
+    """Refuse a body whose Content-Length is already over the limit, unread."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body:
-        raise too_large(upload.max_file_bytes)
+    if declared and declared.isdigit() and int(declared) > max_file_bytes + BODY_OVERHEAD_BYTES:
+        raise _closing(too_large(max_file_bytes))
+
+
+def _closing(error: APIError) -> APIError:
+    # Answering before the body is all read: without this header the server
+    # would keep the connection and read (and drop) the rest of the body.
+    error.headers = {**(error.headers or {}), "Connection": "close"}
+    return error
+
+
+async def receive(request: Request, upload: MultipartUpload, idle_timeout: float) -> None:
+    """Feed the request body to `upload` in ~1 MiB steps, each in a worker thread.
+
+    Waits at most `idle_timeout` seconds for each next piece of the body (the
+    time spent processing a step does not count), so a slow but steady upload
+    goes through and a stalled one gets a 408."""
+    check_declared_length(request, upload.max_file_bytes)
+    max_body = upload.max_file_bytes + BODY_OVERHEAD_BYTES
     received = 0
     pending: list[bytes] = []
     pending_bytes = 0
+    more_body = True
     try:
-        async for chunk in request.stream():
+        while more_body:
+            try:
+                message = await asyncio.wait_for(request.receive(), idle_timeout)
+            except TimeoutError:
+                raise upload_timeout(idle_timeout) from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            more_body = message.get("more_body", False)
+            chunk = message.get("body", b"")
+            if not chunk:
+                continue
             received += len(chunk)
             if received > max_body:
                 raise too_large(upload.max_file_bytes)
@@ -204,6 +247,9 @@ async def receive(request: Request, upload: MultipartUpload) -> None:
                 pending, pending_bytes = [], 0
     except ClientDisconnect as exc:
         raise bad_request("The upload was interrupted.", param="file", code="upload_interrupted") from exc
+    except APIError as exc:
+        _closing(exc)  # too large, stalled, or refused part-way (bad purpose, …)
+        raise
     if pending:
         await run_in_threadpool(upload.write, b"".join(pending))
     await run_in_threadpool(upload.finish)
