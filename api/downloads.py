@@ -9,6 +9,30 @@ from api.storage import Storage
 
 PRESIGNED_URL_SECONDS = 300
 
+_ATTACHMENT_HEADER = {
+    "Content-Disposition": {"description": "attachment, with the file's name", "schema": {"type": "string"}}
+}
+
+
+def download_response(description: str, *media_types: str) -> dict:
+    """OpenAPI for a 200 that sends a stored object as these media types."""
+    schema = {"type": "string", "format": "binary"}
+    return {
+        "description": description,
+        "content": {media_type: {"schema": schema} for media_type in media_types},
+        "headers": _ATTACHMENT_HEADER,
+    }
+
+
+BINARY_DOWNLOAD = download_response("The stored bytes, as an attachment.", "application/octet-stream")
+# S3 storage answers large artifacts with a redirect to a short-lived URL.
+S3_REDIRECT = {
+    307: {
+        "description": "On S3 storage: a redirect to a presigned URL of the object, valid for a few minutes.",
+        "headers": {"Location": {"description": "The presigned URL.", "schema": {"type": "string"}}},
+    }
+}
+
 
 def attachment(filename: str) -> str:
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")

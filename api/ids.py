@@ -28,5 +28,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{time_part}{random_part}"
 
 
+def id_pattern(prefix: str) -> str:
+    """A regular expression for the ids made by new_id(prefix), the same in
+    Python and in JSON Schema (prefixes have nothing to escape)."""
+    if not re.fullmatch(r"[a-z_-]+", prefix):
+        raise ValueError(f"id prefixes are lowercase letters, '-' and '_': {prefix!r}")
+    return f"{prefix}[0-9a-z]{{{_TIME_CHARS + _RANDOM_CHARS}}}"
+
+
 def looks_like_id(prefix: str, value: str) -> bool:
-    return re.fullmatch(re.escape(prefix) + r"[0-9a-z]{24}", value) is not None
+    return re.fullmatch(id_pattern(prefix), value) is not None

@@ -6,7 +6,7 @@ from fastapi import Query
 from pydantic import BaseModel
 
 from api.errors import bad_request
-from api.ids import looks_like_id
+from api.ids import id_pattern, looks_like_id
 
 LimitQuery = Annotated[int, Query(ge=1, le=10_000)]
 
@@ -19,6 +19,15 @@ class ListPage(BaseModel, Generic[Item]):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+def after_query(prefix: str) -> Any:
+    """`after` as documented: an id of this list's objects. The pattern is
+    only documented here; check_cursor enforces it, naming the problem."""
+    return Query(
+        description=f"The id of the last object of the previous page (`{prefix}...`).",
+        json_schema_extra={"pattern": f"^{id_pattern(prefix)}$"},
+    )
 
 
 def check_cursor(prefix: str, after: str | None) -> str | None:

@@ -1,3 +1,5 @@
+from typing import Annotated
+
 from fastapi import APIRouter
 
 from api.auth.dependencies import CurrentUser
@@ -5,13 +7,14 @@ from api.batches import service
 from api.batches.repository import BatchRepository
 from api.batches.schemas import BatchList, BatchObject, CreateBatchRequest
 from api.db import SessionDep
-from api.pagination import LimitQuery, check_cursor, list_page
+from api.errors import COMMON_ERROR_RESPONSES, error_responses
+from api.pagination import LimitQuery, after_query, check_cursor, list_page
 from api.state import StateDep
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=COMMON_ERROR_RESPONSES)
 
 
-@router.post("", response_model=BatchObject)
+@router.post("", response_model=BatchObject, responses=error_responses(404))
 def create_batch(body: CreateBatchRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> BatchObject:
     batch = service.create_batch(session, user, body)
     session.commit()
@@ -20,16 +23,21 @@ def create_batch(body: CreateBatchRequest, user: CurrentUser, session: SessionDe
 
 
 @router.get("", response_model=BatchList)
-def list_batches(user: CurrentUser, session: SessionDep, limit: LimitQuery = 20, after: str | None = None) -> dict:
+def list_batches(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: LimitQuery = 20,
+    after: Annotated[str | None, after_query("batch_")] = None,
+) -> dict:
     batches = BatchRepository(session, user.id).list(after=check_cursor("batch_", after), limit=limit + 1)
     return list_page(batches, limit, BatchObject.of)
 
 
-@router.get("/{batch_id}", response_model=BatchObject)
+@router.get("/{batch_id}", response_model=BatchObject, responses=error_responses(404))
 def retrieve_batch(batch_id: str, user: CurrentUser, session: SessionDep) -> BatchObject:
     return BatchObject.of(service.get_batch(session, user, batch_id))
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchObject)
+@router.post("/{batch_id}/cancel", response_model=BatchObject, responses=error_responses(404, 409))
 def cancel_batch(batch_id: str, user: CurrentUser, session: SessionDep) -> BatchObject:
     return BatchObject.of(service.cancel_batch(session, user, batch_id))

@@ -5,12 +5,12 @@ from fastapi import APIRouter
 from api.auth.dependencies import CurrentUser
 from api.catalog.schemas import ModelDeleted, ModelList, ModelObject
 from api.db import SessionDep
-from api.errors import APIError
+from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from api.jobs.models import FineTuningJob
 from api.jobs.repository import JobRepository
 from api.state import StateDep
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=COMMON_ERROR_RESPONSES)
 
 BASE_MODEL_OWNER = "tunehouse"
 
@@ -43,7 +43,7 @@ def list_models(user: CurrentUser, session: SessionDep, state: StateDep) -> Mode
 
 
 # `:path` because model ids contain slashes (HuggingFaceTB/SmolLM2-135M-Instruct).
-@router.get("/{model_id:path}", response_model=ModelObject)
+@router.get("/{model_id:path}", response_model=ModelObject, responses=error_responses(404))
 def retrieve_model(model_id: str, user: CurrentUser, session: SessionDep, state: StateDep) -> ModelObject:
     if model_id in state.settings.base_models:
         return _base(model_id)
@@ -53,7 +53,7 @@ def retrieve_model(model_id: str, user: CurrentUser, session: SessionDep, state:
     return _fine_tune(job, user.name)
 
 
-@router.delete("/{model_id:path}", response_model=ModelDeleted)
+@router.delete("/{model_id:path}", response_model=ModelDeleted, responses=error_responses(403, 404))
 def delete_model(model_id: str, user: CurrentUser, session: SessionDep, state: StateDep) -> ModelDeleted:
     if model_id in state.settings.base_models:
         raise APIError(403, f"'{model_id}' is a base model of this deployment; only fine-tunes can be deleted.", param="model", code="model_not_deletable")

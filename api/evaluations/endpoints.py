@@ -8,8 +8,8 @@ from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import CurrentUser
 from api.db import SessionDep
-from api.downloads import download
-from api.errors import APIError
+from api.downloads import download, download_response
+from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from api.evaluations import service
 from api.evaluations.repository import EvaluationRepository
 from api.evaluations.schemas import (
@@ -18,15 +18,15 @@ from api.evaluations.schemas import (
     EvaluationObject,
     predictions_csv_key,
 )
-from api.pagination import LimitQuery, check_cursor, list_page
+from api.pagination import LimitQuery, after_query, check_cursor, list_page
 from api.state import StateDep
 
-router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=COMMON_ERROR_RESPONSES)
 
 _MEDIA_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
 
 
-@router.post("", response_model=EvaluationObject)
+@router.post("", response_model=EvaluationObject, responses=error_responses(404, 409))
 def create_evaluation(body: CreateEvaluationRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> EvaluationObject:
     evaluation = service.create_evaluation(session, state.storage, state.settings, user, body)
     service.enqueue(session, state.queue, evaluation)
@@ -38,7 +38,7 @@ def list_evaluations(
     user: CurrentUser,
     session: SessionDep,
     limit: LimitQuery = 20,
-    after: str | None = None,
+    after: Annotated[str | None, after_query("eval_")] = None,
     fine_tuning_job_id: str | None = None,
 ) -> dict:
     evaluations = EvaluationRepository(session, user.id).list(
@@ -47,17 +47,26 @@ def list_evaluations(
     return list_page(evaluations, limit, EvaluationObject.of)
 
 
-@router.get("/{evaluation_id}", response_model=EvaluationObject)
+@router.get("/{evaluation_id}", response_model=EvaluationObject, responses=error_responses(404))
 def retrieve_evaluation(evaluation_id: str, user: CurrentUser, session: SessionDep) -> EvaluationObject:
     return EvaluationObject.of(service.get_evaluation(session, user, evaluation_id))
 
 
-@router.post("/{evaluation_id}/cancel", response_model=EvaluationObject)
+@router.post("/{evaluation_id}/cancel", response_model=EvaluationObject, responses=error_responses(404))
 def cancel_evaluation(evaluation_id: str, user: CurrentUser, session: SessionDep) -> EvaluationObject:
     return EvaluationObject.of(service.cancel_evaluation(session, user, evaluation_id))
 
 
-@router.get("/{evaluation_id}/predictions", response_class=StreamingResponse)
+@router.get(
+    "/{evaluation_id}/predictions",
+    response_class=StreamingResponse,
+    responses={
+        200: download_response(
+            "The predictions, as an attachment: JSONL, or CSV with format=csv.", "application/jsonl", "text/csv"
+        ),
+        **error_responses(404, 409),
+    },
+)
 def download_predictions(
     evaluation_id: str,
     user: CurrentUser,

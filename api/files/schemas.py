@@ -35,6 +35,24 @@ class FileObject(BaseModel):
         )
 
 
+# POST /v1/files reads its multipart body itself; this is what it accepts.
+UPLOAD_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "JSONL, one example per line."},
+                    "purpose": {"type": "string", "enum": ["fine-tune", "batch"]},
+                },
+                "required": ["file", "purpose"],
+            }
+        }
+    },
+}
+
+
 class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"

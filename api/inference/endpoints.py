@@ -4,14 +4,21 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth.dependencies import CurrentUser
 from api.db import SessionDep
+from api.errors import COMMON_ERROR_RESPONSES, error_responses
 from api.inference import service
 from api.inference.schemas import ChatCompletion, ChatCompletionRequest
 from api.state import StateDep
 
-router = APIRouter(prefix="/v1/chat", tags=["inference"])
+router = APIRouter(prefix="/v1/chat", tags=["inference"], responses=COMMON_ERROR_RESPONSES)
+
+_SSE = {
+    "description": "The completion; with stream=true, OpenAI's server-sent events: `data: {chunk}` ... `data: [DONE]`.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
 
 
-@router.post("/completions", response_model=ChatCompletion)
+# 503 also when no inference worker takes the request within TUNEHOUSE_INFERENCE_QUEUE_TIMEOUT.
+@router.post("/completions", response_model=ChatCompletion, responses={200: _SSE, **error_responses(404, 502)})
 async def create_chat_completion(body: ChatCompletionRequest, user: CurrentUser, session: SessionDep, state: StateDep):
     target = await run_in_threadpool(service.resolve_or_404, session, user, state.settings, body.model)
     payload = service.worker_request(body, target, state.settings)

@@ -6,8 +6,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api.auth.dependencies import CurrentUser
 from api.db import SessionDep
-from api.downloads import download
-from api.errors import APIError
+from api.downloads import S3_REDIRECT, download, download_response
+from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from api.jobs import service
 from api.jobs.metrics import metrics_by_step, metrics_csv
 from api.jobs.repository import JobLifecycle, JobRepository
@@ -18,23 +18,29 @@ from api.jobs.schemas import (
     EventList,
     EventObject,
     JobList,
+    JobMetrics,
     JobObject,
+    MergedWeightsPending,
 )
-from api.pagination import LimitQuery, check_cursor, list_page
+from api.pagination import LimitQuery, after_query, check_cursor, list_page
 from api.queue_client import MERGE_TASK
 from api.state import StateDep
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=COMMON_ERROR_RESPONSES)
+
+_NOT_FOUND = error_responses(404)
+_NOT_READY = error_responses(404, 409)
+_ZIP_DOWNLOAD = download_response("The folder as a zip, as an attachment.", "application/octet-stream")
 
 
-@router.post("", response_model=JobObject)
+@router.post("", response_model=JobObject, responses=error_responses(409))
 def create_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> JobObject:
     job = service.create_job(session, state.storage, state.settings, user, body)
     service.enqueue(session, state.queue, job)
     return JobObject.of(job, user.name)
 
 
-@router.post("/preview", response_model=dict[str, Any])
+@router.post("/preview", response_model=dict[str, Any], responses=error_responses(409))
 def preview_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> dict:
     """Extension: what every `auto` hyperparameter of this request would
     resolve to, and why, without creating a job (the same body as create)."""
@@ -52,7 +58,11 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 
 @router.get("", response_model=JobList)
 def list_jobs(
-    request: Request, user: CurrentUser, session: SessionDep, limit: LimitQuery = 20, after: str | None = None
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    limit: LimitQuery = 20,
+    after: Annotated[str | None, after_query("ftjob-")] = None,
 ) -> dict:
     jobs = JobRepository(session, user.id).list(
         after=check_cursor("ftjob-", after), limit=limit + 1, metadata=_metadata_filter(request)
@@ -60,28 +70,36 @@ def list_jobs(
     return list_page(jobs, limit, lambda job: JobObject.of(job, user.name))
 
 
-@router.get("/{job_id}", response_model=JobObject)
+@router.get("/{job_id}", response_model=JobObject, responses=_NOT_FOUND)
 def retrieve_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
     return JobObject.of(service.get_job(session, user, job_id), user.name)
 
 
-@router.post("/{job_id}/cancel", response_model=JobObject)
+@router.post("/{job_id}/cancel", response_model=JobObject, responses=_NOT_FOUND)
 def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
     return JobObject.of(service.cancel_job(session, user, job_id), user.name)
 
 
-@router.get("/{job_id}/events", response_model=EventList)
+@router.get("/{job_id}/events", response_model=EventList, responses=_NOT_FOUND)
 def list_events(
-    job_id: str, user: CurrentUser, session: SessionDep, limit: LimitQuery = 20, after: str | None = None
+    job_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    limit: LimitQuery = 20,
+    after: Annotated[str | None, after_query("ft-event-")] = None,
 ) -> dict:
     job = service.get_job(session, user, job_id)
     events = JobRepository(session, user.id).events(job.id, after=check_cursor("ft-event-", after), limit=limit + 1)
     return list_page(events, limit, EventObject.of)
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=_NOT_FOUND)
 def list_checkpoints(
-    job_id: str, user: CurrentUser, session: SessionDep, limit: LimitQuery = 10, after: str | None = None
+    job_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    limit: LimitQuery = 10,
+    after: Annotated[str | None, after_query("ftckpt_")] = None,
 ) -> dict:
     job = service.get_job(session, user, job_id)
     checkpoints = JobRepository(session, user.id).checkpoints(
@@ -90,7 +108,14 @@ def list_checkpoints(
     return list_page(checkpoints, limit, lambda c: CheckpointObject.of(c, job, user.name))
 
 
-@router.get("/{job_id}/metrics")
+@router.get(
+    "/{job_id}/metrics",
+    response_model=JobMetrics,
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "JSON, or CSV with format=csv."},
+        **_NOT_FOUND,
+    },
+)
 def job_metrics(
     job_id: str,
     user: CurrentUser,
@@ -105,7 +130,18 @@ def job_metrics(
     return {"object": "list", "data": rows, "total_steps": job.total_steps}
 
 
-@router.get("/{job_id}/recipe")
+@router.get(
+    "/{job_id}/recipe",
+    response_model=dict[str, Any],
+    responses={
+        200: {
+            # The same object as the JSON, written as YAML.
+            "content": {"application/yaml": {"schema": {"type": "object", "additionalProperties": True}}},
+            "description": "JSON, or YAML (as an attachment) with format=yaml.",
+        },
+        **_NOT_READY,
+    },
+)
 def job_recipe(
     job_id: str,
     user: CurrentUser,
@@ -129,7 +165,9 @@ def job_recipe(
     return job.recipe
 
 
-@router.get("/{job_id}/adapter", response_class=Response)
+@router.get(
+    "/{job_id}/adapter", response_class=Response, responses={200: _ZIP_DOWNLOAD, **S3_REDIRECT, **_NOT_READY}
+)
 def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     """Extension: the PEFT adapter folder as a zip (loads with PeftModel.from_pretrained)."""
     job = service.get_job(session, user, job_id)
@@ -138,7 +176,16 @@ def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state:
     return download(state.storage, job.adapter_key, f"{job.id}-adapter.zip", redirect_s3=True)
 
 
-@router.get("/{job_id}/merged", response_class=Response)
+@router.get(
+    "/{job_id}/merged",
+    response_class=Response,
+    responses={
+        200: _ZIP_DOWNLOAD,
+        202: {"model": MergedWeightsPending, "description": "Being merged; ask again after Retry-After seconds."},
+        **S3_REDIRECT,
+        **_NOT_READY,
+    },
+)
 def download_merged(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     """Extension: base + adapter merged into full weights. Made by a worker on
     the first request (202 until ready), then kept in storage."""

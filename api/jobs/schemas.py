@@ -147,6 +147,19 @@ class CheckpointObject(BaseModel):
         )
 
 
+class JobMetrics(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]] = Field(description="One row per training step, in step order.")
+    total_steps: int | None
+
+
+class MergedWeightsPending(BaseModel):
+    object: Literal["fine_tuning.job.merged_weights"] = "fine_tuning.job.merged_weights"
+    job_id: str
+    status: str | None
+    message: str
+
+
 JobList = ListPage[JobObject]
 EventList = ListPage[EventObject]
 CheckpointList = ListPage[CheckpointObject]
