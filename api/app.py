@@ -17,6 +17,9 @@ from api.inference.endpoints import router as chat_router
 from api.inference.streams import sweep_streams
 from api.jobs.endpoints import router as jobs_router
 from api.jobs.recovery import recover_jobs
+from api.logs import RequestContextMiddleware
+from api.metrics import install_metrics
+from api.rate_limit import RateLimits
 from api.work_recovery import recover_work
 from api.settings import Settings, get_settings
 from api.state import AppState
@@ -40,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tunehouse = state
     # Kept on app.state too so request-scoped dependencies reach them directly.
     app.state.sessionmaker = state.sessionmaker
+    # Per-process request limits, read by api/auth/dependencies.py.
+    app.state.rate_limits = RateLimits.from_settings(state.settings)
     install_error_handlers(app)
     app.include_router(files_router)
     app.include_router(jobs_router)
@@ -58,6 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse(status_code=503, content=body)
         return JSONResponse({"status": "ok"})
 
+    # GET /metrics (no key: aggregate numbers only) and request timing; before
+    # the web UI's catch-all route.
+    install_metrics(app, state.settings, state.sessionmaker)
+    # Added last, so outermost: the request id is set for all the rest.
+    app.add_middleware(RequestContextMiddleware)
     install_web_ui(app, state.settings.web_dist)
     return app
 

@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, train, keys."""
+"""The `tunehouse` command: serve, worker, migrate, train, keys."""
 
 import argparse
 import logging
@@ -86,7 +86,13 @@ def cmd_serve(args) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
     try:
-        config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="info")
+        # JSON logs: no uvicorn logging config of its own, so its loggers (the
+        # access log included) propagate to our root handler and formatter.
+        # Text: uvicorn's usual lines, as before.
+        logging_options = {"log_config": None} if settings.log_format == "json" else {}
+        config = uvicorn.Config(
+            create_app(settings), host=args.host, port=args.port, log_level="info", **logging_options
+        )
         print(f"tunehouse serving on http://{args.host}:{args.port} (data in {settings.data_dir})", flush=True)
         uvicorn.Server(config).run()  # returns after SIGINT/SIGTERM, once requests drain
     finally:
@@ -95,10 +101,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _celery_logs_through_ours(**_kwargs) -> None:
+    """Celery's setup_logging signal: with a receiver, Celery sets up no logging
+    of its own, so all its loggers propagate to the root handler main()
+    installed (text or JSON), in the forked pool processes too. Without it
+    Celery would still give its task logger and billiard's process logger
+    handlers and formats of their own."""
+    from celery.utils.log import get_multiprocessing_logger
+
+    process_logger = get_multiprocessing_logger()  # "Process ... exited with signal 9" and the like
+    if process_logger is not None:
+        process_logger.propagate = True
+        process_logger.setLevel(logging.ERROR)  # Celery's level for it (its INFO lines are noise)
+
+
 def cmd_worker(args) -> int:
     _settings(args.data_dir)
+    from celery.signals import setup_logging
+
     from api.queue import ALL_QUEUES, TRAIN_QUEUE
-    from worker.celery_app import app
+    from worker.celery_app import app, preload_ml_stack
+
+    setup_logging.connect(_celery_logs_through_ours, weak=False)
+    preload_ml_stack()
 
     queues = args.queues or ",".join(ALL_QUEUES)
     if TRAIN_QUEUE not in queues.split(","):
@@ -122,6 +147,47 @@ def cmd_worker(args) -> int:
 
 def cmd_keys_create(args) -> int:
     from api.auth.service import create_key, get_or_create_user
+
+    def create(session) -> int:
+        try:
+            user = get_or_create_user(session, args.user)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        key = create_key(session, user)
+        session.commit()
+        print(f"New API key for user '{args.user}':")
+        print(key)
+        return 0
+
+    return _with_key_session(args, create)
+
+
+def cmd_migrate(args) -> int:
+    """What `serve` does before serving, alone: for a one-shot migrate container."""
+    settings = _settings(args.data_dir)
+    _prepare_database(settings)
+    _write_admin_key(settings)
+    print(f"database at head ({_redacted(settings.database_url)})", flush=True)
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _utc(timestamp: int | None) -> str:
+    from datetime import datetime, timezone
+
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _with_key_session(args, action) -> int:
+    from api.auth.service import KeyManagementError
     from api.db import make_engine, make_sessionmaker
 
     settings = _settings(args.data_dir)
@@ -130,17 +196,49 @@ def cmd_keys_create(args) -> int:
     try:
         with make_sessionmaker(engine)() as session:
             try:
-                user = get_or_create_user(session, args.user)
-            except ValueError as exc:
+                return action(session)
+            except KeyManagementError as exc:
+                session.rollback()
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            key = create_key(session, user)
-            session.commit()
     finally:
         engine.dispose()
-    print(f"New API key for user '{args.user}':")
-    print(key)
-    return 0
+
+
+def cmd_keys_revoke(args) -> int:
+    from api.auth.service import revoke_keys
+
+    def revoke(session) -> int:
+        revoked = revoke_keys(session, key=args.key, user_name=args.user)
+        session.commit()
+        if not revoked:
+            print("error: nothing revoked (revoked by someone else meanwhile)", file=sys.stderr)
+            return 2
+        for api_key in revoked:
+            print(
+                f"Revoked {api_key.display_prefix}... of user '{api_key.user.name}' "
+                f"(created {_utc(api_key.created_at)}, revoked {_utc(api_key.revoked_at)})"
+            )
+        return 0
+
+    return _with_key_session(args, revoke)
+
+
+def cmd_keys_list(args) -> int:
+    from api.auth.service import list_keys
+
+    def show(session) -> int:
+        rows = [
+            (k.display_prefix, k.user.name, _utc(k.created_at), _utc(k.revoked_at))
+            for k in list_keys(session, args.user)
+        ]
+        header = ("PREFIX", "USER", "CREATED", "REVOKED")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        return 0
+
+    return _with_key_session(args, show)
 
 
 def cmd_train(args) -> int:
@@ -181,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=1, help="processes; 1 per GPU")
     worker.set_defaults(func=cmd_worker)
 
+    migrate = commands.add_parser(
+        "migrate", help="bring the database schema to head and create the admin key on an empty database, then exit"
+    )
+    migrate.add_argument("--data-dir")
+    migrate.set_defaults(func=cmd_migrate)
+
     train = commands.add_parser("train", help="re-run a job's training from its recipe, without the service")
     train.add_argument("--recipe", required=True, help="recipe.yaml (or .json) from GET /v1/fine_tuning/jobs/{id}/recipe")
     train.add_argument("--data", required=True, help="the training JSONL file")
@@ -196,12 +300,37 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True)
     create.add_argument("--data-dir")
     create.set_defaults(func=cmd_keys_create)
+    revoke = key_commands.add_parser(
+        "revoke",
+        help="revoke a key (refused from the next request on); exit 2 when nothing matches",
+    )
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--key", help="the whole key, or its display prefix as `keys list` shows it")
+    target.add_argument("--user", help="revoke every active key of this user")
+    revoke.add_argument("--data-dir")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    listing = key_commands.add_parser("list", help="list keys: display prefix, user, created, revoked (UTC)")
+    listing.add_argument("--user", help="only this user's keys")
+    listing.add_argument("--data-dir")
+    listing.set_defaults(func=cmd_keys_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pydantic import ValidationError
+
+    from api.logs import configure_logging
+    from api.settings import get_settings
+
     args = build_parser().parse_args(argv)
+    try:
+        log_format = get_settings().log_format
+    except ValidationError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    # On the root logger: the worker's Celery (worker_hijack_root_logger off)
+    # and its forked pool processes log through it too.
+    configure_logging(log_format)
     return args.func(args)
 
 

@@ -210,9 +210,16 @@ def redis_broker_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session", params=["sqlite-local", "postgres-s3"])
 def service(request, tmp_path_factory) -> Iterator[RunningService]:
-    # No worker runs beside this service: a chat request gives up quickly.
+    # No worker runs beside this service: a chat request gives up quickly. All
+    # tests reach it from 127.0.0.1 and the auth tests alone fail hundreds of
+    # authentications a minute, so the brute-force limit is out of their way
+    # here (tests/api/test_rate_limit.py tests it on services of its own).
     settings = service_settings(
-        request.param, tmp_path_factory.mktemp(request.param), request, inference_queue_timeout=1.0
+        request.param,
+        tmp_path_factory.mktemp(request.param),
+        request,
+        inference_queue_timeout=1.0,
+        auth_failures_per_minute=1_000_000,
     )
     with running_service(request.param, settings) as running:
         yield running

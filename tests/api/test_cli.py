@@ -153,3 +153,158 @@ def test_the_api_never_imports_the_ml_stack(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------ keys and migrate
+
+
+def tunehouse(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*TUNEHOUSE, *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, env=clean_env(data_dir), timeout=120,
+    )
+
+
+def new_key(data_dir: Path, user: str) -> str:
+    result = tunehouse(data_dir, "keys", "create", "--user", user)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def assert_refused(client: httpx.Client) -> None:
+    response = client.get("/v1/files")
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_revoked_key_is_refused_by_the_running_service_at_once(tmp_path):
+    from tests.conftest import running_service
+
+    with running_service("cli-keys", Settings(data_dir=tmp_path)) as service:
+        key = new_key(tmp_path, "erin")
+        with service.client(key) as client:
+            assert client.get("/v1/files").status_code == 200
+            result = tunehouse(tmp_path, "keys", "revoke", "--key", key)
+            assert result.returncode == 0, result.stderr
+            assert f"Revoked {key[:10]}" in result.stdout and "user 'erin'" in result.stdout
+            assert key not in result.stdout + result.stderr  # the secret is never echoed
+            assert_refused(client)  # the very next request, on the same connection
+
+        # By the display prefix `keys list` shows.
+        second = new_key(tmp_path, "erin")
+        with service.client(second) as client:
+            assert client.get("/v1/files").status_code == 200
+            result = tunehouse(tmp_path, "keys", "revoke", "--key", second[:10])
+            assert result.returncode == 0, result.stderr
+            assert_refused(client)
+
+    listing = tunehouse(tmp_path, "keys", "list", "--user", "erin")
+    assert listing.returncode == 0, listing.stderr
+    header, *rows = listing.stdout.strip().splitlines()
+    assert header.split() == ["PREFIX", "USER", "CREATED", "REVOKED"]
+    assert [row.split()[:2] for row in rows] == [[key[:10], "erin"], [second[:10], "erin"]]
+    assert all(row.split()[3].endswith("Z") for row in rows)  # both have a revocation time
+
+
+def test_revoke_by_user_revokes_all_their_keys_and_nobody_elses(tmp_path):
+    from tests.conftest import running_service
+
+    with running_service("cli-keys", Settings(data_dir=tmp_path)) as service:
+        franks = [new_key(tmp_path, "frank") for _ in range(2)]
+        gina = new_key(tmp_path, "gina")
+        result = tunehouse(tmp_path, "keys", "revoke", "--user", "frank")
+        assert result.returncode == 0, result.stderr
+        assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("Revoked")) == sorted(
+            f"{k[:10]}..." for k in franks
+        )
+        for key in franks:
+            with service.client(key) as client:
+                assert_refused(client)
+        with service.client(gina) as client:
+            assert client.get("/v1/files").status_code == 200
+
+    listing = tunehouse(tmp_path, "keys", "list")
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert rows[gina[:10]][3] == "-" and all(rows[k[:10]][3] != "-" for k in franks)
+    assert {row[1] for row in rows.values()} == {"frank", "gina"}  # every user's keys without --user
+
+    again = tunehouse(tmp_path, "keys", "revoke", "--user", "frank")
+    assert again.returncode == 2
+    assert "no active API keys" in again.stderr
+
+
+def test_revoke_exits_2_when_nothing_matches_or_the_prefix_is_ambiguous(tmp_path):
+    from api.auth.models import ApiKey
+    from api.auth.service import authenticate, hash_key
+    from api.db import make_engine, make_sessionmaker
+
+    key = new_key(tmp_path, "hal")
+    cases = [
+        (["--key", "th-" + "x" * 43], "no API key matches"),
+        (["--key", "th-nothing"], "no API key has the display prefix 'th-nothing'"),
+        (["--key", "th-ab"], "display prefix"),
+        (["--user", "nobody"], "no user named 'nobody'"),
+    ]
+    for args, message in cases:
+        result = tunehouse(tmp_path, "keys", "revoke", *args)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+        assert result.stdout == ""
+
+    # Two active keys that share a display prefix (rare, but possible): the
+    # prefix alone revokes neither.
+    engine = make_engine(Settings(data_dir=tmp_path).database_url)
+    twin = key[:10] + "-twin-of-the-first-key-for-this-test-only"
+    with make_sessionmaker(engine)() as session:
+        original = session.query(ApiKey).filter_by(key_hash=hash_key(key)).one()
+        session.add(ApiKey(user_id=original.user_id, key_hash=hash_key(twin), display_prefix=key[:10], created_at=1))
+        session.commit()
+    result = tunehouse(tmp_path, "keys", "revoke", "--key", key[:10])
+    assert result.returncode == 2
+    assert "ambiguous" in result.stderr and "2 active keys" in result.stderr
+    with make_sessionmaker(engine)() as session:
+        assert authenticate(session, key) is not None and authenticate(session, twin) is not None
+
+    # The whole key still singles one out; a second revocation has nothing to do.
+    assert tunehouse(tmp_path, "keys", "revoke", "--key", key).returncode == 0
+    again = tunehouse(tmp_path, "keys", "revoke", "--key", key)
+    assert again.returncode == 2 and "already revoked" in again.stderr
+    with make_sessionmaker(engine)() as session:
+        assert authenticate(session, key) is None and authenticate(session, twin) is not None
+    engine.dispose()
+
+    both = subprocess.run(
+        [*TUNEHOUSE, "keys", "revoke", "--key", key, "--user", "hal"], capture_output=True, text=True, timeout=60
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_migrate_brings_the_schema_to_head_and_bootstraps_the_admin_key_once(tmp_path):
+    import sqlite3
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from api.db import MIGRATIONS_DIR
+
+    data_dir = tmp_path / "data"
+    first = tunehouse(data_dir, "migrate")
+    assert first.returncode == 0, first.stderr
+    key_file = data_dir / "admin-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert "Created user 'admin'" in first.stdout and key in first.stdout
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with sqlite3.connect(data_dir / "tunehouse.sqlite3") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+
+    second = tunehouse(data_dir, "migrate")
+    assert second.returncode == 0, second.stderr
+    assert "Created user" not in second.stdout
+    assert key_file.read_text().strip() == key
+
+    listing = tunehouse(data_dir, "keys", "list")
+    assert [line.split()[:2] for line in listing.stdout.splitlines()[1:]] == [[key[:10], "admin"]]
