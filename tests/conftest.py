@@ -52,6 +52,17 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def answers_healthz(base_url: str, process=None) -> bool:
+    """For wait_for: does a server started as a separate process answer /healthz
+    yet? Fails at once if that process has exited."""
+    if process is not None and process.poll() is not None:
+        raise AssertionError(f"the server process exited with {process.returncode}")
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 # --------------------------------------------------------------------- databases
 
 

@@ -15,7 +15,7 @@ import pytest
 from api.queue import create_celery
 from api.settings import Settings
 from api.storage import storage_from_url
-from tests.conftest import free_port, wait_for
+from tests.conftest import answers_healthz, free_port, wait_for
 
 TUNEHOUSE = [sys.executable, "-m", "api.cli"]
 
@@ -77,14 +77,7 @@ def test_serve_bootstraps_serves_runs_workers_and_stops_on_sigterm(tmp_path):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, 60, "the API to answer /healthz")
+        wait_for(lambda: answers_healthz(base), 60, "the API to answer /healthz")
         key_file = data_dir / "admin-key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         key = key_file.read_text().strip()
@@ -130,7 +123,7 @@ def test_serve_bootstraps_serves_runs_workers_and_stops_on_sigterm(tmp_path):
         env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        wait_for(healthy, 60, "the API to answer /healthz again")
+        wait_for(lambda: answers_healthz(base), 60, "the API to answer /healthz again")
         assert children_of(second.pid) == []
         second.send_signal(signal.SIGINT)
         output, _ = second.communicate(timeout=60)

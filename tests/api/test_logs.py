@@ -23,7 +23,7 @@ from api.queue import create_celery
 from api.settings import Settings
 from api.storage import storage_from_url
 from tests.api.test_cli import TUNEHOUSE, clean_env
-from tests.conftest import free_port, wait_for
+from tests.conftest import answers_healthz, free_port, wait_for
 
 
 def capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
@@ -266,15 +266,8 @@ def test_serve_logs_json_lines_with_the_request_id_on_the_access_log(tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     base = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(healthy, 60, "the API to answer /healthz")
+        wait_for(lambda: answers_healthz(base), 60, "the API to answer /healthz")
         response = httpx.get(f"{base}/v1/files", headers={"X-Request-ID": "trace-42"})
         assert response.status_code == 401
         assert response.headers["x-request-id"] == "trace-42"

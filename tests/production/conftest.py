@@ -24,7 +24,14 @@ import redis
 from api.auth.service import create_key, get_or_create_user
 from api.db import make_engine, make_sessionmaker
 from api.settings import Settings
-from tests.conftest import fresh_postgres_database, free_port, make_bucket, wait_for
+from tests.conftest import (
+    _fail_on_server_error,
+    answers_healthz,
+    free_port,
+    fresh_postgres_database,
+    make_bucket,
+    wait_for,
+)
 from tests.worker.test_finetune_e2e import TINY, WORKER_LOGS, Workers
 
 HEARTBEAT_TIMEOUT = 6.0
@@ -178,14 +185,7 @@ class ApiProcess:
                 [sys.executable, "-m", "api.cli", "serve", "--no-worker", "--port", str(self.port)],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        wait_for(self._healthy, STARTUP_TIMEOUT, "the API to answer /healthz")
-
-    def _healthy(self) -> bool:
-        assert self.process.poll() is None, "the API process exited"
-        try:
-            return httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
+        wait_for(lambda: answers_healthz(self.base_url, self.process), STARTUP_TIMEOUT, "the API to answer /healthz")
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -232,12 +232,6 @@ class Stack:
 
     def broker(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url)
-
-
-def _fail_on_server_error(response: httpx.Response) -> None:
-    if response.status_code >= 500:
-        response.read()
-        raise AssertionError(f"{response.request.method} {response.request.url} -> {response.status_code}: {response.text}")
 
 
 @pytest.fixture(scope="package")

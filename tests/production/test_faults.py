@@ -5,7 +5,6 @@ refusing connections, the artifact store cut off, messages delivered twice."""
 import base64
 import io
 import json
-import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -88,7 +87,7 @@ def no_message_for(stack, job_id: str) -> bool:
     broker = stack.broker()
     try:
         pending = broker.lrange("train", 0, -1) + broker.hvals("unacked")
-        return not any(job_id.encode() in message or job_id.encode() in base64_bodies(message) for message in pending)
+        return not any(job_id.encode() in message for message in pending)  # the headers' argsrepr names it
     finally:
         broker.close()
 
@@ -97,14 +96,6 @@ def ignored_deliveries(stack, job_id: str) -> int:
     """Messages for the job that a worker received and left alone (its log says so)."""
     logs = (process.log_path.read_text(errors="replace") for process in stack.workers.processes)
     return sum(log.count(f"job {job_id} is not claimable") for log in logs)
-
-
-def base64_bodies(raw: bytes) -> bytes:
-    """The decoded task bodies inside a kombu message (or unacked entry)."""
-    found = []
-    for match in re.finditer(rb'"body": "([A-Za-z0-9+/=]+)"', raw):
-        found.append(base64.b64decode(match.group(1)))
-    return b"".join(found)
 
 
 # ---------------------------------------------------------------- workers

@@ -24,7 +24,7 @@ import pytest
 from api.settings import Settings
 from tests.api.files.test_endpoints import MULTIPART, multipart_body
 from tests.chat_data import chat_example, chat_jsonl
-from tests.conftest import STARTUP_TIMEOUT, free_port, running_service, service_settings, wait_for
+from tests.conftest import STARTUP_TIMEOUT, answers_healthz, free_port, running_service, service_settings, wait_for
 
 MIB = 1024 * 1024
 BOUNDARY = MULTIPART.split("boundary=", 1)[1]
@@ -196,16 +196,11 @@ def server_process(tmp_path):
         stderr=subprocess.STDOUT,
     )
 
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}:\n{(tmp_path / 'serve.log').read_text()}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(healthy, STARTUP_TIMEOUT, "tunehouse serve to answer /healthz")
+        wait_for(
+            lambda: answers_healthz(f"http://127.0.0.1:{port}", process), STARTUP_TIMEOUT,
+            "tunehouse serve to answer /healthz (its log: serve.log in the test's tmp dir)",
+        )
         key = (data_dir / "admin-key").read_text().strip()
         yield process, port, key, data_dir
     finally:
