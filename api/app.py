@@ -14,15 +14,15 @@ from api.catalog.endpoints import router as models_router
 from api.evaluations.endpoints import router as evaluations_router
 from api.files.endpoints import router as files_router
 from api.inference.endpoints import router as chat_router
-from api.inference.streams import sweep_streams
+from domain.inference.streams import sweep_streams
 from api.jobs.endpoints import router as jobs_router
-from api.jobs.recovery import recover_jobs
-from api.logs import RequestContextMiddleware
-from api.metrics import install_metrics
+from domain.runs.job_recovery import recover_jobs
+
+from api.observability import RequestContextMiddleware, install_metrics
 from api.rate_limit import RateLimits
-from api.work_recovery import recover_work
-from api.settings import Settings, get_settings
-from api.state import AppState
+from domain.runs.recovery import recover_work
+from domain.settings import Settings, get_settings
+from api.deps import AppState
 from api.web import install_web_ui
 
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tunehouse = state
     # Kept on app.state too so request-scoped dependencies reach them directly.
     app.state.sessionmaker = state.sessionmaker
-    # Per-process request limits, read by api/auth/dependencies.py.
+    # Per-process request limits, read by api/deps.py.
     app.state.rate_limits = RateLimits.from_settings(state.settings)
     install_error_handlers(app)
     app.include_router(files_router)
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _recovery_loop(state: AppState) -> None:
-    """Requeue work whose worker died (api/jobs/recovery.py, api/work_recovery.py)."""
+    """Requeue work whose worker died (domain/runs/job_recovery.py, domain/runs/recovery.py)."""
     interval = min(15.0, state.settings.heartbeat_timeout / 2)
     while True:
         await asyncio.sleep(interval)

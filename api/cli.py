@@ -16,7 +16,7 @@ def _settings(data_dir: str | None):
     # worker child process inherits it.
     if data_dir:
         os.environ["TUNEHOUSE_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
-    from api.settings import get_settings
+    from domain.settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
@@ -25,14 +25,14 @@ def _settings(data_dir: str | None):
 
 
 def _prepare_database(settings) -> None:
-    from api.db import migrate
+    from domain.db import migrate
 
     migrate(settings.database_url)
 
 
 def _write_admin_key(settings) -> None:
-    from api.auth.service import bootstrap_admin
-    from api.db import make_engine, make_sessionmaker
+    from domain.auth.service import bootstrap_admin
+    from domain.db import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database_url)
     with make_sessionmaker(engine)() as session:
@@ -119,7 +119,7 @@ def cmd_worker(args) -> int:
     _settings(args.data_dir)
     from celery.signals import setup_logging
 
-    from api.queue import ALL_QUEUES, TRAIN_QUEUE
+    from domain.queue import ALL_QUEUES, TRAIN_QUEUE
     from worker.celery_app import app, preload_ml_stack
 
     setup_logging.connect(_celery_logs_through_ours, weak=False)
@@ -146,7 +146,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_keys_create(args) -> int:
-    from api.auth.service import create_key, get_or_create_user
+    from domain.auth.service import create_key, get_or_create_user
 
     def create(session) -> int:
         try:
@@ -187,8 +187,8 @@ def _utc(timestamp: int | None) -> str:
 
 
 def _with_key_session(args, action) -> int:
-    from api.auth.service import KeyManagementError
-    from api.db import make_engine, make_sessionmaker
+    from domain.auth.service import KeyManagementError
+    from domain.db import make_engine, make_sessionmaker
 
     settings = _settings(args.data_dir)
     _prepare_database(settings)
@@ -206,7 +206,7 @@ def _with_key_session(args, action) -> int:
 
 
 def cmd_keys_revoke(args) -> int:
-    from api.auth.service import revoke_keys
+    from domain.auth.service import revoke_keys
 
     def revoke(session) -> int:
         revoked = revoke_keys(session, key=args.key, user_name=args.user)
@@ -225,7 +225,7 @@ def cmd_keys_revoke(args) -> int:
 
 
 def cmd_keys_list(args) -> int:
-    from api.auth.service import list_keys
+    from domain.auth.service import list_keys
 
     def show(session) -> int:
         rows = [
@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from api.logs import configure_logging
-    from api.settings import get_settings
+    from domain.observability.logs import configure_logging
+    from domain.settings import get_settings
 
     args = build_parser().parse_args(argv)
     try:

@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
-from api.storage import Storage
+from domain.storage import Storage
 
 PRESIGNED_URL_SECONDS = 300
 

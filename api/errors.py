@@ -2,6 +2,8 @@
 
 Every failure a client can cause becomes a 4xx with this body; anything else is
 logged and answered with a generic 500 of the same shape, never a stack trace.
+The domain layer raises `ServiceError`s (domain/errors.py) without knowing
+HTTP; this is the one place that gives each kind its status.
 """
 
 import json
@@ -15,6 +17,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from domain.errors import ServiceError
 
 log = logging.getLogger("tunehouse.api")
 
@@ -39,6 +43,32 @@ class APIError(Exception):
         self.code = code
         self.details = details
         self.headers = headers
+
+
+# The status of each kind of domain refusal.
+STATUS_OF_KIND = {
+    "invalid_request": 400,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "upstream_failed": 502,
+    "unavailable": 503,
+}
+
+
+def api_error(error: ServiceError) -> APIError:
+    """A domain refusal as the HTTP error it is answered with."""
+    headers = {"Retry-After": f"{error.retry_after:g}"} if error.retry_after is not None else None
+    return APIError(
+        STATUS_OF_KIND[error.kind],
+        error.message,
+        type=error.type,
+        param=error.param,
+        code=error.code,
+        details=error.details,
+        headers=headers,
+    )
 
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
@@ -118,6 +148,10 @@ def _response(status_code: int, body: dict, headers: dict[str, str] | None = Non
 async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
     body = error_body(exc.message, exc.type, exc.param, exc.code, exc.details)
     return _response(exc.status_code, body, exc.headers)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return await _api_error(request, api_error(exc))
 
 
 _STATUS_ERROR_TYPES = {
@@ -207,6 +241,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)

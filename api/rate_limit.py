@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from api.errors import APIError
-from api.settings import Settings
+from domain.settings import Settings
 
 WINDOW_SECONDS = 60.0
 # The most clients tracked per limit. Beyond it the least recently seen are

@@ -75,11 +75,11 @@ def register_fine_tunes(data_dir: Path, owner_name: str, count: int) -> list[str
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from api.auth.models import User
-    from api.db import make_engine, make_sessionmaker
-    from api.ids import new_id
-    from api.jobs.models import FineTuningJob
-    from api.settings import Settings
+    from domain.auth.models import User
+    from domain.db import make_engine, make_sessionmaker
+    from domain.ids import new_id
+    from domain.jobs.models import FineTuningJob
+    from domain.settings import Settings
     from worker.base_models import load_causal_lm, resolve_base_model
 
     settings = Settings(data_dir=data_dir)
@@ -141,7 +141,7 @@ def naive_generate_loop(data_dir: Path, texts: list[str], max_tokens: int) -> tu
     import torch
     from transformers import AutoTokenizer
 
-    from api.settings import Settings
+    from domain.settings import Settings
     from worker.base_models import load_causal_lm, resolve_base_model
 
     settings = Settings(data_dir=data_dir)

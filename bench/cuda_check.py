@@ -56,8 +56,8 @@ def child(model_dir: Path, work: Path) -> int:
     import peft  # noqa: F401
     import torch
 
-    from api.settings import Settings
-    from api.storage import storage_from_url
+    from domain.settings import Settings
+    from domain.storage import storage_from_url
     from worker.inference.engine import InferenceEngine
     from worker.inference.generation import GenerationRequest, generate, reference_losses, render_prompt
     from worker.training.recipe import TrainingConfig, TrainingHooks, train

@@ -142,7 +142,7 @@ class Setup:
 
 
 def prepare(quick: bool) -> Setup:
-    from api.jobs.hyperparameters import MAX_INTERVAL, DatasetStats, plain_values, resolve
+    from domain.jobs.hyperparameters import MAX_INTERVAL, DatasetStats, plain_values, resolve
     from worker.base_models import BUNDLED_SMOLLM2_ID, resolve_base_model
     from worker.training.recipe import load_tokenizer, token_lengths
 
@@ -364,9 +364,9 @@ def measure_service_job(setup: Setup, tmp: Path) -> tuple[Throughput, Throughput
     import uvicorn
 
     from api.app import create_app
-    from api.auth.service import create_key, get_or_create_user
-    from api.db import migrate
-    from api.settings import Settings
+    from domain.auth.service import create_key, get_or_create_user
+    from domain.db import migrate
+    from domain.settings import Settings
 
     settings = Settings(data_dir=tmp / "service", base_models={JOB_MODEL_ID: f"path:{setup.model_dir}"})
     migrate(settings.database_url)

@@ -97,7 +97,7 @@ def matmul_peak(device: str) -> float:
 
 
 def hyperparameters(model_dir: Path, examples: list[dict], device: str, adapter: str) -> dict:
-    from api.jobs.hyperparameters import MAX_INTERVAL, DatasetStats, plain_values, resolve
+    from domain.jobs.hyperparameters import MAX_INTERVAL, DatasetStats, plain_values, resolve
     from worker.training.recipe import load_tokenizer, token_lengths
 
     lengths = sorted(token_lengths(load_tokenizer(model_dir), examples))

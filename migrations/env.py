@@ -1,10 +1,10 @@
-"""Alembic environment. The database URL comes from `api.db.migrate` (or, when
+"""Alembic environment. The database URL comes from `domain.db.migrate` (or, when
 alembic is run by hand, from TUNEHOUSE_DATABASE_URL via the settings)."""
 
 from alembic import context
 
-import api.all_models  # noqa: F401  (registers the tables on Base.metadata)
-from api.db import Base, make_engine
+import domain.all_models  # noqa: F401  (registers the tables on Base.metadata)
+from domain.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -14,7 +14,7 @@ def database_url() -> str:
     url = config.attributes.get("database_url")
     if url:
         return url
-    from api.settings import get_settings
+    from domain.settings import get_settings
 
     return get_settings().database_url
 

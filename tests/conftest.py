@@ -21,10 +21,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.auth.service import create_key, get_or_create_user
-from api.db import migrate
-from api.settings import Settings
-from api.state import AppState
+from domain.auth.service import create_key, get_or_create_user
+from domain.db import migrate
+from domain.settings import Settings
+from api.deps import AppState
 
 POSTGRES_ADMIN_URL = os.environ.get("TUNEHOUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_SERVER = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379")

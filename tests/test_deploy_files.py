@@ -21,8 +21,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from api.cli import build_parser
-from api.queue import ALL_QUEUES, TRAIN_QUEUE
-from api.settings import Settings
+from domain.queue import ALL_QUEUES, TRAIN_QUEUE
+from domain.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -491,7 +491,7 @@ def test_api_stage_is_slim_and_serves_the_ui():
     assert stage_env("api")["TUNEHOUSE_WEB_DIST"] == "/app/web/dist"
     healthcheck = [arguments for keyword, arguments, _ in stages["api"] if keyword == "HEALTHCHECK"]
     assert healthcheck and "urllib" in healthcheck[0] and "/healthz" in healthcheck[0] and "curl" not in healthcheck[0]
-    # Installed where api/db.py finds migrations/ beside the package.
+    # Installed where domain/db.py finds migrations/ beside the package.
     assert "pip install --no-cache-dir -e ." in text
 
 

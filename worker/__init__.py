@@ -1,3 +1,3 @@
 """tunehouse worker: the Celery tasks that train, infer and evaluate.
 
-Uses the data layer (api.db, repositories, storage), never the HTTP layer."""
+Uses the data layer (domain.db, repositories, storage), never the HTTP layer."""

@@ -22,18 +22,18 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from api.batches.models import WORKING_STATUSES, Batch, BatchResult, failed_values
-from api.db import make_engine, make_sessionmaker
-from api.files.models import File
-from api.files.outputs import write_output_file
-from api.files.repository import FileRepository
-from api.files.validation import jsonl_objects
-from api.ids import new_id
-from api.inference.schemas import ChatCompletionRequest
-from api.inference.targets import resolve_target
-from api.leases import Leases
-from api.settings import Settings, get_settings
-from api.storage import storage_from_url
+from domain.batches.models import WORKING_STATUSES, Batch, BatchResult, failed_values
+from domain.db import make_engine, make_sessionmaker
+from domain.files.models import File
+from domain.files.outputs import write_output_file
+from domain.files.repository import FileRepository
+from domain.files.validation import jsonl_objects
+from domain.ids import new_id
+from domain.inference.schemas import ChatCompletionRequest
+from domain.inference.targets import resolve_target
+from domain.runs.leases import Leases
+from domain.settings import Settings, get_settings
+from domain.storage import storage_from_url
 from worker.leasing import lease_heartbeat, worker_name
 from worker.serving import RequestError, choices_and_usage, generation_requests, prepare, shared_engine
 

@@ -1,8 +1,8 @@
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-import api.all_models  # noqa: F401  (every table, so foreign keys resolve in workers)
-from api.queue import create_celery
-from api.settings import get_settings
+import domain.all_models  # noqa: F401  (every table, so foreign keys resolve in workers)
+from domain.queue import create_celery
+from domain.settings import get_settings
 from worker import shutdown
 
 app = create_celery(get_settings(), include=("worker.tasks",))

@@ -12,7 +12,7 @@ Surviving a restart: every finished model's per-item results go to storage
 a later attempt (after the worker died and the evaluation was requeued)
 skips the models already finished and redoes the one that was cut off, so
 each item appears once per model. Every write is fenced by the lease's
-attempt (api/leases.py): a worker that lost its claim changes nothing.
+attempt (domain/runs/leases.py): a worker that lost its claim changes nothing.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from api.db import make_engine, make_sessionmaker
-from api.evaluations.models import WORKING_STATUSES, Evaluation, failed_values
-from api.evaluations.schemas import PERPLEXITY, as_json_safe, item_columns, predictions_csv_key
-from api.files.repository import FileRepository
-from api.files.validation import DEFAULT_SPLIT_SEED, split_lines
-from api.inference.targets import InferenceTarget, resolve_target
-from api.leases import Leases
-from api.settings import Settings, get_settings
-from api.storage import StorageError, storage_from_url
+from domain.db import make_engine, make_sessionmaker
+from domain.evaluations.models import WORKING_STATUSES, Evaluation, failed_values
+from domain.evaluations.schemas import PERPLEXITY, as_json_safe, item_columns, predictions_csv_key
+from domain.files.repository import FileRepository
+from domain.files.validation import DEFAULT_SPLIT_SEED, split_lines
+from domain.inference.targets import InferenceTarget, resolve_target
+from domain.runs.leases import Leases
+from domain.settings import Settings, get_settings
+from domain.storage import StorageError, storage_from_url
 from worker.leasing import Heartbeat, lease_heartbeat, worker_name
 
 log = logging.getLogger("tunehouse.worker")

@@ -21,20 +21,20 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from api.auth.models import User
-from api.db import is_disconnect, make_engine, make_sessionmaker, retry_on_disconnect
-from api.files.models import File
-from api.files.outputs import write_output_file
-from api.files.repository import FileRepository
-from api.files.validation import DEFAULT_SPLIT_SEED, split_lines
-from api.jobs.hyperparameters import DatasetStats, HyperparameterError, plain_values, resolve
-from api.jobs.models import FineTuningJob
-from api.jobs.metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
-from api.jobs.repository import JobLifecycle, JobRepository, add_event
-from api.jobs.schemas import fine_tuned_model_name
-from api.queue_client import TRAIN_TASK, TaskQueue
-from api.settings import Settings, get_settings
-from api.storage import Storage, StorageError, storage_from_url
+from domain.auth.models import User
+from domain.db import is_disconnect, make_engine, make_sessionmaker, retry_on_disconnect
+from domain.files.models import File
+from domain.files.outputs import write_output_file
+from domain.files.repository import FileRepository
+from domain.files.validation import DEFAULT_SPLIT_SEED, split_lines
+from domain.jobs.hyperparameters import DatasetStats, HyperparameterError, plain_values, resolve
+from domain.jobs.models import FineTuningJob
+from domain.jobs.training_metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
+from domain.jobs.repository import JobLifecycle, JobRepository, add_event
+from domain.jobs.schemas import fine_tuned_model_name
+from domain.queue_client import TRAIN_TASK, TaskQueue
+from domain.settings import Settings, get_settings
+from domain.storage import Storage, StorageError, storage_from_url
 from worker import shutdown
 from worker.leasing import Heartbeat, worker_name
 
@@ -487,7 +487,7 @@ class TrainingJobRun:
     def _automatic_evaluation(self, job: FineTuningJob, model_name: str):
         """The evaluation row to commit with the success (pending in the
         session), or None; a failure here never fails the job."""
-        from api.evaluations.service import create_job_evaluation
+        from domain.evaluations.service import create_job_evaluation
 
         try:
             evaluation = create_job_evaluation(self.session, self.settings, job, model_name)
@@ -503,9 +503,9 @@ class TrainingJobRun:
     def _enqueue_evaluation(self, evaluation) -> None:
         """After the commit: send the evaluation to an inference worker. A
         message the broker did not take is sent again by the recovery loop."""
-        from api.evaluations.models import WORKING_STATUSES, Evaluation
-        from api.leases import Leases
-        from api.queue_client import EVALUATION_TASK, TaskQueue
+        from domain.evaluations.models import WORKING_STATUSES, Evaluation
+        from domain.runs.leases import Leases
+        from domain.queue_client import EVALUATION_TASK, TaskQueue
 
         try:
             if TaskQueue(self.settings).send(EVALUATION_TASK, evaluation.id):

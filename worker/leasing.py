@@ -1,4 +1,4 @@
-"""A worker's hold on a batch or evaluation row (see api/leases.py): the
+"""A worker's hold on a batch or evaluation row (see domain/runs/leases.py): the
 heartbeat thread that keeps it, and the names and sessions it needs."""
 
 import logging
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from api.leases import Leases
+from domain.runs.leases import Leases
 
 log = logging.getLogger("tunehouse.worker")
 
@@ -44,7 +44,7 @@ class Heartbeat(threading.Thread):
 
 
 def lease_heartbeat(db, model, row_id: str, attempt: int, interval: float, working: tuple[str, ...]) -> Heartbeat:
-    """The heartbeat of a leased batch or evaluation row (api/leases.py)."""
+    """The heartbeat of a leased batch or evaluation row (domain/runs/leases.py)."""
     return Heartbeat(
         db, lambda session: Leases(session, model, working=working).heartbeat(row_id, attempt), interval, row_id
     )

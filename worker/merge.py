@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from api.db import make_engine, make_sessionmaker
-from api.jobs.models import FineTuningJob
-from api.settings import get_settings
-from api.storage import storage_from_url
+from domain.db import make_engine, make_sessionmaker
+from domain.jobs.models import FineTuningJob
+from domain.settings import get_settings
+from domain.storage import storage_from_url
 
 log = logging.getLogger("tunehouse.worker")
 

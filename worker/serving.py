@@ -10,9 +10,9 @@ for loading it, later ones only attach their fine-tune's adapter.
 import logging
 import time
 
-from api.inference.streams import streams_for
-from api.settings import get_settings
-from api.storage import storage_from_url
+from domain.inference.streams import streams_for
+from domain.settings import get_settings
+from domain.storage import storage_from_url
 
 log = logging.getLogger("tunehouse.worker")
 
@@ -54,7 +54,7 @@ class RequestError(Exception):
 
 
 def prepare(engine, target: dict):
-    """(loaded base, adapter name or None) for a target from api/inference/targets.py."""
+    """(loaded base, adapter name or None) for a target from domain/inference/targets.py."""
     from worker.inference.engine import AdapterNotFound
 
     loaded = engine.base(target["base_id"])

@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from api.settings import Settings
+from domain.settings import Settings
 
 
 def _flag(settings: Settings, pid: int) -> Path:

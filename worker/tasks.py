@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 from celery import current_task
 
-from api.logs import log_context
-from api.settings import get_settings
-from api.storage import storage_from_url
+from domain.observability.logs import log_context
+from domain.settings import get_settings
+from domain.storage import storage_from_url
 from worker.celery_app import app
 
 log = logging.getLogger("tunehouse.worker")
@@ -22,7 +22,7 @@ log = logging.getLogger("tunehouse.worker")
 
 @contextmanager
 def _task_context(**ids):
-    """Every record a task logs carries its ids (api/logs.py) and Celery's task id."""
+    """Every record a task logs carries its ids (domain/observability/logs.py) and Celery's task id."""
     task_id = current_task.request.id if current_task else None
     with log_context(task_id=task_id, **ids):
         yield
@@ -60,7 +60,7 @@ def merge(job_id: str) -> None:
 @app.task(name="tunehouse.chat")
 def chat(request: dict) -> None:
     """The request travels whole in the message; the answer goes back on its
-    stream (api/inference/streams.py)."""
+    stream (domain/inference/streams.py)."""
     with _task_context(completion_id=request.get("id") if isinstance(request, dict) else None):
         from worker.serving import run_chat_request
 

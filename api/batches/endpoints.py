@@ -2,14 +2,12 @@ from typing import Annotated
 
 from fastapi import APIRouter
 
-from api.auth.dependencies import CurrentUser
-from api.batches import service
-from api.batches.repository import BatchRepository
-from api.batches.schemas import BatchList, BatchObject, CreateBatchRequest
-from api.db import SessionDep
+from domain.batches import service
+from domain.batches.repository import BatchRepository
+from domain.batches.schemas import BatchList, BatchObject, CreateBatchRequest
 from api.errors import COMMON_ERROR_RESPONSES, error_responses
 from api.pagination import LimitQuery, after_query, check_cursor, list_page
-from api.state import StateDep
+from api.deps import CurrentUser, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=COMMON_ERROR_RESPONSES)
 

@@ -6,20 +6,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.auth.dependencies import CurrentUser
-from api.db import SessionDep
 from api.downloads import download, download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
-from api.evaluations import service
-from api.evaluations.repository import EvaluationRepository
-from api.evaluations.schemas import (
+from domain.evaluations import service
+from domain.evaluations.repository import EvaluationRepository
+from domain.evaluations.schemas import (
     CreateEvaluationRequest,
     EvaluationList,
     EvaluationObject,
     predictions_csv_key,
 )
 from api.pagination import LimitQuery, after_query, check_cursor, list_page
-from api.state import StateDep
+from api.deps import CurrentUser, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=COMMON_ERROR_RESPONSES)
 

@@ -3,15 +3,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.auth.dependencies import CurrentUser
-from api.db import SessionDep
+from starlette.concurrency import run_in_threadpool
+
+from api.files.upload import MultipartUpload, check_declared_length, multipart_boundary, receive
 from api.downloads import BINARY_DOWNLOAD, download
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
-from api.files import service
-from api.files.repository import FileRepository
-from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileList, FileObject, FileReport
+from domain.files import service
+from domain.files.repository import FileRepository
+from domain.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileList, FileObject, FileReport
 from api.pagination import LimitQuery, after_query, check_cursor, list_page
-from api.state import StateDep
+from api.deps import CurrentUser, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=COMMON_ERROR_RESPONSES)
 
@@ -26,9 +27,17 @@ async def create_file(request: Request, user: CurrentUser, state: StateDep) -> F
     The file is validated while it streams; an invalid file is refused with
     every bad line named and nothing is kept."""
     settings = state.settings
-    file = await service.create_file(
-        request, user, state.storage, state.sessionmaker, settings.max_upload_bytes, settings.upload_idle_timeout
-    )
+    boundary = multipart_boundary(request)
+    check_declared_length(request, settings.max_upload_bytes)  # before a temp file or upload exists
+    incoming = service.IncomingFile(state.storage, user.id, settings.max_upload_bytes)
+    try:
+        upload = MultipartUpload(boundary, incoming)
+        await receive(request, upload, settings.upload_idle_timeout)
+        file = await run_in_threadpool(incoming.finish, upload.fields.get("purpose"), upload.filename or "upload")
+    except BaseException:
+        await run_in_threadpool(incoming.abort)
+        raise
+    await run_in_threadpool(service.record_file, state.sessionmaker, state.storage, file)
     return FileObject.of(file)
 
 

@@ -14,30 +14,19 @@ rest. An upload whose body stops arriving for `idle_timeout` seconds gets a
 """
 
 import asyncio
-import hashlib
 from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from api.errors import APIError, bad_request
-from api.files.validation import BatchValidator, FineTuneValidator, ValidationResult
-from api.storage import StorageWriter
+from api.errors import APIError, api_error, bad_request
+from domain.errors import ServiceError
+from domain.files.service import IncomingFile, check_purpose, file_too_large
 
-PURPOSES = ("fine-tune", "batch")
 STEP_BYTES = 1 << 20  # how much body to gather before one hop to the worker thread
 MAX_FIELD_BYTES = 4096  # plain form fields (purpose, …) are tiny
 BODY_OVERHEAD_BYTES = 1 << 20  # multipart framing and fields allowed beyond the file limit
-
-
-def too_large(limit: int) -> APIError:
-    return APIError(
-        413,
-        f"The file is larger than this server's upload limit of {limit} bytes.",
-        param="file",
-        code="file_too_large",
-    )
 
 
 def upload_timeout(seconds: float) -> APIError:
@@ -47,18 +36,6 @@ def upload_timeout(seconds: float) -> APIError:
         param="file",
         code="upload_timeout",
     )
-
-
-def check_purpose(purpose: str | None) -> str:
-    if purpose is None:
-        raise bad_request("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
-    if purpose not in PURPOSES:
-        raise bad_request(
-            f"'{purpose}' is not a supported purpose; expected one of {', '.join(repr(p) for p in PURPOSES)}.",
-            param="purpose",
-            code="invalid_value",
-        )
-    return purpose
 
 
 def clean_filename(raw: bytes | None) -> str:
@@ -79,19 +56,13 @@ class _Part:
 
 class MultipartUpload:
     """Parses one multipart body fed in chunks. The single `file` part goes to
-    the storage writer, the hash and the validator(s); other fields are kept."""
+    the incoming file (limit, hash, validation, storage); other fields are kept."""
 
-    def __init__(self, boundary: bytes, writer: StorageWriter, max_file_bytes: int):
-        self.writer = writer
-        self.max_file_bytes = max_file_bytes
+    def __init__(self, boundary: bytes, incoming: IncomingFile):
+        self.incoming = incoming
+        self.max_file_bytes = incoming.max_bytes
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
-        self.file_bytes = 0
-        self.sha256 = hashlib.sha256()
-        # Purpose decides the validator. Clients send it before the file (the
-        # openai SDK and curl -F in the usual order do); if the file comes first
-        # both validators run and the purpose picks one at the end.
-        self.validators: dict[str, FineTuneValidator | BatchValidator] = {}
         self._part = _Part()
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -122,9 +93,6 @@ class MultipartUpload:
         if not self._seen_file:
             raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
 
-    def validation_result(self, purpose: str) -> ValidationResult:
-        return self.validators[purpose].finish()
-
     def _on_part_begin(self) -> None:
         self._part = _Part()
 
@@ -151,11 +119,7 @@ class MultipartUpload:
         self._seen_file = True
         part.is_file = True
         self.filename = clean_filename(part.filename)
-        purpose = self.fields.get("purpose")
-        if purpose is not None:
-            self.validators = {check_purpose(purpose): _new_validator(purpose)}
-        else:
-            self.validators = {p: _new_validator(p) for p in PURPOSES}
+        self.incoming.expect(self.fields.get("purpose"))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
@@ -165,13 +129,7 @@ class MultipartUpload:
                 raise bad_request(f"Form field '{part.name}' is too long.", param=part.name or None)
             part.value += chunk
             return
-        self.file_bytes += len(chunk)
-        if self.file_bytes > self.max_file_bytes:
-            raise too_large(self.max_file_bytes)
-        self.sha256.update(chunk)
-        for validator in self.validators.values():
-            validator.feed(chunk)
-        self.writer.write(chunk)
+        self.incoming.feed(chunk)
 
     def _on_part_end(self) -> None:
         part = self._part
@@ -180,10 +138,6 @@ class MultipartUpload:
         self.fields[part.name] = part.value.decode("utf-8", errors="replace").strip()
         if part.name == "purpose" and not self._seen_file:
             check_purpose(self.fields["purpose"])  # fail before reading a large file for nothing
-
-
-def _new_validator(purpose: str) -> FineTuneValidator | BatchValidator:
-    return FineTuneValidator() if purpose == "fine-tune" else BatchValidator()
 
 
 def multipart_boundary(request: Request) -> bytes:
@@ -203,7 +157,7 @@ def check_declared_length(request: Request, max_file_bytes: int) -> None:
     """Refuse a body whose Content-Length is already over the limit, unread."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_file_bytes + BODY_OVERHEAD_BYTES:
-        raise _closing(too_large(max_file_bytes))
+        raise _closing(api_error(file_too_large(max_file_bytes)))
 
 
 def _closing(error: APIError) -> APIError:
@@ -239,7 +193,7 @@ async def receive(request: Request, upload: MultipartUpload, idle_timeout: float
                 continue
             received += len(chunk)
             if received > max_body:
-                raise too_large(upload.max_file_bytes)
+                raise file_too_large(upload.max_file_bytes)
             pending.append(chunk)
             pending_bytes += len(chunk)
             if pending_bytes >= STEP_BYTES:
@@ -247,8 +201,10 @@ async def receive(request: Request, upload: MultipartUpload, idle_timeout: float
                 pending, pending_bytes = [], 0
     except ClientDisconnect as exc:
         raise bad_request("The upload was interrupted.", param="file", code="upload_interrupted") from exc
+    except ServiceError as exc:
+        raise _closing(api_error(exc)) from exc  # too large, or refused part-way (bad purpose, …)
     except APIError as exc:
-        _closing(exc)  # too large, stalled, or refused part-way (bad purpose, …)
+        _closing(exc)  # stalled
         raise
     if pending:
         await run_in_threadpool(upload.write, b"".join(pending))

@@ -2,12 +2,10 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.auth.dependencies import CurrentUser
-from api.db import SessionDep
 from api.errors import COMMON_ERROR_RESPONSES, error_responses
-from api.inference import service
-from api.inference.schemas import ChatCompletion, ChatCompletionRequest
-from api.state import StateDep
+from domain.inference import service
+from domain.inference.schemas import ChatCompletion, ChatCompletionRequest
+from api.deps import CurrentUser, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/chat", tags=["inference"], responses=COMMON_ERROR_RESPONSES)
 

@@ -4,14 +4,12 @@ import yaml
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from api.auth.dependencies import CurrentUser
-from api.db import SessionDep
 from api.downloads import S3_REDIRECT, download, download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
-from api.jobs import service
-from api.jobs.metrics import metrics_by_step, metrics_csv
-from api.jobs.repository import JobLifecycle, JobRepository
-from api.jobs.schemas import (
+from domain.jobs import service
+from domain.jobs.training_metrics import metrics_by_step, metrics_csv
+from domain.jobs.repository import JobLifecycle, JobRepository
+from domain.jobs.schemas import (
     CheckpointList,
     CheckpointObject,
     CreateJobRequest,
@@ -23,8 +21,8 @@ from api.jobs.schemas import (
     MergedWeightsPending,
 )
 from api.pagination import LimitQuery, after_query, check_cursor, list_page
-from api.queue_client import MERGE_TASK
-from api.state import StateDep
+from domain.queue_client import MERGE_TASK
+from api.deps import CurrentUser, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=COMMON_ERROR_RESPONSES)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.queue import create_celery
-from api.settings import Settings
-from api.storage import storage_from_url
+from domain.queue import create_celery
+from domain.settings import Settings
+from domain.storage import storage_from_url
 from tests.conftest import answers_healthz, free_port, wait_for
 
 TUNEHOUSE = [sys.executable, "-m", "api.cli"]
@@ -36,8 +36,8 @@ def test_keys_create_prints_the_key_last(tmp_path):
     assert key.startswith("th-")
     assert not (tmp_path / "ignored").exists()  # --data-dir wins over the environment
 
-    from api.auth.service import authenticate
-    from api.db import make_engine, make_sessionmaker
+    from domain.auth.service import authenticate
+    from domain.db import make_engine, make_sessionmaker
 
     engine = make_engine(Settings(data_dir=tmp_path).database_url)
     with make_sessionmaker(engine)() as session:
@@ -138,8 +138,8 @@ def test_serve_bootstraps_serves_runs_workers_and_stops_on_sigterm(tmp_path):
 
 def test_the_api_never_imports_the_ml_stack(tmp_path):
     code = (
-        "import sys; from api.app import create_app; from api.settings import Settings; "
-        "import api.cli, api.queue; "
+        "import sys; from api.app import create_app; from domain.settings import Settings; "
+        "import api.cli, domain.queue; "
         f"create_app(Settings(data_dir={str(tmp_path)!r})); "
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'datasets') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
@@ -227,9 +227,9 @@ def test_revoke_by_user_revokes_all_their_keys_and_nobody_elses(tmp_path):
 
 
 def test_revoke_exits_2_when_nothing_matches_or_the_prefix_is_ambiguous(tmp_path):
-    from api.auth.models import ApiKey
-    from api.auth.service import authenticate, hash_key
-    from api.db import make_engine, make_sessionmaker
+    from domain.auth.models import ApiKey
+    from domain.auth.service import authenticate, hash_key
+    from domain.db import make_engine, make_sessionmaker
 
     key = new_key(tmp_path, "hal")
     cases = [
@@ -278,7 +278,7 @@ def test_migrate_brings_the_schema_to_head_and_bootstraps_the_admin_key_once(tmp
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from api.db import MIGRATIONS_DIR
+    from domain.db import MIGRATIONS_DIR
 
     data_dir = tmp_path / "data"
     first = tunehouse(data_dir, "migrate")

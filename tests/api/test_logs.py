@@ -18,10 +18,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.logs import ContextFilter, JsonFormatter, TextFormatter, configure_logging, current_context, log_context
-from api.queue import create_celery
-from api.settings import Settings
-from api.storage import storage_from_url
+from domain.observability.logs import ContextFilter, JsonFormatter, TextFormatter, configure_logging, current_context, log_context
+from domain.queue import create_celery
+from domain.settings import Settings
+from domain.storage import storage_from_url
 from tests.api.test_cli import TUNEHOUSE, clean_env
 from tests.conftest import answers_healthz, free_port, wait_for
 

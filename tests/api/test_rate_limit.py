@@ -11,9 +11,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.auth.service import revoke_keys
+from domain.auth.service import revoke_keys
 from api.rate_limit import TokenBuckets
-from api.settings import Settings
+from domain.settings import Settings
 from tests.conftest import RunningService, running_service, service_settings
 
 OTHER_IP = "127.0.0.2"

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from api.settings import Settings
+from domain.settings import Settings
 from tests.conftest import running_service
 
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import redis
 
-from api.auth.service import create_key, get_or_create_user
-from api.db import make_engine, make_sessionmaker
-from api.settings import Settings
+from domain.auth.service import create_key, get_or_create_user
+from domain.db import make_engine, make_sessionmaker
+from domain.settings import Settings
 from tests.conftest import (
     _fail_on_server_error,
     answers_healthz,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from api.queue_client import TRAIN_TASK, TaskQueue
+from domain.queue_client import TRAIN_TASK, TaskQueue
 from tests.api.files.test_endpoints import upload
 from tests.conftest import wait_for
 from tests.production.conftest import database_connections_refused

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from playwright.sync_api import expect
 
-from api.settings import Settings
+from domain.settings import Settings
 from tests.conftest import running_service
 from tests.web.conftest import REPO
 from tests.worker.test_finetune_e2e import TINY, Workers, tiny_chat_jsonl

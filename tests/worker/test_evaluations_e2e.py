@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from api.evaluations.schemas import TEXT_METRICS, item_columns
-from api.settings import Settings
+from domain.evaluations.schemas import TEXT_METRICS, item_columns
+from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
 from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
 from tests.worker.test_finetune_e2e import Workers, tiny_chat_jsonl

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import Settings
+from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
 from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
 

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from api.queue import create_celery
-from api.settings import Settings
-from api.storage import storage_from_url
+from domain.queue import create_celery
+from domain.settings import Settings
+from domain.storage import storage_from_url
 from tests.conftest import redis_db, wait_for
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from api.settings import Settings
-from api.storage import Storage
+from domain.settings import Settings
+from domain.storage import Storage
 from worker.base_models import (
     BaseModelError,
     atomic_directory,

@@ -90,7 +90,7 @@ class TrainingHooks:
 @dataclass
 class TrainingConfig:
     base_model_dir: Path  # config.json, *.safetensors and tokenizer files
-    hyperparameters: dict[str, Any]  # resolved plain values (api/jobs/hyperparameters.py)
+    hyperparameters: dict[str, Any]  # resolved plain values (domain/jobs/hyperparameters.py)
     seed: int
     device: str = "auto"  # "auto": cuda if available, else cpu
 

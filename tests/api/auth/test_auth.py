@@ -2,7 +2,7 @@
 
 import pytest
 
-from api.auth.service import KEY_PREFIX, authenticate, create_key, get_or_create_user, hash_key
+from domain.auth.service import KEY_PREFIX, authenticate, create_key, get_or_create_user, hash_key
 from tests.api.files.test_endpoints import upload
 from tests.chat_data import chat_jsonl
 
@@ -53,7 +53,7 @@ def test_keys_are_stored_hashed(service):
         key = create_key(session, user)
         session.commit()
         assert key.startswith(KEY_PREFIX) and len(key) > 40
-        from api.auth.models import ApiKey
+        from domain.auth.models import ApiKey
 
         stored = [row.key_hash for row in session.query(ApiKey).filter_by(user_id=user.id)]
         assert stored == [hash_key(key)]

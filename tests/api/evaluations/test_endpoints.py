@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from api.evaluations.models import Evaluation
-from api.evaluations.schemas import EVALUATION_METRICS, TEXT_METRICS
-from api.evaluations.service import create_job_evaluation
-from api.ids import new_id
-from api.jobs.models import FineTuningJob
+from domain.evaluations.models import Evaluation
+from domain.evaluations.schemas import EVALUATION_METRICS, TEXT_METRICS
+from domain.evaluations.service import create_job_evaluation
+from domain.ids import new_id
+from domain.jobs.models import FineTuningJob
 from tests.api.files.test_endpoints import upload
 from tests.chat_data import batch_jsonl, chat_jsonl
 

@@ -21,7 +21,7 @@ import boto3
 import httpx
 import pytest
 
-from api.settings import Settings
+from domain.settings import Settings
 from tests.api.files.test_endpoints import MULTIPART, multipart_body
 from tests.chat_data import chat_example, chat_jsonl
 from tests.conftest import STARTUP_TIMEOUT, answers_healthz, free_port, running_service, service_settings, wait_for

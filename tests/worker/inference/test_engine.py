@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from api.settings import Settings
-from api.storage import storage_from_url
+from domain.settings import Settings
+from domain.storage import storage_from_url
 from tests.worker.inference import save_random_lora_adapter
 from worker.base_models import BaseModelError
 from worker.inference.engine import AdapterNotFound, InferenceEngine, adapter_name

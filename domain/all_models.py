@@ -1,0 +1,8 @@
+"""Imports every table, so foreign keys between them resolve in any process
+(a worker may touch files and batches without ever importing users)."""
+
+import domain.auth.models  # noqa: F401
+import domain.batches.models  # noqa: F401
+import domain.evaluations.models  # noqa: F401
+import domain.files.models  # noqa: F401
+import domain.jobs.models  # noqa: F401

@@ -1,0 +1,199 @@
+"""Evaluations: check a request completely before anything is queued, then
+hand the evaluation to an inference worker (worker/evaluations.py).
+
+Also the automatic evaluation of a fine-tuning job that succeeded
+(`create_job_evaluation`, called by the training worker).
+"""
+
+import secrets
+import time
+
+from sqlalchemy.orm import Session
+
+from domain.auth.models import User
+from domain.errors import Conflict, InvalidRequest, NotFound, model_not_found
+from domain.evaluations.models import WORKING_STATUSES, Evaluation
+from domain.evaluations.repository import EvaluationRepository
+from domain.evaluations.schemas import DEFAULT_MAX_TOKENS, EVALUATION_METRICS, CreateEvaluationRequest
+from domain.files.models import File
+from domain.files.repository import FileRepository
+from domain.ids import new_id
+from domain.inference.targets import resolve_target
+from domain.jobs.models import FineTuningJob
+from domain.runs.leases import Leases
+from domain.queue_client import EVALUATION_TASK, TaskQueue
+from domain.settings import Settings
+from domain.storage import Storage
+
+
+def split_size(report: dict, split: str) -> int:
+    """Examples of a processed fine-tune file in `split`, from its upload report
+    (before examples without an assistant answer are left out)."""
+    if split == "all":
+        return int(report.get("examples", 0))
+    return int(report.get("split", {}).get(split, 0))
+
+
+def _checked_metrics(metrics: list[str] | None) -> list[str]:
+    if metrics is None:
+        return list(EVALUATION_METRICS)
+    seen = set()
+    for index, name in enumerate(metrics):
+        if name not in EVALUATION_METRICS:
+            raise InvalidRequest(
+                f"Unknown metric '{name}'. Known metrics: {', '.join(EVALUATION_METRICS)}.",
+                param=f"metrics[{index}]",
+                code="unknown_metric",
+            )
+        if name in seen:
+            raise InvalidRequest(f"Metric '{name}' is given twice.", param=f"metrics[{index}]", code="duplicate_metric")
+        seen.add(name)
+    return [name for name in EVALUATION_METRICS if name in seen]  # canonical order
+
+
+def _checked_models(session: Session, settings: Settings, user: User, models: list[str]) -> list[str]:
+    for index, model in enumerate(models):
+        if model in models[:index]:
+            raise InvalidRequest(f"Model '{model}' is given twice.", param=f"models[{index}]", code="duplicate_model")
+        if resolve_target(session, user.id, settings, model) is None:
+            raise model_not_found(model, param=f"models[{index}]")
+    return list(models)
+
+
+def _evaluation_file(session: Session, user: User, file_id: str) -> File:
+    file = FileRepository(session, user.id).get(file_id)
+    if file is None:
+        raise NotFound.of("file", file_id, param="file_id")
+    if file.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"File '{file_id}' has purpose '{file.purpose}'; evaluations need a chat file uploaded with purpose 'fine-tune'.",
+            param="file_id",
+            code="invalid_file_purpose",
+        )
+    if file.status != "processed" or not file.report:
+        raise InvalidRequest(f"File '{file_id}' is not processed yet.", param="file_id", code="file_not_ready")
+    return file
+
+
+def create_evaluation(
+    session: Session, storage: Storage, settings: Settings, user: User, request: CreateEvaluationRequest
+) -> Evaluation:
+    """Everything checkable is checked here; a request that cannot run is
+    refused with the parameter named, and nothing is stored or queued."""
+    for key, value in (request.metadata or {}).items():
+        if len(key) > 64 or len(value) > 512:
+            raise InvalidRequest("Metadata keys are at most 64 and values 512 characters.", param="metadata")
+    metrics = _checked_metrics(request.metrics)
+    max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens)
+    if max_tokens > settings.max_completion_tokens:
+        raise InvalidRequest(
+            f"max_tokens is {request.max_tokens}; this deployment allows at most {settings.max_completion_tokens}.",
+            param="max_tokens",
+        )
+    models = _checked_models(session, settings, user, request.models)
+    file = _evaluation_file(session, user, request.file_id)
+    if split_size(file.report, request.split) == 0:
+        raise InvalidRequest(
+            f"File '{file.id}' has no examples in the '{request.split}' split.", param="split", code="no_items"
+        )
+    if not storage.exists(file.storage_key):
+        raise Conflict(f"The content of file '{file.id}' is missing from storage.", param="file_id", code="file_missing")
+    evaluation = EvaluationRepository(session, user.id).add(
+        _new_evaluation(
+            owner_id=user.id,
+            file_id=file.id,
+            split=request.split,
+            models=models,
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            metrics=metrics,
+            item_limit=request.limit,
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+            user_metadata=request.metadata,
+        )
+    )
+    session.commit()
+    return evaluation
+
+
+def _new_evaluation(**values) -> Evaluation:
+    return Evaluation(
+        id=new_id("eval_"),
+        status="queued",
+        results={},
+        items_done=0,
+        attempt=0,
+        created_at=int(time.time()),
+        **values,
+    )
+
+
+def enqueue(session: Session, queue: TaskQueue, evaluation: Evaluation) -> None:
+    """After the commit: a worker must never receive an evaluation it cannot
+    read. A message the broker did not take is sent again by the recovery loop."""
+    if queue.send(EVALUATION_TASK, evaluation.id):
+        Leases(session, Evaluation, working=WORKING_STATUSES).mark_enqueued(evaluation.id)
+
+
+def get_evaluation(session: Session, user: User, evaluation_id: str) -> Evaluation:
+    evaluation = EvaluationRepository(session, user.id).get(evaluation_id)
+    if evaluation is None:
+        raise NotFound.of("evaluation", evaluation_id, param="evaluation_id")
+    return evaluation
+
+
+def cancel_evaluation(session: Session, user: User, evaluation_id: str) -> Evaluation:
+    evaluation = get_evaluation(session, user, evaluation_id)
+    repository = EvaluationRepository(session, user.id)
+    if evaluation.status not in WORKING_STATUSES or not repository.cancel(evaluation.id):
+        session.rollback()
+        session.refresh(evaluation)
+        raise InvalidRequest(f"Evaluation '{evaluation_id}' has already {evaluation.status}; it cannot be cancelled.",
+            code="evaluation_not_cancellable",
+        )
+    session.commit()
+    session.refresh(evaluation)
+    return evaluation
+
+
+def create_job_evaluation(
+    session: Session, settings: Settings, job: FineTuningJob, fine_tuned_model: str
+) -> Evaluation | None:
+    """The automatic evaluation of a fine-tuning job: its base model against
+    the new fine-tune, on the job's held-out data (the training file's TEST
+    split, or the whole validation file when the job had one).
+
+    Called as the job succeeds, before its row says so: `fine_tuned_model` is
+    the name it is about to get. Returns None when there is nothing to evaluate on (no held-out examples,
+    file gone, base model no longer offered).
+
+    Transactions: the new row is only added to `session` (it is flushed with
+    the caller's next statement); nothing is committed and nothing else in the
+    session is touched. The caller commits it in the same transaction as the
+    job's `evaluation_id` (or rolls both back), and only after that commit
+    sends EVALUATION_TASK (see `enqueue`).
+    """
+    if job.model not in settings.base_models:
+        return None
+    files = FileRepository(session, job.owner_id)
+    if job.validation_file_id:
+        file, split = files.get(job.validation_file_id), "all"
+    else:
+        file, split = files.get(job.training_file_id), "test"
+    if file is None or file.purpose != "fine-tune" or not file.report or split_size(file.report, split) == 0:
+        return None
+    evaluation = _new_evaluation(
+        owner_id=job.owner_id,
+        file_id=file.id,
+        split=split,
+        models=[job.model, fine_tuned_model],
+        max_tokens=min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens),
+        temperature=0.0,
+        metrics=list(EVALUATION_METRICS),
+        item_limit=None,
+        seed=job.seed,
+        fine_tuning_job_id=job.id,
+        user_metadata=None,
+    )
+    session.add(evaluation)
+    return evaluation

