@@ -16,11 +16,10 @@ from api.files.endpoints import router as files_router
 from api.inference.endpoints import router as chat_router
 from domain.inference.streams import sweep_streams
 from api.jobs.endpoints import router as jobs_router
-from domain.runs.job_recovery import recover_jobs
 
 from api.observability import RequestContextMiddleware, install_metrics
 from api.rate_limit import RateLimits
-from domain.runs.recovery import recover_work
+from domain.runs.recovery import recover
 from domain.settings import Settings, get_settings
 from api.deps import AppState
 from api.web import install_web_ui
@@ -43,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tunehouse = state
     # Kept on app.state too so request-scoped dependencies reach them directly.
     app.state.sessionmaker = state.sessionmaker
-    # Per-process request limits, read by api/deps.py.
+    # Request limits (counted in Redis with a Redis broker, else in memory), read by api/deps.py.
     app.state.rate_limits = RateLimits.from_settings(state.settings)
     install_error_handlers(app)
     app.include_router(files_router)
@@ -73,13 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _recovery_loop(state: AppState) -> None:
-    """Requeue work whose worker died (domain/runs/job_recovery.py, domain/runs/recovery.py)."""
+    """Requeue leased work whose worker died (domain/runs/recovery.py)."""
     interval = min(15.0, state.settings.heartbeat_timeout / 2)
     while True:
         await asyncio.sleep(interval)
         try:
-            await asyncio.to_thread(recover_jobs, state.sessionmaker, state.settings, state.queue)
-            await asyncio.to_thread(recover_work, state.sessionmaker, state.settings, state.queue)
+            await asyncio.to_thread(recover, state.sessionmaker, state.settings, state.queue)
             await asyncio.to_thread(sweep_streams, state.settings)
         except Exception:  # the database may be away for a moment; try next round
             logging.getLogger("tunehouse.recovery").exception("recovery pass failed")

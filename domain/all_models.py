@@ -6,3 +6,4 @@ import domain.batches.models  # noqa: F401
 import domain.evaluations.models  # noqa: F401
 import domain.files.models  # noqa: F401
 import domain.jobs.models  # noqa: F401
+import domain.exports.models  # noqa: F401

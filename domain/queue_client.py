@@ -9,16 +9,16 @@ from domain.settings import Settings
 log = logging.getLogger("tunehouse.api")
 
 TRAIN_TASK = "tunehouse.train"
-MERGE_TASK = "tunehouse.merge"
+EXPORT_TASK = "tunehouse.export"
 CHAT_TASK = "tunehouse.chat"
 BATCH_TASK = "tunehouse.batch"
 EVALUATION_TASK = "tunehouse.evaluate"
 
-# Which queue each task goes to: training and merging on training workers,
+# Which queue each task goes to: training and exports (merged weights) on training workers,
 # everything that generates text on inference workers (which keep models loaded).
 TASK_QUEUES = {
     TRAIN_TASK: TRAIN_QUEUE,
-    MERGE_TASK: TRAIN_QUEUE,
+    EXPORT_TASK: TRAIN_QUEUE,
     CHAT_TASK: INFERENCE_QUEUE,
     BATCH_TASK: INFERENCE_QUEUE,
     EVALUATION_TASK: INFERENCE_QUEUE,

@@ -212,6 +212,26 @@ class Storage(ABC):
         validate_key(key)
         return None
 
+    def upload_folder(self, folder: Path, prefix: str) -> None:
+        """Every file below `folder`, as `prefix/<its relative path>`."""
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                with path.open("rb") as handle, self.writer(f"{prefix}/{path.relative_to(folder).as_posix()}") as writer:
+                    while chunk := handle.read(DEFAULT_CHUNK_SIZE):
+                        writer.write(chunk)
+                    writer.commit()
+
+    def download_prefix(self, prefix: str, folder: Path) -> Path:
+        """Every key under `prefix` into `folder` (the inverse of upload_folder)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in self.list_keys(prefix):
+            target = folder / key[len(prefix) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                for chunk in self.iter_bytes(key):
+                    out.write(chunk)
+        return folder
+
     def presigned_url(
         self, key: str, expires_in: int = 300, download_name: str | None = None
     ) -> str | None:

@@ -29,7 +29,11 @@ from api.deps import AppState
 POSTGRES_ADMIN_URL = os.environ.get("TUNEHOUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_SERVER = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379")
 # Each group of tests gets its own Redis db number, emptied before and after.
-REDIS_DBS = {"api": 13, "worker": 12, "jobs": 14}
+# TUNEHOUSE_TEST_REDIS_DB_SHIFT moves them all down, so two runs of the suite
+# on one Redis (two checkouts on one machine) do not empty each other's.
+_REDIS_DB_SHIFT = int(os.environ.get("TUNEHOUSE_TEST_REDIS_DB_SHIFT", "0"))
+REDIS_DBS_UNSHIFTED = {"api": 13, "worker": 12, "jobs": 14, "rate_limits": 11, "metrics": 10}
+REDIS_DBS = {purpose: db - _REDIS_DB_SHIFT for purpose, db in REDIS_DBS_UNSHIFTED.items()}
 TEST_UPLOAD_LIMIT = 2 * 1024 * 1024  # small, so the 413 tests stay fast
 STARTUP_TIMEOUT = 30.0
 

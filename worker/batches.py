@@ -18,30 +18,25 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from domain.batches.models import WORKING_STATUSES, Batch, BatchResult, failed_values
-from domain.db import make_engine, make_sessionmaker
+from domain.batches.models import Batch, BatchResult
+from domain.errors import ServiceError, model_not_found, status_of
 from domain.files.models import File
 from domain.files.outputs import write_output_file
 from domain.files.repository import FileRepository
-from domain.files.validation import jsonl_objects
+from domain.files.split import jsonl_objects
 from domain.ids import new_id
 from domain.inference.schemas import ChatCompletionRequest
+from domain.inference.service import chat_completion, chat_request
 from domain.inference.targets import resolve_target
-from domain.runs.leases import Leases
-from domain.settings import Settings, get_settings
-from domain.storage import storage_from_url
-from worker.leasing import lease_heartbeat, worker_name
+from domain.runs.kinds import BATCH
+from domain.settings import Settings
+from worker.runs import FailureWords, HandBack, LeasedRun, RunLost, run_leased
 from worker.serving import RequestError, choices_and_usage, generation_requests, prepare, shared_engine
 
 log = logging.getLogger("tunehouse.worker")
-
-
-class _Lost(Exception):
-    """The batch is no longer ours (requeued after we were presumed dead)."""
 
 
 class _Stop(Exception):
@@ -58,62 +53,48 @@ class PendingLine:
     rows: list = field(default_factory=list)  # GenerationRequests, one per choice
 
 
-def error_record(custom_id: str, status: int, message: str, *, param=None, code=None) -> dict:
-    error = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
-             "param": param, "code": code}
+def _record(custom_id: str, status: int, body: dict) -> dict:
+    """One line of the output or error file, in OpenAI's shape."""
     return {
         "id": new_id("batch_req_"),
         "custom_id": custom_id,
-        "response": {"status_code": status, "request_id": new_id("req_"), "body": {"error": error}},
+        "response": {"status_code": status, "request_id": new_id("req_"), "body": body},
         "error": None,
     }
+
+
+def error_record(custom_id: str, status: int, message: str, *, param=None, code=None) -> dict:
+    error = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+             "param": param, "code": code}
+    return _record(custom_id, status, {"error": error})
 
 
 def success_record(line: PendingLine, results: list, created: int) -> dict:
+    """The chat endpoint's answer (the same response model) to this line."""
     choices, usage = choices_and_usage(line.prompt_ids, results)
-    body = {
-        "id": new_id("chatcmpl-"),
-        "object": "chat.completion",
-        "created": created,
-        "model": line.request.model,
-        "choices": [
-            {"index": c["index"], "message": {"role": "assistant", "content": c["text"], "refusal": None},
-             "logprobs": None, "finish_reason": c["finish_reason"]}
-            for c in choices
-        ],
-        "usage": usage,
-        "system_fingerprint": None,
-    }
-    return {
-        "id": new_id("batch_req_"),
-        "custom_id": line.custom_id,
-        "response": {"status_code": 200, "request_id": new_id("req_"), "body": body},
-        "error": None,
-    }
+    completion = chat_completion(new_id("chatcmpl-"), created, line.request.model, choices, usage)
+    return _record(line.custom_id, 200, completion.model_dump(mode="json"))
+
+
+def request_error(error: ServiceError) -> RequestError:
+    """A domain refusal as a line's RequestError, with the status its kind
+    stands for (domain.errors.STATUS_OF_KIND, as the API answers it)."""
+    return RequestError(status_of(error), error.message, param=error.param, code=error.code)
 
 
 def parse_request(body: dict, settings: Settings) -> ChatCompletionRequest:
-    """The same checks as POST /v1/chat/completions; RequestError names the parameter."""
+    """The checks of POST /v1/chat/completions (domain.inference.service.
+    chat_request: the same function), and no streaming; RequestError names
+    the parameter."""
     try:
-        request = ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first.get("loc", ())) or None
-        raise RequestError(400, f"Invalid value for '{param}': {first.get('msg')}", param=param, code="invalid_value")
-    if request.stream:
-        raise RequestError(400, "stream is not supported in batches.", param="stream", code="unsupported_parameter")
-    max_tokens = request.max_completion_tokens or request.max_tokens
-    if max_tokens is not None and max_tokens > settings.max_completion_tokens:
-        raise RequestError(
-            400, f"max_tokens is {max_tokens}; this deployment allows at most {settings.max_completion_tokens}.",
-            param="max_tokens",
-        )
-    return request
+        return chat_request(body, settings, in_batch=True)
+    except ServiceError as error:
+        raise request_error(error) from None
 
 
 def request_params(request: ChatCompletionRequest) -> dict:
     return {
-        "max_tokens": request.max_completion_tokens or request.max_tokens,
+        "max_tokens": request.token_limit(),
         "temperature": request.temperature,
         "top_p": request.top_p,
         "n": request.n,
@@ -136,88 +117,76 @@ def chunks_of(lines: list[PendingLine], max_rows: int) -> list[list[PendingLine]
     return chunks
 
 
-class BatchRun:
-    def __init__(self, settings: Settings, batch_id: str):
-        self.settings = settings
-        self.batch_id = batch_id
-        self.engine = make_engine(settings.database_url)
-        self.db = make_sessionmaker(self.engine)
-        self.session = self.db()
-        self.leases = Leases(self.session, Batch, working=WORKING_STATUSES)
-        self.storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-        self.attempt: int | None = None
+class BatchRun(LeasedRun):
+    kind = BATCH
+    words = FailureWords(
+        generic_code="batch_failed",
+        generic_what="The batch failed",
+        bad_data_code="invalid_batch_data",
+        bad_data_what="The batch's input file",
+        out_of_memory="The batch ran out of memory. Lower max_tokens or TUNEHOUSE_INFERENCE_BATCH_SIZE.",
+    )
 
-    def close(self) -> None:
-        self.session.close()
-        self.engine.dispose()
+    @property
+    def batch_id(self) -> str:
+        return self.row_id
 
-    def run(self) -> None:
-        self.attempt = self.leases.claim(self.batch_id, worker_name(), self.settings.heartbeat_timeout)
-        if self.attempt is None:
-            log.info("batch %s is not claimable (duplicate delivery, finished or alive elsewhere)", self.batch_id)
-            return
-        if self.attempt > self.settings.max_job_attempts:
-            self._fail("worker_lost", f"The batch was started {self.attempt - 1} times without finishing; giving up.")
-            return
-        self.heartbeat = lease_heartbeat(
-            self.db, Batch, self.batch_id, self.attempt, self.settings.heartbeat_interval, WORKING_STATUSES
-        )
-        self.heartbeat.start()
-        try:
-            self._run()
-        except _Lost:
-            self.session.rollback()
-            log.warning("batch %s was taken over by another worker; stopping", self.batch_id)
-        except Exception as exc:
-            log.exception("batch %s failed", self.batch_id)
-            self.session.rollback()
-            self._fail("batch_failed", f"The batch failed: {type(exc).__name__}: {str(exc)[:300]}")
-        finally:
-            self.heartbeat.stop()
+    def work(self) -> None:
+        self._run()
 
     # -- steps ---------------------------------------------------------------
 
     def _run(self) -> None:
-        batch = self.leases.get(self.batch_id)
-        file = FileRepository(self.session, batch.owner_id).get(batch.input_file_id)
+        def read():
+            batch = self.leases.get(self.batch_id)
+            file = FileRepository(self.session, batch.owner_id).get(batch.input_file_id)
+            return batch, file
+
+        batch, file = self.transaction(read, "reading the batch")
+        # Plain values: a rollback (a retried write) expires ORM rows.
+        self._owner_id, self._expires_at = batch.owner_id, batch.expires_at
         if file is None:
-            self._fail("input_file_missing", f"The input file '{batch.input_file_id}' was deleted.")
+            self.fail("input_file_missing", f"The input file '{batch.input_file_id}' was deleted.")
             return
         lines = list(jsonl_objects(self.storage.iter_bytes(file.storage_key)))
         if batch.status == "validating":
-            self._write(status="in_progress", in_progress_at=int(time.time()), request_total=len(lines))
-        answered = set(
-            self.session.scalars(select(BatchResult.line_number).where(BatchResult.batch_id == self.batch_id))
+            self.write("starting", status="in_progress", in_progress_at=int(time.time()), request_total=len(lines))
+        answered = self.transaction(
+            lambda: set(
+                self.session.scalars(select(BatchResult.line_number).where(BatchResult.batch_id == self.batch_id))
+            ),
+            "reading the lines already answered",
         )
         if self._status() == "in_progress":
             try:
-                self._answer(batch, [(n, line) for n, line in lines if n not in answered])
+                self._answer([(n, line) for n, line in lines if n not in answered])
             except _Stop:
                 pass
         self._finalize(batch)
 
-    def _answer(self, batch: Batch, lines: list[tuple[int, dict]]) -> None:
-        targets: dict[str, object] = {}
-        by_base: dict[str, list[PendingLine]] = defaultdict(list)
-        refused: list[tuple[int, bool, dict]] = []
-        for line_number, line in lines:
-            custom_id = line["custom_id"]
-            try:
-                request = parse_request(line["body"], self.settings)
-                if request.model not in targets:
-                    targets[request.model] = resolve_target(self.session, batch.owner_id, self.settings, request.model)
-                target = targets[request.model]
-                if target is None:
-                    raise RequestError(
-                        404, f"The model '{request.model}' does not exist or you do not have access to it.",
-                        param="model", code="model_not_found",
-                    )
-            except RequestError as error:
-                refused.append((line_number, True, error_record(custom_id, error.status, error.message,
-                                                                param=error.param, code=error.code)))
-                continue
-            by_base[target.base_id].append(PendingLine(line_number, custom_id, request, target))
-        self.session.rollback()  # end the read transaction before the long part
+    def _answer(self, lines: list[tuple[int, dict]]) -> None:
+        def sort_out() -> tuple[list, dict]:
+            targets: dict[str, object] = {}
+            by_base: dict[str, list[PendingLine]] = defaultdict(list)
+            refused: list[tuple[int, bool, dict]] = []
+            for line_number, line in lines:
+                custom_id = line["custom_id"]
+                try:
+                    request = parse_request(line["body"], self.settings)
+                    if request.model not in targets:
+                        targets[request.model] = resolve_target(self.session, self._owner_id, self.settings, request.model)
+                    target = targets[request.model]
+                    if target is None:
+                        raise request_error(model_not_found(request.model))
+                except RequestError as error:
+                    refused.append((line_number, True, error_record(custom_id, error.status, error.message,
+                                                                    param=error.param, code=error.code)))
+                    continue
+                by_base[target.base_id].append(PendingLine(line_number, custom_id, request, target))
+            self.session.rollback()  # end the read transaction before the long part
+            return refused, by_base
+
+        refused, by_base = self.transaction(sort_out, "resolving the models")
         if refused:
             self._store(refused)
         for base_id, base_lines in by_base.items():
@@ -256,111 +225,109 @@ class BatchRun:
     def _finalize(self, batch: Batch) -> None:
         status = self._status()
         if status is None:
-            raise _Lost
+            raise RunLost
         now = int(time.time())
         if status == "cancelling":
             final = "cancelled"
-        elif now > batch.expires_at and self._unanswered(batch):
+        elif now > self._expires_at and self._unanswered():
             final = "expired"
         else:
             final = "completed"
         if status == "in_progress":
-            self._write(status="finalizing", finalizing_at=now)
-        results = list(
-            self.session.scalars(
-                select(BatchResult).where(BatchResult.batch_id == self.batch_id).order_by(BatchResult.line_number)
+            self.write("finalizing", status="finalizing", finalizing_at=now)
+        results = self.transaction(
+            lambda: list(
+                self.session.scalars(
+                    select(BatchResult).where(BatchResult.batch_id == self.batch_id).order_by(BatchResult.line_number)
+                )
+            ),
+            "reading the answers",
+        )
+        output = self._result_file([r.record for r in results if not r.is_error], "output")
+        errors = self._result_file([r.record for r in results if r.is_error], "error")
+
+        def end() -> bool:
+            ended = self.leases.update(
+                self.batch_id,
+                self.attempt,
+                status=final,
+                output_file_id=output.id if output else None,
+                error_file_id=errors.id if errors else None,
+                **{f"{final}_at": int(time.time())},
             )
-        )
-        output = self._result_file(batch, [r.record for r in results if not r.is_error], "output")
-        errors = self._result_file(batch, [r.record for r in results if r.is_error], "error")
-        ended = self.leases.update(
-            self.batch_id,
-            self.attempt,
-            status=final,
-            output_file_id=output.id if output else None,
-            error_file_id=errors.id if errors else None,
-            **{f"{final}_at": int(time.time())},
-        )
-        if not ended:
-            self.session.rollback()
+            if not ended:
+                self.session.rollback()
+                return False
+            self.session.add_all(file for file in (output, errors) if file is not None)
+            # The answers now live in the files; the rows were only for resuming.
+            self.session.execute(delete(BatchResult).where(BatchResult.batch_id == self.batch_id))
+            self.session.commit()
+            return True
+
+        if not self.transaction(end, "ending the batch"):
             for file in (output, errors):
                 if file is not None:
                     self.storage.delete(file.storage_key)
-            raise _Lost
-        if output:
-            self.session.add(output)
-        if errors:
-            self.session.add(errors)
-        # The answers now live in the files; the rows were only for resuming.
-        self.session.execute(delete(BatchResult).where(BatchResult.batch_id == self.batch_id))
-        self.session.commit()
+            raise RunLost
 
     # -- helpers -------------------------------------------------------------
 
     def _status(self) -> str | None:
-        return self.leases.status_if_ours(self.batch_id, self.attempt)
+        return self.status()
 
-    def _unanswered(self, batch: Batch) -> bool:
-        self.session.refresh(batch)
-        return batch.request_completed + batch.request_failed < batch.request_total
+    def _unanswered(self) -> bool:
+        def read() -> bool:
+            batch = self.leases.get(self.batch_id)
+            self.session.refresh(batch)
+            return batch.request_completed + batch.request_failed < batch.request_total
+
+        return self.transaction(read, "reading its counts")
 
     def _check_still_running(self) -> None:
         if self.heartbeat.lost.is_set():
-            raise _Lost
+            raise RunLost
         status = self._status()
         if status is None:
-            raise _Lost
-        if status != "in_progress":
+            raise RunLost
+        if status != "in_progress" or time.time() > self._expires_at:
             raise _Stop
-        if time.time() > self.leases.get(self.batch_id).expires_at:
-            raise _Stop
+        if self.should_pause():
+            raise HandBack("the lines not yet answered")  # every answered chunk is committed
 
-    def _write(self, **values) -> None:
-        if not self.leases.update(self.batch_id, self.attempt, **values):
-            self.session.rollback()
-            raise _Lost
-        self.session.commit()
 
     def _store(self, records: list[tuple[int, bool, dict]]) -> None:
         """Results and counts in one fenced transaction."""
         failed = sum(1 for _, is_error, _ in records if is_error)
-        held = self.leases.update(
-            self.batch_id,
-            self.attempt,
-            request_completed=Batch.request_completed + (len(records) - failed),
-            request_failed=Batch.request_failed + failed,
-            heartbeat_at=time.time(),
-        )
-        if not held:
-            self.session.rollback()
-            raise _Lost
-        self.session.add_all(
-            BatchResult(batch_id=self.batch_id, line_number=number, is_error=is_error, record=record)
-            for number, is_error, record in records
-        )
-        try:
-            self.session.commit()
-        except IntegrityError as exc:  # another attempt stored these lines: it owns the batch now
-            self.session.rollback()
-            raise _Lost from exc
 
-    def _result_file(self, batch: Batch, records: list[dict], kind: str) -> File | None:
+        def store() -> None:
+            held = self.leases.update(
+                self.batch_id,
+                self.attempt,
+                request_completed=Batch.request_completed + (len(records) - failed),
+                request_failed=Batch.request_failed + failed,
+            )
+            if not held:
+                self.session.rollback()
+                raise RunLost
+            self.session.add_all(
+                BatchResult(batch_id=self.batch_id, line_number=number, is_error=is_error, record=record)
+                for number, is_error, record in records
+            )
+            try:
+                self.session.commit()
+            except IntegrityError as exc:  # another attempt stored these lines: it owns the batch now
+                self.session.rollback()
+                raise RunLost from exc
+
+        self.transaction(store, "storing answers")
+
+    def _result_file(self, records: list[dict], kind: str) -> File | None:
         """Writes the JSONL to storage; returns the File row for the caller to add."""
         if not records:
             return None
         lines = ((json.dumps(record, ensure_ascii=False) + "\n").encode() for record in records)
-        return write_output_file(self.storage, batch.owner_id, "batch_output", f"{batch.id}_{kind}.jsonl", lines)
-
-    def _fail(self, code: str, message: str) -> None:
-        if self.leases.update(self.batch_id, self.attempt, **failed_values(code, message)):
-            self.session.commit()
-        else:
-            self.session.rollback()
+        return write_output_file(self.storage, self._owner_id, "batch_output", f"{self.batch_id}_{kind}.jsonl", lines)
 
 
 def run_batch(batch_id: str) -> None:
-    run = BatchRun(get_settings(), batch_id)
-    try:
-        run.run()
-    finally:
-        run.close()
+    run_leased(BatchRun, batch_id)

@@ -26,20 +26,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from domain.db import make_engine, make_sessionmaker
-from domain.evaluations.models import WORKING_STATUSES, Evaluation, failed_values
 from domain.evaluations.schemas import PERPLEXITY, as_json_safe, item_columns, predictions_csv_key
 from domain.files.repository import FileRepository
-from domain.files.validation import DEFAULT_SPLIT_SEED, split_lines
+from domain.files.split import DEFAULT_SPLIT_SEED, split_lines
 from domain.inference.targets import InferenceTarget, resolve_target
-from domain.runs.leases import Leases
-from domain.settings import Settings, get_settings
-from domain.storage import StorageError, storage_from_url
-from worker.leasing import Heartbeat, lease_heartbeat, worker_name
+from domain.runs.kinds import EVALUATION
+from worker.runs import FailureWords, HandBack, LeasedRun, RunFailure, RunLost, run_leased
 
 log = logging.getLogger("tunehouse.worker")
 
-STOP_CHECK_SECONDS = 0.5
 
 
 # ----------------------------------------------------------------------- items
@@ -87,44 +82,6 @@ def load_items(chunks: Iterable[bytes], split: str, split_seed: int, limit: int 
 # -------------------------------------------------------------------- failures
 
 
-class EvaluationFailure(Exception):
-    """A failure with a code and a message meant for the user."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class _Stopped(Exception):
-    """The evaluation was cancelled, or this worker lost its claim."""
-
-
-def classify_failure(exc: BaseException) -> tuple[str, str]:
-    """A code and a message a person can act on; never a traceback."""
-    from worker.base_models import BaseModelError
-    from worker.serving import RequestError
-
-    if isinstance(exc, EvaluationFailure):
-        return exc.code, exc.message
-    try:
-        import torch
-
-        out_of_memory = isinstance(exc, torch.OutOfMemoryError | MemoryError)
-    except ImportError:  # pragma: no cover
-        out_of_memory = isinstance(exc, MemoryError)
-    if out_of_memory:
-        return "out_of_memory", "The evaluation ran out of memory. Lower max_tokens or TUNEHOUSE_INFERENCE_BATCH_SIZE."
-    if isinstance(exc, RequestError):
-        return exc.code or "inference_error", exc.message
-    if isinstance(exc, BaseModelError):
-        return "model_load_failed", str(exc)
-    if isinstance(exc, StorageError):
-        return "storage_error", f"The artifact store failed: {exc}"
-    if isinstance(exc, ValueError):
-        return "invalid_evaluation_data", f"The evaluation data could not be used: {str(exc)[:500]}"
-    return "evaluation_error", f"The evaluation failed: {type(exc).__name__}: {str(exc)[:500]}"
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -140,89 +97,31 @@ def _finite(value: float | None) -> float | None:
     return as_json_safe(float(value)) if value is not None else None
 
 
-class EvaluationRun:
+class EvaluationRun(LeasedRun):
     """One attempt at one evaluation."""
 
-    def __init__(self, settings: Settings, evaluation_id: str):
-        self.settings = settings
-        self.evaluation_id = evaluation_id
-        self.engine = make_engine(settings.database_url)
-        self.db = make_sessionmaker(self.engine)
-        self.session = self.db()
-        self.leases = Leases(self.session, Evaluation, working=WORKING_STATUSES)
-        self.storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-        self.attempt: int | None = None
-        self.heartbeat: Heartbeat | None = None
-        self._last_stop_check = 0.0
-        self._stop_requested = False
+    kind = EVALUATION
+    words = FailureWords(
+        generic_code="evaluation_error",
+        generic_what="The evaluation failed",
+        bad_data_code="invalid_evaluation_data",
+        bad_data_what="The evaluation data",
+        out_of_memory="The evaluation ran out of memory. Lower max_tokens or TUNEHOUSE_INFERENCE_BATCH_SIZE.",
+    )
 
-    def close(self) -> None:
-        self.session.close()
-        self.engine.dispose()
+    @property
+    def evaluation_id(self) -> str:
+        return self.row_id
 
-    # -- lease ---------------------------------------------------------------
-
-    def should_stop(self) -> bool:
-        """Cancelled, or no longer ours; reads the database at most every STOP_CHECK_SECONDS."""
-        if self._stop_requested or (self.heartbeat is not None and self.heartbeat.lost.is_set()):
-            return True
-        now = time.monotonic()
-        if now - self._last_stop_check >= STOP_CHECK_SECONDS:
-            self._last_stop_check = now
-            self._stop_requested = self.leases.status_if_ours(self.evaluation_id, self.attempt) is None
-        return self._stop_requested
-
-    def _check_stop(self) -> None:
+    def _check_stop(self, model_index: int) -> None:
         if self.should_stop():
-            raise _Stopped()
+            raise RunLost
+        if self.should_pause():
+            # Models finished are in storage; the one under way is redone.
+            raise HandBack(f"model {model_index + 1} of its {len(self._models)}")
 
-    def _write(self, **values) -> None:
-        """A fenced write, committed; losing the claim stops the run."""
-        held = self.leases.update(self.evaluation_id, self.attempt, heartbeat_at=time.time(), **values)
-        self.session.commit()
-        if not held:
-            raise _Stopped()
-
-    def fail(self, code: str, message: str) -> None:
-        self.leases.update(self.evaluation_id, self.attempt, **failed_values(code, message))
-        self.session.commit()
-
-    # -- the attempt -----------------------------------------------------------
-
-    def run(self) -> None:
-        row = self.leases.get(self.evaluation_id)
-        if row is None:
-            log.warning("evaluation %s does not exist", self.evaluation_id)
-            return
-        started_at = row.started_at or int(time.time())  # a re-claim keeps the first start
-        self.attempt = self.leases.claim(
-            self.evaluation_id, worker_name(), self.settings.heartbeat_timeout, status="running", started_at=started_at
-        )
-        if self.attempt is None:
-            log.info("evaluation %s is not claimable (duplicate delivery, finished or alive elsewhere)", self.evaluation_id)
-            return
-        if self.attempt > self.settings.max_job_attempts:
-            self.fail("worker_lost", f"The evaluation was started {self.attempt - 1} times without finishing; giving up.")
-            return
-        self.heartbeat = lease_heartbeat(
-            self.db, Evaluation, self.evaluation_id, self.attempt, self.settings.heartbeat_interval, WORKING_STATUSES
-        )
-        self.heartbeat.start()
-        try:
-            self._evaluate()
-        except _Stopped:
-            self.session.rollback()
-            log.info("evaluation %s stopped: cancelled or no longer ours", self.evaluation_id)
-        except Exception as exc:
-            log.exception("evaluation %s failed", self.evaluation_id)
-            self.session.rollback()
-            code, message = classify_failure(exc)
-            try:
-                self.fail(code, message)
-            except Exception:  # the database is away: the lease runs out and the evaluation is retried
-                log.exception("could not record the failure of evaluation %s", self.evaluation_id)
-        finally:
-            self.heartbeat.stop()
+    def work(self) -> None:
+        self._evaluate()
 
     def _evaluate(self) -> None:
         from worker.serving import shared_engine
@@ -231,14 +130,15 @@ class EvaluationRun:
         self.session.refresh(row)
         # Plain values: reads that end transactions (should_stop) expire ORM rows.
         models, metrics = list(row.models), list(row.metrics)
+        self._models = models
         owner_id, results = row.owner_id, dict(row.results or {})
         file = FileRepository(self.session, owner_id).get(row.file_id)
         if file is None:
-            raise EvaluationFailure("file_not_found", f"The file '{row.file_id}' was deleted before the evaluation ran.")
+            raise RunFailure("file_not_found", f"The file '{row.file_id}' was deleted before the evaluation ran.")
         split_seed = (file.report or {}).get("split", {}).get("seed", DEFAULT_SPLIT_SEED)
         items, skipped = load_items(self.storage.iter_bytes(file.storage_key), row.split, split_seed, row.item_limit)
         if not items:
-            raise EvaluationFailure(
+            raise RunFailure(
                 "no_items",
                 f"The '{row.split}' split of file '{file.id}' has no example that ends with an assistant answer.",
             )
@@ -246,32 +146,39 @@ class EvaluationRun:
         for index, model in enumerate(models):
             target = resolve_target(self.session, owner_id, self.settings, model)
             if target is None:
-                raise EvaluationFailure("model_not_found", f"The model '{model}' does not exist any more (models[{index}]).")
+                raise RunFailure("model_not_found", f"The model '{model}' does not exist any more (models[{index}]).")
             targets.append(target)
         finished = {
             index
             for index, model in enumerate(models)
             if model in results and self.storage.exists(model_key(self.evaluation_id, index))
         }
-        self._write(items_total=len(items), items_skipped=skipped, items_done=len(finished) * len(items))
+        self.write("recording progress", items_total=len(items), items_skipped=skipped, items_done=len(finished) * len(items))
         params = {"max_tokens": row.max_tokens, "temperature": row.temperature, "seed": row.seed}
         engine = shared_engine()
         for index, (model, target) in enumerate(zip(models, targets, strict=True)):
             if index in finished:
                 log.info("evaluation %s: %s was finished by an earlier attempt", self.evaluation_id, model)
                 continue
-            records = self._run_model(engine, target, items, metrics, params, done_before=index * len(items))
-            self.storage.put_bytes(
-                model_key(self.evaluation_id, index), "".join(json.dumps(r) + "\n" for r in records).encode()
+            records = self._run_model(engine, target, items, metrics, params, index)
+            self.stored(
+                f"Storing the results of {model}",
+                lambda: self.storage.put_bytes(
+                    model_key(self.evaluation_id, index), "".join(json.dumps(r) + "\n" for r in records).encode()
+                ),
             )
             results[model] = model_aggregate(items, records, metrics)
-            self._write(results=dict(results), items_done=(index + 1) * len(items))
+            self.write("recording progress", results=dict(results), items_done=(index + 1) * len(items))
 
         key = predictions_key(self.evaluation_id)
         jsonl, csv_text = self._predictions(models, metrics, items)
-        self.storage.put_bytes(key, jsonl.encode())
-        self.storage.put_bytes(predictions_csv_key(key), csv_text.encode())
-        self._write(
+
+        def publish() -> None:
+            self.storage.put_bytes(key, jsonl.encode())
+            self.storage.put_bytes(predictions_csv_key(key), csv_text.encode())
+
+        self.stored("Storing the predictions", publish)
+        self.write("recording progress", 
             status="succeeded",
             predictions_key=key,
             results=dict(results),
@@ -281,21 +188,22 @@ class EvaluationRun:
         log.info("evaluation %s succeeded", self.evaluation_id)
 
     def _run_model(
-        self, engine, target: InferenceTarget, items: list[Item], metrics: list[str], params: dict, done_before: int
+        self, engine, target: InferenceTarget, items: list[Item], metrics: list[str], params: dict, model_index: int
     ) -> list[dict]:
         """Every item's record for one model: output, finish reason, scores, loss."""
         from worker.evaluation.metrics import item_scores
         from worker.inference.generation import GenerationCancelled, GenerationRequest, generate, reference_losses, render_prompt
         from worker.serving import context_length, prepare
 
-        self._check_stop()
+        self._check_stop(model_index)
+        done_before = model_index * len(items)
         loaded, adapter = prepare(engine, target.as_dict())
         context = context_length(loaded.model)
         text_metrics = [m for m in metrics if m != PERPLEXITY]
         batch_size = self.settings.inference_batch_size
         records: list[dict] = []
         for start in range(0, len(items), batch_size):
-            self._check_stop()
+            self._check_stop(model_index)
             chunk = items[start : start + batch_size]
             requests, fits = [], []
             for item in chunk:
@@ -327,7 +235,7 @@ class EvaluationRun:
                     else []
                 )
             except GenerationCancelled as exc:
-                raise _Stopped() from exc
+                raise RunLost from exc
             losses: list[tuple[float, int] | None] = [None] * len(chunk)
             if PERPLEXITY in metrics:
                 scored = [k for k, fit in enumerate(chunk) if fits[k]]
@@ -360,7 +268,7 @@ class EvaluationRun:
                     loss, count = losses[k] if losses[k] is not None else (None, 0)
                     record["loss_sum"], record["loss_tokens"] = _finite(loss), count
                 records.append(record)
-            self._write(items_done=done_before + len(records))
+            self.write("recording progress", items_done=done_before + len(records))
         return records
 
     def _predictions(self, models: list[str], metrics: list[str], items: list[Item]) -> tuple[str, str]:
@@ -371,7 +279,7 @@ class EvaluationRun:
             text = self.storage.get_bytes(model_key(self.evaluation_id, index)).decode()
             by_item = {record["item"]: record for record in map(json.loads, text.splitlines())}
             if sorted(by_item) != list(range(len(items))):
-                raise EvaluationFailure("evaluation_error", f"The stored results of {models[index]} do not cover every item.")
+                raise RunFailure("evaluation_error", f"The stored results of {models[index]} do not cover every item.")
             per_model.append(by_item)
         columns = item_columns(models, metrics)
         jsonl = io.StringIO()
@@ -435,8 +343,4 @@ def model_aggregate(items: list[Item], records: list[dict], metrics: list[str]) 
 
 def run_evaluation(evaluation_id: str) -> None:
     """The `tunehouse.evaluate` task: the message is the evaluation id only."""
-    run = EvaluationRun(get_settings(), evaluation_id)
-    try:
-        run.run()
-    finally:
-        run.close()
+    run_leased(EvaluationRun, evaluation_id)

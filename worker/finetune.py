@@ -22,29 +22,26 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from domain.auth.models import User
-from domain.db import is_disconnect, make_engine, make_sessionmaker, retry_on_disconnect
+from domain.db import is_disconnect
 from domain.files.models import File
 from domain.files.outputs import write_output_file
 from domain.files.repository import FileRepository
-from domain.files.validation import DEFAULT_SPLIT_SEED, split_lines
-from domain.jobs.hyperparameters import DatasetStats, HyperparameterError, plain_values, resolve
+from domain.files.split import DEFAULT_SPLIT_SEED, split_lines
+from domain.jobs.events import add_event
+from domain.jobs.hyperparameters import DatasetStats, plain_values, resolve
 from domain.jobs.models import FineTuningJob
-from domain.jobs.training_metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
-from domain.jobs.repository import JobLifecycle, JobRepository, add_event
+from domain.jobs.repository import JobRepository, record_checkpoint
 from domain.jobs.schemas import fine_tuned_model_name
-from domain.queue_client import TRAIN_TASK, TaskQueue
+from domain.jobs.training_metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
+from domain.queue_client import TaskQueue
+from domain.runs.kinds import EVALUATION, JOB
+from domain.runs.leases import send_to_worker
 from domain.settings import Settings, get_settings
-from domain.storage import Storage, StorageError, storage_from_url
-from worker import shutdown
-from worker.leasing import Heartbeat, worker_name
+from worker.runs import FailureWords, HandBack, LeasedRun, run_leased
 
 log = logging.getLogger("tunehouse.worker")
 
 RECIPE_VERSION = 1
-STOP_CHECK_SECONDS = 0.5
-# How long a worker keeps retrying a write while the database is unreachable
-# before it gives the job up (the recovery loop then requeues it).
-DATABASE_PATIENCE_SECONDS = 60.0
 
 
 # ----------------------------------------------------------------------- data
@@ -149,69 +146,28 @@ def recipe_yaml(recipe: dict) -> str:
 # ---------------------------------------------------------------- the job run
 
 
-def _upload_dir(storage: Storage, local_dir: Path, prefix: str) -> None:
-    for path in sorted(local_dir.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as handle, storage.writer(f"{prefix}/{path.relative_to(local_dir).as_posix()}") as writer:
-                while chunk := handle.read(1 << 20):
-                    writer.write(chunk)
-                writer.commit()
+class TrainingJobRun(LeasedRun):
+    """One attempt at one fine-tuning job; the steps are methods."""
 
+    kind = JOB
+    words = FailureWords(
+        generic_code="training_error",
+        generic_what="Training failed",
+        bad_data_code="invalid_training_data",
+        bad_data_what="The training data",
+        out_of_memory="Training ran out of memory. Lower batch_size or max_seq_length, or use adapter 'qlora'.",
+    )
 
-def _download_prefix(storage: Storage, prefix: str, local_dir: Path) -> Path:
-    local_dir.mkdir(parents=True, exist_ok=True)
-    for key in storage.list_keys(prefix):
-        target = local_dir / key[len(prefix) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            for chunk in storage.iter_bytes(key):
-                out.write(chunk)
-    return local_dir
+    @property
+    def job_id(self) -> str:
+        return self.row_id
 
+    def cleanup(self) -> None:
+        if self.attempt is not None:
+            shutil.rmtree(self._work_dir(), ignore_errors=True)
 
-def classify_failure(exc: BaseException) -> tuple[str, str]:
-    """A specific error code and a message a person can act on; never a traceback."""
-    from worker.base_models import BaseModelError
-
-    try:
-        import torch
-
-        out_of_memory = isinstance(exc, torch.OutOfMemoryError | MemoryError)
-    except ImportError:  # pragma: no cover
-        out_of_memory = isinstance(exc, MemoryError)
-    if out_of_memory:
-        return "out_of_memory", "Training ran out of memory. Lower batch_size or max_seq_length, or use adapter 'qlora'."
-    if isinstance(exc, BaseModelError):
-        return "model_load_failed", str(exc)
-    if isinstance(exc, HyperparameterError):
-        return "invalid_hyperparameters", f"{exc.param}: {exc.message}"
-    if isinstance(exc, StorageError):
-        return "storage_error", f"The artifact store failed: {exc}"
-    if isinstance(exc, ValueError):
-        return "invalid_training_data", f"The training data could not be used: {exc}"
-    return "training_error", f"Training failed: {type(exc).__name__}: {str(exc)[:500]}"
-
-
-class TrainingJobRun:
-    """Everything one attempt at one job needs, with the steps as methods."""
-
-    def __init__(self, settings: Settings, job_id: str):
-        self.settings = settings
-        self.job_id = job_id
-        self.engine = make_engine(settings.database_url)
-        self.db = make_sessionmaker(self.engine)
-        self.session = self.db()
-        self.lifecycle = JobLifecycle(self.session)
-        self.storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-        self.worker_name = worker_name()
-        self.attempt: int | None = None
-        self._last_stop_check = 0.0
-        self._stop_requested = False
-        self._pause_requested = False
-
-    def close(self) -> None:
-        self.session.close()
-        self.engine.dispose()
+    def _work_dir(self) -> Path:
+        return self.settings.work_dir / "jobs" / self.job_id / f"attempt-{self.attempt}"
 
     # -- events -------------------------------------------------------------
 
@@ -220,33 +176,10 @@ class TrainingJobRun:
             add_event(self.session, self.job_id, message, level=level, type=type, data=data)
             self.session.commit()
 
-        self._db(write, "writing an event")
+        self.transaction(write, "writing an event")
 
-    # -- retries ------------------------------------------------------------
-
-    def _db(self, transaction, what: str):
-        """A write (or read) that waits out a database restart instead of failing the job."""
-        return retry_on_disconnect(
-            self.session, transaction, what=f"{what} (job {self.job_id})", patience=DATABASE_PATIENCE_SECONDS
-        )
-
-    def _stored(self, what: str, operation) -> None:
-        """An upload, tried TUNEHOUSE_STORAGE_ATTEMPTS times with growing pauses;
-        then the StorageError fails the job (it never succeeds without its files)."""
-        attempts = self.settings.storage_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                operation()
-                return
-            except StorageError as exc:
-                if attempt == attempts:
-                    raise StorageError(f"{what} failed {attempts} times; the last error: {exc}") from exc
-                delay = self.settings.storage_retry_delay * 2 ** (attempt - 1)
-                log.warning("job %s: %s failed (attempt %d of %d): %s", self.job_id, what, attempt, attempts, exc)
-                self.event(
-                    f"{what} failed (attempt {attempt} of {attempts}): {exc}; retrying in {delay:g} s", level="warn"
-                )
-                time.sleep(delay)
+    def record(self, message: str, level: str = "info") -> None:
+        self.event(message, level=level)
 
     # -- hooks the recipe calls ---------------------------------------------
 
@@ -262,17 +195,13 @@ class TrainingJobRun:
         elapsed = time.time() - self._train_started
         done = max(step - self._first_step, 1)
         remaining = (total - step) * elapsed / done
-        self._db(
-            lambda: self.lifecycle.update_running(
-                self.job_id,
-                self.attempt,
-                step=step,
-                total_steps=total,
-                trained_tokens=metrics.get("trained_tokens"),
-                estimated_finish=int(time.time() + remaining),
-                heartbeat_at=time.time(),
-            ),
+        self.try_write(  # a cancel meanwhile: the loop stops at its next check
             "recording progress",
+            step=step,
+            total_steps=total,
+            trained_tokens=metrics.get("trained_tokens"),
+            estimated_finish=int(time.time() + remaining),
+            heartbeat_at=time.time(),
         )
 
     def on_checkpoint(self, step: int, checkpoint_dir: Path, metrics: dict) -> None:
@@ -280,76 +209,26 @@ class TrainingJobRun:
 
         def upload() -> None:
             self.storage.delete_prefix(key)  # a redone step (or try) replaces its files
-            _upload_dir(self.storage, checkpoint_dir, key)
+            self.storage.upload_folder(checkpoint_dir, key)
 
-        self._stored(f"Uploading the checkpoint at step {step}", upload)
+        self.stored(f"Uploading the checkpoint at step {step}", upload)
         # The row is written after the files: a checkpoint in the database is complete.
-        recorded = self._db(
-            lambda: self.lifecycle.add_checkpoint(self.job_id, self.attempt, step, _checkpoint_metrics(metrics), key),
+        recorded = self.transaction(
+            lambda: record_checkpoint(self.session, self.job_id, self.attempt, step, _checkpoint_metrics(metrics), key),
             "recording a checkpoint",
         )
         if recorded:
             self.event(f"Checkpoint at step {step} saved", {"step": step})
 
-    def should_stop(self) -> bool:
-        if self._stop_requested or self.heartbeat.lost.is_set():
-            return True
-        now = time.monotonic()
-        if now - self._last_stop_check >= STOP_CHECK_SECONDS:
-            self._last_stop_check = now
-            self._stop_requested = not self._db(
-                lambda: self.lifecycle.still_ours(self.job_id, self.attempt), "checking for a cancel"
-            )
-        return self._stop_requested
-
-    def should_pause(self) -> bool:
-        """The worker is shutting down (worker/shutdown.py): checkpoint and hand back."""
-        self._pause_requested = self._pause_requested or shutdown.requested(self.settings)
-        return self._pause_requested
-
     # -- the attempt ---------------------------------------------------------
 
-    def run(self) -> None:
-        self.attempt = self._db(
-            lambda: self.lifecycle.claim(self.job_id, self.worker_name, self.settings.heartbeat_timeout), "claiming"
-        )
-        if self.attempt is None:
-            log.info("job %s is not claimable (duplicate delivery, finished or alive elsewhere)", self.job_id)
-            return
-        lost_attempts = self.attempt - 1 - self.lifecycle.get(self.job_id).handbacks
-        if lost_attempts >= self.settings.max_job_attempts:
-            self.lifecycle.fail(
-                self.job_id,
-                "worker_lost",
-                f"The job was started {lost_attempts} times without finishing; giving up.",
-                attempt=self.attempt,
-            )
-            return
-        job_id, attempt = self.job_id, self.attempt
-        self.heartbeat = Heartbeat(
-            self.db, lambda session: JobLifecycle(session).heartbeat(job_id, attempt), self.settings.heartbeat_interval, job_id
-        )
-        self.heartbeat.start()
-        work_dir = self.settings.work_dir / "jobs" / self.job_id / f"attempt-{self.attempt}"
-        try:
-            self._train(work_dir)
-        except Exception as exc:
-            if isinstance(exc, DBAPIError) and is_disconnect(exc):
-                raise  # not the job's fault: it is requeued (run_training_job, the recovery loop)
-            log.exception("job %s failed", self.job_id)
-            self.session.rollback()
-            code, message = classify_failure(exc)
-            self.lifecycle.fail(self.job_id, code, message, attempt=self.attempt)
-        finally:
-            self.heartbeat.stop()
-            shutil.rmtree(work_dir, ignore_errors=True)
-
-    def _train(self, work_dir: Path) -> None:
+    def work(self) -> None:
         from worker.base_models import load_tokenizer, resolve_base_model
         from worker.training.environment import environment_info
         from worker.training.recipe import TrainingConfig, TrainingHooks, train
 
-        job = self.lifecycle.get(self.job_id)
+        work_dir = self._work_dir()
+        job = self.leases.get(self.job_id)
         self.event(f"Attempt {self.attempt} started on worker {self.worker_name}")
         owner = self.session.scalar(select(User).where(User.id == job.owner_id))
         files = FileRepository(self.session, job.owner_id)
@@ -383,10 +262,7 @@ class TrainingJobRun:
             job, base, resolved, data_summary, {"training": training_file, "validation": validation_file},
             split_seed, environment, job.recipe.get("method") if job.recipe else None,
         )
-        self._db(
-            lambda: self.lifecycle.update_running(self.job_id, self.attempt, hyperparameters=resolved, recipe=recipe),
-            "recording the hyperparameters",
-        )
+        self.write("recording the hyperparameters", hyperparameters=resolved, recipe=recipe)
         self.event(
             "Hyperparameters: "
             + ", ".join(f"{name}={detail['value']} ({detail['origin']})" for name, detail in resolved.items()),
@@ -395,7 +271,7 @@ class TrainingJobRun:
 
         resume_from = None
         if job.checkpoint_key:
-            resume_from = _download_prefix(self.storage, job.checkpoint_key, work_dir / "resume")
+            resume_from = self.storage.download_prefix(job.checkpoint_key, work_dir / "resume")
         config = TrainingConfig(base_model_dir=base.local_dir, hyperparameters=plain_values(resolved), seed=job.seed, device=device)
         hooks = TrainingHooks(
             on_message=self.on_message,
@@ -409,11 +285,11 @@ class TrainingJobRun:
         result = train(config, data.train, data.eval, work_dir, hooks, resume_from=resume_from)
 
         if result.paused:
-            self._hand_back(result.steps)
-            return
+            # Every step done is in a checkpoint: the recipe saved it before pausing.
+            raise HandBack(f"the checkpoint at step {result.steps}" if result.steps else "the start")
         if result.stopped:
             self.session.rollback()
-            if self.lifecycle.get(self.job_id).status == "cancelled":
+            if self.leases.get(self.job_id).status == "cancelled":
                 self.event(f"Training stopped at step {result.steps}: the job was cancelled")
             return
         recipe["method"] = result.method
@@ -426,20 +302,6 @@ class TrainingJobRun:
         }
         self._publish(job, owner, recipe, result)
 
-    def _hand_back(self, steps: int) -> None:
-        """Graceful shutdown: every step done is in a checkpoint (the recipe saved
-        it before pausing); give the job back for another worker to resume."""
-        self.heartbeat.stop()
-        self.heartbeat.join()
-        if not self._db(lambda: self.lifecycle.hand_back(self.job_id, self.attempt), "handing the job back"):
-            return  # cancelled, or no longer ours, meanwhile
-        resume = f"the checkpoint at step {steps}" if steps else "the start"
-        self.event(f"Worker {self.worker_name} is shutting down: the job goes back to the queue to resume from {resume}")
-        log.info("job %s handed back at step %d", self.job_id, steps)
-        # Sent after the commit; if the broker does not take it, the recovery loop sends it.
-        if TaskQueue(self.settings).send(TRAIN_TASK, self.job_id):
-            self._db(lambda: self.lifecycle.mark_enqueued(self.job_id), "marking the job sent")
-
     def _publish(self, job: FineTuningJob, owner: User, recipe: dict, result) -> None:
         """Artifacts first, then the status: a job never succeeds without them."""
         self.event("Uploading the adapter")
@@ -447,31 +309,38 @@ class TrainingJobRun:
         model_name = fine_tuned_model_name(job, owner.name)
 
         def upload() -> None:
-            _upload_dir(self.storage, result.adapter_dir, f"{prefix}/adapter")
+            self.storage.upload_folder(result.adapter_dir, f"{prefix}/adapter")
             self.storage.put_bytes(f"{prefix}/adapter.zip", adapter_zip(result.adapter_dir, recipe, model_name))
 
-        self._stored("Uploading the adapter", upload)
+        self.stored("Uploading the adapter", upload)
         metrics_file = self._metrics_result_file(job)
-        # The automatic evaluation (base vs the new fine-tune) is committed in
-        # the same transaction as the success: a succeeded job always links it.
-        evaluation = self._automatic_evaluation(job, model_name)
-        succeeded = self.lifecycle.update_running(  # no retry: a repeat would lose the pending evaluation row
-            self.job_id,
-            self.attempt,
-            status="succeeded",
-            fine_tuned_model=model_name,
-            trained_tokens=result.trained_tokens,
-            finished_at=int(time.time()),
-            estimated_finish=None,
-            adapter_key=f"{prefix}/adapter.zip",
-            result_files=[metrics_file.id],
-            recipe=recipe,
-            evaluation_id=evaluation.id if evaluation is not None else None,
-        )
+
+        def succeed():
+            # The automatic evaluation (base vs the new fine-tune) is committed
+            # in the same transaction as the success: a succeeded job always
+            # links it. Made anew on each try, so a retried commit loses nothing.
+            evaluation = self._automatic_evaluation(job, model_name)
+            succeeded = self.leases.update(
+                self.job_id,
+                self.attempt,
+                status="succeeded",
+                fine_tuned_model=model_name,
+                trained_tokens=result.trained_tokens,
+                finished_at=int(time.time()),
+                estimated_finish=None,
+                adapter_key=f"{prefix}/adapter.zip",
+                result_files=[metrics_file.id],
+                recipe=recipe,
+                evaluation_id=evaluation.id if evaluation is not None else None,
+            )
+            if not succeeded:  # the job is not ours any more: neither is its evaluation
+                self.session.rollback()
+                return None, False
+            self.session.commit()
+            return evaluation, True
+
+        evaluation, succeeded = self.transaction(succeed, "recording the success")
         if not succeeded:
-            if evaluation is not None:  # the job is not ours any more: neither is its evaluation
-                self.session.delete(evaluation)
-                self.session.commit()
             return
         message, data = f"Fine-tuning succeeded: {model_name}", None
         if evaluation is not None:
@@ -492,24 +361,19 @@ class TrainingJobRun:
         try:
             evaluation = create_job_evaluation(self.session, self.settings, job, model_name)
             if evaluation is None:
-                self.event("No automatic evaluation: nothing held out to evaluate on, or the base model is no longer offered")
+                log.info("job %s: nothing held out to evaluate on, or the base model is no longer offered", self.job_id)
             return evaluation
         except Exception as exc:
+            if isinstance(exc, DBAPIError) and is_disconnect(exc):
+                raise
             log.exception("job %s: could not create its evaluation", self.job_id)
-            self.session.rollback()
-            self.event(f"The automatic evaluation could not be created: {type(exc).__name__}", level="warn")
             return None
 
     def _enqueue_evaluation(self, evaluation) -> None:
         """After the commit: send the evaluation to an inference worker. A
         message the broker did not take is sent again by the recovery loop."""
-        from domain.evaluations.models import WORKING_STATUSES, Evaluation
-        from domain.runs.leases import Leases
-        from domain.queue_client import EVALUATION_TASK, TaskQueue
-
         try:
-            if TaskQueue(self.settings).send(EVALUATION_TASK, evaluation.id):
-                Leases(self.session, Evaluation, working=WORKING_STATUSES).mark_enqueued(evaluation.id)
+            send_to_worker(self.session, TaskQueue(self.settings), EVALUATION, evaluation.id)
         except Exception:
             log.exception("job %s: could not queue evaluation %s", self.job_id, evaluation.id)
             self.session.rollback()
@@ -520,8 +384,12 @@ class TrainingJobRun:
         file = write_output_file(
             self.storage, job.owner_id, "fine-tune-results", f"{job.id}-step-metrics.csv", [metrics_csv(rows).encode()]
         )
-        FileRepository(self.session, job.owner_id).add(file)
-        self.session.commit()
+
+        def add() -> None:
+            FileRepository(self.session, job.owner_id).add(file)
+            self.session.commit()
+
+        self.transaction(add, "recording the metrics file")
         return file
 
 
@@ -565,19 +433,7 @@ it again without the service: `{recipe['rerun']}`.
 
 
 def run_training_job(job_id: str) -> None:
-    settings = get_settings()
-    run = TrainingJobRun(settings, job_id)
-    try:
-        run.run()
-    except DBAPIError as exc:
-        if not is_disconnect(exc):
-            raise
-        # The database stayed away longer than we wait. This message is spent;
-        # send another so the job is not stranded (a duplicate does nothing).
-        log.error("job %s: the database is unreachable; sending the job back to the queue", job_id)
-        TaskQueue(settings).send(TRAIN_TASK, job_id)
-    finally:
-        run.close()
+    run_leased(TrainingJobRun, job_id)
 
 
 # ------------------------------------------------------- offline re-run (CLI)

@@ -1,31 +1,20 @@
-"""Merged weights for download: base + adapter folded into full safetensors,
-made once on first request and kept in storage."""
+"""Exports of a fine-tune, made on first request and kept in storage: today
+the merged weights (base + adapter folded into full safetensors). An export
+is leased work (worker/runs.py): a worker that dies while exporting leaves
+it to be redone by another."""
 
 import io
 import logging
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
-from sqlalchemy import update
-
-from domain.db import make_engine, make_sessionmaker
 from domain.jobs.models import FineTuningJob
-from domain.settings import get_settings
-from domain.storage import storage_from_url
+from domain.runs.kinds import EXPORT
+from worker.runs import FailureWords, LeasedRun, RunFailure, run_leased
 
 log = logging.getLogger("tunehouse.worker")
-
-
-def _set_merge_state(session, job_id: str, expected: str, **values) -> bool:
-    result = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == job_id, FineTuningJob.merged_status == expected)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount == 1
 
 
 def folder_zip(folder: Path) -> bytes:
@@ -38,32 +27,44 @@ def folder_zip(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def run_merge_job(job_id: str) -> None:
-    from worker.base_models import merge_adapter, resolve_base_model
-    from worker.finetune import _download_prefix
+class ExportRun(LeasedRun):
+    kind = EXPORT
+    words = FailureWords(
+        generic_code="export_failed",
+        generic_what="The export failed",
+        bad_data_code="export_failed",
+        bad_data_what="The fine-tune's files",
+        out_of_memory="The export ran out of memory: the worker cannot hold the full base model.",
+    )
 
-    settings = get_settings()
-    engine = make_engine(settings.database_url)
-    storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-    work_dir = settings.work_dir / "merge" / job_id
-    try:
-        with make_sessionmaker(engine)() as session:
-            if not _set_merge_state(session, job_id, "queued", merged_status="running"):
-                return  # a duplicate delivery, or already done
-            job = session.get(FineTuningJob, job_id)
-            try:
-                base = resolve_base_model(job.model, settings.base_models[job.model], settings.work_dir)
-                adapter_dir = _download_prefix(storage, f"jobs/{job_id}/adapter", work_dir / "adapter")
-                merged_dir = merge_adapter(base, adapter_dir, work_dir / "merged")
-                key = f"jobs/{job_id}/merged.zip"
-                storage.put_bytes(key, folder_zip(merged_dir))
-                _set_merge_state(session, job_id, "running", merged_status="ready", merged_key=key)
-            except Exception as exc:
-                log.exception("merge of %s failed", job_id)
-                session.rollback()
-                _set_merge_state(
-                    session, job_id, "running", merged_status="failed", merged_error=f"{type(exc).__name__}: {exc}"[:1000]
-                )
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        engine.dispose()
+    def _work_dir(self) -> Path:
+        return self.settings.work_dir / "exports" / self.row_id
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._work_dir(), ignore_errors=True)
+
+    def work(self) -> None:
+        from worker.base_models import merge_adapter, resolve_base_model
+
+        def read():
+            export = self.leases.get(self.row_id)
+            return export.format, self.session.get(FineTuningJob, export.job_id)
+
+        format, job = self.transaction(read, "reading the export")
+        if format != "merged":
+            raise RunFailure("unsupported_format", f"Unknown export format '{format}'.")
+        if job is None or job.adapter_key is None or job.model not in self.settings.base_models:
+            raise RunFailure("adapter_not_found", "The fine-tune's adapter or its base model is no longer available.")
+        base = resolve_base_model(job.model, self.settings.base_models[job.model], self.settings.work_dir)
+        work_dir = self._work_dir()
+        shutil.rmtree(work_dir, ignore_errors=True)  # what a dead attempt on this machine left
+        adapter_dir = self.storage.download_prefix(f"jobs/{job.id}/adapter", work_dir / "adapter")
+        merged_dir = merge_adapter(base, adapter_dir, work_dir / "merged")
+        key = f"jobs/{job.id}/merged.zip"
+        self.stored("Uploading the merged weights", lambda: self.storage.put_bytes(key, folder_zip(merged_dir)))
+        self.write("recording the export", status="ready", storage_key=key, finished_at=int(time.time()))
+        log.info("export %s of %s ready: %s", self.row_id, job.id, key)
+
+
+def run_export(export_id: str) -> None:
+    run_leased(ExportRun, export_id)

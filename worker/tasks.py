@@ -49,12 +49,13 @@ def train(job_id: str) -> None:
         run_training_job(job_id)
 
 
-@app.task(name="tunehouse.merge")
-def merge(job_id: str) -> None:
-    with _task_context(job_id=job_id):
-        from worker.merge import run_merge_job
+@app.task(name="tunehouse.export")
+def export(export_id: str) -> None:
+    """Merged weights (and later other formats) of a fine-tune."""
+    with _task_context(export_id=export_id):
+        from worker.merge import run_export
 
-        run_merge_job(job_id)
+        run_export(export_id)
 
 
 @app.task(name="tunehouse.chat")

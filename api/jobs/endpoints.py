@@ -8,7 +8,10 @@ from api.downloads import S3_REDIRECT, download, download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from domain.jobs import service
 from domain.jobs.training_metrics import metrics_by_step, metrics_csv
-from domain.jobs.repository import JobLifecycle, JobRepository
+from domain.exports.service import request_export
+from domain.jobs.repository import JobRepository
+from domain.runs.kinds import EXPORT
+from domain.runs.leases import send_to_worker
 from domain.jobs.schemas import (
     CheckpointList,
     CheckpointObject,
@@ -21,7 +24,6 @@ from domain.jobs.schemas import (
     MergedWeightsPending,
 )
 from api.pagination import LimitQuery, after_query, check_cursor, list_page
-from domain.queue_client import MERGE_TASK
 from api.deps import CurrentUser, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=COMMON_ERROR_RESPONSES)
@@ -42,7 +44,7 @@ def create_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, s
 def preview_job(body: CreateJobRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> dict:
     """Extension: what every `auto` hyperparameter of this request would
     resolve to, and why, without creating a job (the same body as create)."""
-    return service.preview_hyperparameters(session, state.settings, user, body)
+    return service.preview_hyperparameters(session, state.storage, state.settings, user, body)
 
 
 def _metadata_filter(request: Request) -> dict[str, str]:
@@ -190,15 +192,15 @@ def download_merged(job_id: str, user: CurrentUser, session: SessionDep, state: 
     job = service.get_job(session, user, job_id)
     if job.status != "succeeded" or not job.adapter_key:
         raise APIError(409, f"Job '{job_id}' is {job.status}; merged weights exist once it succeeds.", code="adapter_not_ready")
-    if job.merged_status == "ready" and job.merged_key:
-        return download(state.storage, job.merged_key, f"{job.id}-merged.zip", redirect_s3=True)
-    if JobLifecycle(session).request_merge(job.id):
-        state.queue.send(MERGE_TASK, job.id)
-        session.refresh(job)
+    export, queued = request_export(session, job, "merged")
+    if export.status == "ready" and export.storage_key:
+        return download(state.storage, export.storage_key, f"{job.id}-merged.zip", redirect_s3=True)
+    if queued:
+        send_to_worker(session, state.queue, EXPORT, export.id)
     body = {
         "object": "fine_tuning.job.merged_weights",
         "job_id": job.id,
-        "status": job.merged_status,
+        "status": export.status,
         "message": "Merging the adapter into the base weights; ask again shortly.",
     }
     return JSONResponse(status_code=202, content=body, headers={"Retry-After": "5"})

@@ -5,6 +5,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Inte
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base
+from domain.runs.leases import LeaseColumns
 
 # OpenAI's batch statuses. `validating`, `in_progress`, `finalizing` and
 # `cancelling` still need a worker.
@@ -18,7 +19,9 @@ def failed_values(code: str, message: str) -> dict[str, Any]:
     return {"status": "failed", "failed_at": int(time.time()), "errors": {"object": "list", "data": [error]}}
 
 
-class Batch(Base):
+class Batch(LeaseColumns, Base):
+    """Leased work (domain/runs/leases.py): attempt, worker, heartbeat."""
+
     __tablename__ = "batches"
     __table_args__ = (Index("ix_batches_owner_id_id", "owner_id", "id"), Index("ix_batches_status", "status"))
 
@@ -44,11 +47,6 @@ class Batch(Base):
     expired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     cancelling_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     cancelled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # Leasing (domain/runs/leases.py).
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class BatchResult(Base):

@@ -5,6 +5,7 @@ from sqlalchemy.orm import Session
 from domain.auth.models import User
 from domain.catalog.schemas import ModelObject
 from domain.errors import Forbidden, model_not_found
+from domain.exports.service import delete_exports
 from domain.jobs.models import FineTuningJob
 from domain.jobs.repository import JobRepository
 from domain.settings import Settings
@@ -56,10 +57,8 @@ def delete_model(session: Session, storage: Storage, settings: Settings, user: U
         raise model_not_found(model_id)
     job.model_deleted = True
     job.adapter_key = None
-    job.merged_key = None
-    job.merged_status = None
+    export_keys = delete_exports(session, job)
     session.commit()
-    for prefix in (f"jobs/{job.id}/adapter", f"jobs/{job.id}/merged"):
-        storage.delete_prefix(prefix)
-    for key in (f"jobs/{job.id}/adapter.zip", f"jobs/{job.id}/merged.zip"):
+    storage.delete_prefix(f"jobs/{job.id}/adapter")
+    for key in (f"jobs/{job.id}/adapter.zip", *export_keys):
         storage.delete(key)

@@ -5,6 +5,7 @@ from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, Stri
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base
+from domain.runs.leases import LeaseColumns
 
 WORKING_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -15,7 +16,9 @@ def failed_values(code: str, message: str) -> dict[str, Any]:
     return {"status": "failed", "finished_at": int(time.time()), "error": {"code": code, "message": message}}
 
 
-class Evaluation(Base):
+class Evaluation(LeaseColumns, Base):
+    """Leased work (domain/runs/leases.py): attempt, worker, heartbeat."""
+
     __tablename__ = "evaluations"
     __table_args__ = (Index("ix_evaluations_owner_id_id", "owner_id", "id"), Index("ix_evaluations_status", "status"))
 
@@ -45,8 +48,3 @@ class Evaluation(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # Leasing (domain/runs/leases.py).
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -4,9 +4,12 @@ from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Inte
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base
+from domain.runs.leases import LeaseColumns
 
 
-class FineTuningJob(Base):
+class FineTuningJob(LeaseColumns, Base):
+    """Leased work (domain/runs/leases.py): attempt, worker, heartbeat."""
+
     __tablename__ = "fine_tuning_jobs"
     __table_args__ = (
         Index("ix_fine_tuning_jobs_owner_id_id", "owner_id", "id"),
@@ -36,15 +39,6 @@ class FineTuningJob(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # Delivery and recovery: `attempt` counts claims; a worker's writes are
-    # fenced by it, so a worker that lost its claim cannot overwrite the job.
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
-    # Attempts a worker ended on purpose (graceful shutdown: checkpoint, then
-    # hand the job back); they do not count towards TUNEHOUSE_MAX_JOB_ATTEMPTS.
-    handbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Progress and artifacts.
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -52,9 +46,6 @@ class FineTuningJob(Base):
     checkpoint_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     adapter_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    merged_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    merged_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    merged_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The evaluation made automatically when the job succeeded (base vs fine-tune).
     evaluation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 

@@ -1,9 +1,9 @@
 """Queries on fine-tuning jobs.
 
-`JobRepository` answers a user: every query is scoped to the owner.
-`JobLifecycle` is what workers and the recovery loop do to a job by id; every
-write a worker makes is conditional on the attempt it claimed, so a worker
-that lost its claim (presumed dead, requeued) can no longer change the job.
+`JobRepository` answers a user: every query is scoped to the owner. What
+workers do to a job by id goes through its lease (domain/runs/leases.py,
+kind JOB): every write is conditional on the attempt the worker claimed, so a
+worker that lost its claim (presumed dead, requeued) can no longer change it.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from domain.ids import new_id
 from domain.jobs.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from domain.runs.kinds import JOB
+from domain.runs.leases import Leases
 
 ACTIVE_STATUSES = ("validating_files", "queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -86,191 +88,39 @@ class JobRepository:
         return list(self.session.scalars(query.order_by(FineTuningEvent.seq)))
 
 
-def add_event(
-    session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
-) -> FineTuningEvent:
-    event = FineTuningEvent(
-        id=new_id("ft-event-"),
-        job_id=job_id,
-        created_at=int(time.time()),
-        level=level,
-        type=type,
-        message=message,
-        data=data,
+def record_checkpoint(session: Session, job_id: str, attempt: int, step: int, metrics: dict, storage_key: str) -> bool:
+    """Record a checkpoint whose files are already in storage, fenced by the
+    worker's attempt; it becomes the one a resumed attempt starts from. Commits."""
+    leases = Leases(session, JOB)
+    if not leases.update(job_id, attempt, checkpoint_step=step, checkpoint_key=storage_key):
+        session.rollback()
+        return False
+    existing = session.scalar(
+        select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step_number == step)
     )
-    session.add(event)
-    return event
-
-
-class JobLifecycle:
-    """System-side transitions of a job, by id (workers, the recovery loop)."""
-
-    def __init__(self, session: Session):
-        self.session = session
-
-    def get(self, job_id: str) -> FineTuningJob | None:
-        return self.session.get(FineTuningJob, job_id)
-
-    def claim(self, job_id: str, worker: str, heartbeat_timeout: float) -> int | None:
-        """Take the job for this worker: from `queued`, or from `running` when
-        its worker's heartbeat is stale (it died). Returns the new attempt
-        number, or None when the job is not ours to run (a duplicate delivery,
-        finished, cancelled, or alive elsewhere)."""
-        now = time.time()
-        job = self.get(job_id)
-        if job is None:
-            return None
-        claimable = or_(
-            FineTuningJob.status == "queued",
-            and_(FineTuningJob.status == "running", FineTuningJob.heartbeat_at < now - heartbeat_timeout),
-        )
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.attempt == job.attempt, claimable)
-            .values(
-                status="running",
-                attempt=job.attempt + 1,
-                heartbeat_at=now,
-                worker=worker,
-                started_at=job.started_at or int(now),
-            )
-            .execution_options(synchronize_session=False)
-        )
-        self.session.commit()
-        return job.attempt + 1 if result.rowcount == 1 else None
-
-    def update_running(self, job_id: str, attempt: int, **values: Any) -> bool:
-        """Write to a job we still own (status running, same attempt)."""
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.attempt == attempt, FineTuningJob.status == "running")
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        self.session.commit()
-        return result.rowcount == 1
-
-    def heartbeat(self, job_id: str, attempt: int) -> bool:
-        return self.update_running(job_id, attempt, heartbeat_at=time.time())
-
-    def still_ours(self, job_id: str, attempt: int) -> bool:
-        row = self.session.execute(
-            select(FineTuningJob.status, FineTuningJob.attempt).where(FineTuningJob.id == job_id)
-        ).one_or_none()
-        self.session.rollback()  # end the read transaction: the next read sees fresh data
-        return row is not None and row.status == "running" and row.attempt == attempt
-
-    def add_checkpoint(self, job_id: str, attempt: int, step: int, metrics: dict, storage_key: str) -> bool:
-        """Record a checkpoint whose files are already in storage; it becomes the
-        one a resumed attempt starts from."""
-        if not self.update_running(job_id, attempt, checkpoint_step=step, checkpoint_key=storage_key):
-            return False
-        existing = self.session.scalar(
-            select(FineTuningCheckpoint).where(
-                FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step_number == step
+    if existing is None:
+        session.add(
+            FineTuningCheckpoint(
+                id=new_id("ftckpt_"),
+                job_id=job_id,
+                step_number=step,
+                metrics=metrics,
+                storage_key=storage_key,
+                created_at=int(time.time()),
             )
         )
-        if existing is None:
-            self.session.add(
-                FineTuningCheckpoint(
-                    id=new_id("ftckpt_"),
-                    job_id=job_id,
-                    step_number=step,
-                    metrics=metrics,
-                    storage_key=storage_key,
-                    created_at=int(time.time()),
-                )
-            )
-        else:  # a resumed attempt redid this step: keep one row, newest files
-            existing.metrics, existing.storage_key = metrics, storage_key
-        self.session.commit()
-        return True
+    else:  # a resumed attempt redid this step: keep one row, newest files
+        existing.metrics, existing.storage_key = metrics, storage_key
+    session.commit()
+    return True
 
-    def stale_running_jobs(self, heartbeat_timeout: float) -> list[FineTuningJob]:
-        cutoff = time.time() - heartbeat_timeout
-        query = select(FineTuningJob).where(FineTuningJob.status == "running", FineTuningJob.heartbeat_at < cutoff)
-        return list(self.session.scalars(query))
 
-    def unsent_queued_jobs(self, older_than: float) -> list[FineTuningJob]:
-        cutoff = time.time() - older_than
-        query = select(FineTuningJob).where(
-            FineTuningJob.status == "queued", FineTuningJob.enqueued_at.is_(None), FineTuningJob.created_at < cutoff
-        )
-        return list(self.session.scalars(query))
-
-    def requeue(self, job: FineTuningJob) -> bool:
-        """Give a job whose worker died back to the queue (conditional on what we saw)."""
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(
-                FineTuningJob.id == job.id,
-                FineTuningJob.attempt == job.attempt,
-                FineTuningJob.status == "running",
-                FineTuningJob.heartbeat_at == job.heartbeat_at,
-            )
-            .values(status="queued", enqueued_at=time.time(), worker=None)
-            .execution_options(synchronize_session=False)
-        )
-        self.session.commit()
-        return result.rowcount == 1
-
-    def hand_back(self, job_id: str, attempt: int) -> bool:
-        """A worker that is shutting down gives its running job back to the
-        queue (after saving a checkpoint); the caller sends a new message."""
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.attempt == attempt, FineTuningJob.status == "running")
-            .values(status="queued", worker=None, enqueued_at=None, handbacks=FineTuningJob.handbacks + 1)
-            .execution_options(synchronize_session=False)
-        )
-        self.session.commit()
-        return result.rowcount == 1
-
-    def mark_enqueued(self, job_id: str) -> None:
-        self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
-            .values(enqueued_at=time.time())
-            .execution_options(synchronize_session=False)
-        )
-        self.session.commit()
-
-    def cancel(self, job_id: str) -> bool:
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(ACTIVE_STATUSES))
-            .values(status="cancelled", finished_at=int(time.time()), estimated_finish=None)
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1
-
-    def request_merge(self, job_id: str) -> bool:
-        """Queue the merge unless it is queued, running or done. A failed merge
-        is tried again on the next request."""
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(
-                FineTuningJob.id == job_id,
-                or_(FineTuningJob.merged_status.is_(None), FineTuningJob.merged_status == "failed"),
-            )
-            .values(merged_status="queued", merged_error=None)
-            .execution_options(synchronize_session=False)
-        )
-        self.session.commit()
-        return result.rowcount == 1
-
-    def fail(self, job_id: str, code: str, message: str, *, attempt: int | None = None) -> bool:
-        """End a job as failed, unless it already ended (or, with `attempt`, unless we lost it)."""
-        conditions = [FineTuningJob.id == job_id, FineTuningJob.status.in_(ACTIVE_STATUSES)]
-        if attempt is not None:
-            conditions.append(FineTuningJob.attempt == attempt)
-        result = self.session.execute(
-            update(FineTuningJob)
-            .where(*conditions)
-            .values(status="failed", error={"code": code, "message": message, "param": None}, finished_at=int(time.time()))
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
-            add_event(self.session, job_id, message, level="error")
-        self.session.commit()
-        return result.rowcount == 1
+def cancel(session: Session, job_id: str) -> bool:
+    """Conditional: a worker finishing at this very moment wins. Does not commit."""
+    result = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(ACTIVE_STATUSES))
+        .values(status="cancelled", finished_at=int(time.time()), estimated_finish=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1

@@ -5,8 +5,13 @@ refusing connections, the artifact store cut off, messages delivered twice."""
 import base64
 import io
 import json
+import os
+import signal
+import subprocess
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import psycopg
@@ -343,3 +348,134 @@ def test_fifty_jobs_from_several_users_each_run_once_in_queue_order(training_wor
         assert abs(position - queue_order.index(job_id)) <= 1, (position, queue_order.index(job_id))
     for client in clients:
         client.close()
+
+
+# ------------------------------------------- batches, evaluations, exports
+# The same lease engine runs every kind of background work (worker/runs.py):
+# what training survives, a batch, an evaluation and a merge survive too.
+
+
+@contextmanager
+def dedicated_inference_worker(stack, **env: str) -> Iterator[subprocess.Popen]:
+    """The stack's inference worker stopped, another with these settings in its
+    place (the stack's is started again afterwards)."""
+    stack.workers.stop(stack.inference_worker)
+    worker = stack.workers.start("inference", **env)
+    try:
+        yield worker
+    finally:
+        stack.workers.stop(worker)
+        stack.inference_worker = stack.workers.start("inference")
+
+
+def attempt_of(stack, table: str, row_id: str) -> int:
+    with psycopg.connect(stack.database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        return connection.execute(f"SELECT attempt FROM {table} WHERE id = %s", (row_id,)).fetchone()[0]  # noqa: S608
+
+
+def outage_while_paused(stack, worker, until_log: str) -> None:
+    """With the worker caught mid-work: PostgreSQL goes away, the worker runs
+    on into it, and the outage lasts until its log shows it retrying."""
+    log_size = worker.log_path.stat().st_size
+    with database_connections_refused(stack.database_url):
+        os.killpg(worker.pid, signal.SIGCONT)
+        wait_for(
+            lambda: until_log in worker.log_path.read_text(errors="replace")[log_size:],
+            60, "the worker to retry a database write",
+        )
+
+
+def test_a_batch_rides_out_a_database_outage_and_answers_every_line_once(stack, user):
+    lines = [
+        {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": TINY, "max_tokens": 256, "temperature": 0,
+                  "messages": [{"role": "user", "content": f"Count to {i}."}]}}
+        for i in range(8)
+    ]
+    batch_file = upload(user, "".join(json.dumps(line) + "\n" for line in lines).encode(), purpose="batch").json()
+    # Two lines a chunk and long answers: the batch takes several chunks of real work.
+    with dedicated_inference_worker(stack, TUNEHOUSE_INFERENCE_BATCH_SIZE="2", TUNEHOUSE_MAX_COMPLETION_TOKENS="256") as worker:
+        batch = user.post(
+            "/v1/batches", json={"input_file_id": batch_file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        ).json()
+        wait_for(
+            lambda: user.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"] >= 2,
+            TIMEOUT, "the first chunk", interval=0.02,
+        )
+        os.killpg(worker.pid, signal.SIGSTOP)  # caught between its first chunk and its last
+        caught = user.get(f"/v1/batches/{batch['id']}").json()
+        assert caught["status"] == "in_progress" and caught["request_counts"]["completed"] < 8, caught
+        outage_while_paused(stack, worker, "database unavailable while")
+
+        def ended():
+            current = user.get(f"/v1/batches/{batch['id']}").json()
+            return current if current["status"] in ("completed", "failed", "cancelled", "expired") else None
+
+        final = wait_for(ended, TIMEOUT, "the batch to end", interval=0.5)
+    assert final["status"] == "completed", final
+    assert final["request_counts"] == {"total": 8, "completed": 8, "failed": 0}
+    assert final["error_file_id"] is None
+    output = [json.loads(line) for line in user.get(f"/v1/files/{final['output_file_id']}/content").text.splitlines()]
+    assert sorted(record["custom_id"] for record in output) == sorted(line["custom_id"] for line in lines)
+    assert attempt_of(stack, "batches", batch["id"]) == 1
+
+
+def test_an_evaluation_rides_out_a_database_outage_and_scores_every_item_once(stack, user):
+    examples = [json.loads(line) for line in tiny_chat_jsonl(64).decode().splitlines()]
+    data = "".join(json.dumps(example | {"split": "TEST" if i >= 4 else "TRAIN"}) + "\n" for i, example in enumerate(examples))
+    file_id = upload(user, data.encode()).json()["id"]
+    with dedicated_inference_worker(stack, TUNEHOUSE_INFERENCE_BATCH_SIZE="2") as worker:
+        evaluation = user.post(
+            "/v1/evaluations", json={"file_id": file_id, "models": [TINY], "split": "test", "max_tokens": 16}
+        ).json()
+        wait_for(
+            lambda: user.get(f"/v1/evaluations/{evaluation['id']}").json()["progress"]["items_done"] >= 2,
+            TIMEOUT, "the first items", interval=0.02,
+        )
+        os.killpg(worker.pid, signal.SIGSTOP)
+        caught = user.get(f"/v1/evaluations/{evaluation['id']}").json()
+        assert caught["status"] == "running" and caught["progress"]["items_done"] < 60, caught
+        outage_while_paused(stack, worker, "database unavailable while")
+
+        def ended():
+            current = user.get(f"/v1/evaluations/{evaluation['id']}").json()
+            return current if current["status"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_for(ended, TIMEOUT, "the evaluation to end", interval=0.5)
+    assert final["status"] == "succeeded", final
+    predictions = user.get(f"/v1/evaluations/{evaluation['id']}/predictions", params={"format": "jsonl"}).text.splitlines()
+    assert sorted(json.loads(row)["item"] for row in predictions) == list(range(60))
+    assert attempt_of(stack, "evaluations", evaluation["id"]) == 1
+
+
+MERGED_UPLOAD = rb"(PUT|POST) /\S*/merged\.zip"
+
+
+def test_a_merge_whose_worker_is_killed_is_redone_by_another(training_worker, user):
+    stack = training_worker
+    job = wait_until_done(user, start_job(user, train_only_jsonl(), n_epochs=1, batch_size=4)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    # The worker is caught uploading the merged weights (the upload is cut
+    # and it is between tries), and killed there.
+    stack.storage_proxy.cut_on(MERGED_UPLOAD)
+    try:
+        assert user.get(f"/v1/fine_tuning/jobs/{job['id']}/merged").status_code == 202
+        assert stack.storage_proxy.triggered.wait(TIMEOUT), "the worker never uploaded the merged weights"
+        stack.workers.kill(stack.training_worker)
+    finally:
+        stack.storage_proxy.restore()
+    pending = user.get(f"/v1/fine_tuning/jobs/{job['id']}/merged")
+    assert pending.status_code == 202 and pending.json()["status"] == "running"  # held by a dead worker
+
+    stack.training_worker = stack.workers.start("train,default")
+
+    def merged():
+        response = user.get(f"/v1/fine_tuning/jobs/{job['id']}/merged")
+        return response if response.status_code == 200 else None
+
+    archive = zipfile.ZipFile(io.BytesIO(wait_for(merged, TIMEOUT, "the merge to be redone", interval=0.5).content))
+    assert "config.json" in archive.namelist() and any(n.endswith(".safetensors") for n in archive.namelist())
+    with psycopg.connect(stack.database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        assert connection.execute(
+            "SELECT status, attempt FROM exports WHERE job_id = %s", (job["id"],)
+        ).fetchone() == ("ready", 2)
