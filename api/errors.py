@@ -18,7 +18,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from domain.errors import ServiceError
+from domain.errors import STATUS_OF_KIND, ServiceError, invalid_request
 
 log = logging.getLogger("tunehouse.api")
 
@@ -43,18 +43,6 @@ class APIError(Exception):
         self.code = code
         self.details = details
         self.headers = headers
-
-
-# The status of each kind of domain refusal.
-STATUS_OF_KIND = {
-    "invalid_request": 400,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "upstream_failed": 502,
-    "unavailable": 503,
-}
 
 
 def api_error(error: ServiceError) -> APIError:
@@ -193,19 +181,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return _response(status_code, error_body(message, error_type, None, code), headers)
 
 
-def _param_of(location: tuple) -> str | None:
-    # ("body", "hyperparameters", "n_epochs") -> "hyperparameters.n_epochs"
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or None
-
-
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # The refusal the domain makes of the same error wherever it validates a
+    # request (a batch line too); the parameter without where it was sent:
+    # ("body", "hyperparameters", "n_epochs") -> "hyperparameters.n_epochs".
     first = exc.errors()[0]
-    param = _param_of(tuple(first.get("loc", ())))
-    message = first.get("msg", "Invalid request")
-    if param:
-        message = f"Invalid value for '{param}': {message}"
-    return _response(400, error_body(message, "invalid_request_error", param, "invalid_value"))
+    location = [part for part in first.get("loc", ()) if part not in ("body", "query", "path", "header", "form")]
+    return await _service_error(request, invalid_request(first, location=location))
 
 
 async def _database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:

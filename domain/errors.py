@@ -1,10 +1,15 @@
 """What the domain layer raises when it refuses a request: a message a person
-can act on, the parameter at fault and a stable code. No HTTP here; the API
-maps each kind to a status and OpenAI's error shape (api/errors.py), and
-workers turn them into a failed job's error or a batch line's error record.
+can act on, the parameter at fault and a stable code. No HTTP here, only the
+HTTP-like status each kind stands for (`STATUS_OF_KIND`): the API answers with
+it in OpenAI's error shape (api/errors.py), workers turn refusals into a failed
+job's error or a batch line's error record.
 """
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 
 class ServiceError(Exception):
@@ -88,19 +93,75 @@ def model_not_found(model: str, *, param: str = "model") -> NotFound:
     )
 
 
-# A worker reports a refusal by HTTP-like status (it travels in a message);
-# this turns it back into the kind.
+# The HTTP status of each kind of refusal: the API answers with it
+# (api/errors.py), a batch line's error record carries it, and a worker's
+# refusal travels by it (it crosses processes in a message).
+STATUS_OF_KIND: dict[str, int] = {
+    "invalid_request": 400,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "upstream_failed": 502,
+    "unavailable": 503,
+}
 _KINDS_BY_STATUS: dict[int, type[ServiceError]] = {
-    400: InvalidRequest,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: TooLarge,
-    502: UpstreamFailed,
-    503: Unavailable,
+    STATUS_OF_KIND[kind.kind]: kind
+    for kind in (InvalidRequest, Forbidden, NotFound, Conflict, TooLarge, UpstreamFailed, Unavailable)
 }
 
 
+def status_of(error: ServiceError) -> int:
+    return STATUS_OF_KIND[error.kind]
+
+
 def error_for_status(status: int, message: str, *, param: str | None = None, code: str | None = None) -> ServiceError:
+    """A refusal a worker reported by status, as the kind it stands for."""
     kind = _KINDS_BY_STATUS.get(status, UpstreamFailed if status >= 500 else InvalidRequest)
     return kind(message, param=param, code=code)
+
+
+# ---------------------------------------------------------------------------
+# Refusals found by pydantic: the request schemas validate, and their
+# validation errors become InvalidRequests the same way wherever a request is
+# validated (the API's request bodies, a batch's lines).
+
+# The pydantic error type of a refusal whose message says it all, then its code.
+_REFUSAL = "refusal:"
+
+
+def refusal(message: str, *, code: str) -> PydanticCustomError:
+    """Raise this from a validator of a request schema: the message is shown
+    as it is (not as "Invalid value for ..."), with this `code`."""
+    # No context: nothing in the message (which may quote the input) is formatted.
+    return PydanticCustomError(_REFUSAL + code, message)
+
+
+def refusal_at(location: Sequence[str | int], message: str, *, code: str, title: str, input: Any) -> ValidationError:
+    """A refusal at `location` below the model being validated (a model
+    validator otherwise reports at the model itself)."""
+    line = {"type": refusal(message, code=code), "loc": tuple(location), "input": input}
+    return ValidationError.from_exception_data(title, [line])
+
+
+def param_of(location: Sequence[str | int]) -> str | None:
+    """("hyperparameters", "extra", "lora_r") -> "hyperparameters.extra.lora_r"."""
+    return ".".join(str(part) for part in location) or None
+
+
+def invalid_request(error: Mapping[str, Any], *, location: Sequence[str | int] | None = None) -> InvalidRequest:
+    """One of a pydantic ValidationError's errors() as the refusal it means.
+    `location` replaces the error's own (the API drops "body", "query", ...)."""
+    param = param_of(error.get("loc", ()) if location is None else location)
+    kind = str(error.get("type", ""))
+    if kind.startswith(_REFUSAL):
+        return InvalidRequest(error["msg"], param=param, code=kind[len(_REFUSAL) :])
+    message = error.get("msg") or "Invalid request"
+    if param:
+        message = f"Invalid value for '{param}': {message}"
+    return InvalidRequest(message, param=param, code="invalid_value")
+
+
+def invalid_request_of(exc: ValidationError) -> InvalidRequest:
+    """The first problem of a failed validation, as a refusal."""
+    return invalid_request(exc.errors(include_url=False)[0])

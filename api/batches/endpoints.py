@@ -12,9 +12,9 @@ from api.deps import CurrentUser, SessionDep, StateDep
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=COMMON_ERROR_RESPONSES)
 
 
-@router.post("", response_model=BatchObject, responses=error_responses(404))
+@router.post("", response_model=BatchObject, responses=error_responses(404, 409))
 def create_batch(body: CreateBatchRequest, user: CurrentUser, session: SessionDep, state: StateDep) -> BatchObject:
-    batch = service.create_batch(session, user, body)
+    batch = service.create_batch(session, state.storage, user, body)
     session.commit()
     service.enqueue(session, state.queue, batch)
     return BatchObject.of(batch)

@@ -18,19 +18,21 @@ _SSE = {
 # 503 also when no inference worker takes the request within TUNEHOUSE_INFERENCE_QUEUE_TIMEOUT.
 @router.post("/completions", response_model=ChatCompletion, responses={200: _SSE, **error_responses(404, 502)})
 async def create_chat_completion(body: ChatCompletionRequest, user: CurrentUser, session: SessionDep, state: StateDep):
-    target = await run_in_threadpool(service.resolve_or_404, session, user, state.settings, body.model)
-    payload = service.worker_request(body, target, state.settings)
+    # The checks a batch line gets too (worker/batches.py), then the model.
+    request = service.chat_request(body, state.settings)
+    target = await run_in_threadpool(service.resolve_or_404, session, user, state.settings, request.model)
+    payload = service.worker_request(request, target, state.settings)
     session.close()  # do not hold a database connection while the model generates
     run = await run_in_threadpool(service.ChatRun, state.settings, state.queue, state.streams, payload)
     events = run.events()
     # The first event decides between an HTTP error and a 200: errors found
     # before any text (unknown adapter, prompt too long) get their own status.
     first = await run_in_threadpool(service.next_event, events)
-    if not body.stream:
+    if not request.stream:
         while first["type"] != "done":
             first = await run_in_threadpool(service.next_event, events)
         return service.completion(payload, first)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
     return StreamingResponse(
         service.sse_chunks(payload, first, events, include_usage),
         media_type="text/event-stream",

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.batches.models import Batch
+from domain.metadata import Metadata
 from domain.pagination import ListPage
 
 BatchStatus = Literal[
@@ -18,7 +19,7 @@ class CreateBatchRequest(BaseModel):
     input_file_id: str = Field(min_length=1, max_length=64)
     endpoint: str = Field(min_length=1, max_length=64)
     completion_window: str = Field(min_length=1, max_length=16)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata = None
 
 
 class RequestCounts(BaseModel):

@@ -4,20 +4,22 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from domain.auth.models import User
-from domain.batches.models import FINAL_STATUSES, WORKING_STATUSES, Batch
+from domain.batches.models import FINAL_STATUSES, Batch
 from domain.batches.repository import BatchRepository
 from domain.batches.schemas import CreateBatchRequest
 from domain.errors import Conflict, InvalidRequest, NotFound
-from domain.files.repository import FileRepository
+from domain.files.service import usable_file
 from domain.ids import new_id
-from domain.runs.leases import Leases
-from domain.queue_client import BATCH_TASK, TaskQueue
+from domain.runs.kinds import BATCH
+from domain.runs.leases import send_to_worker
+from domain.queue_client import TaskQueue
+from domain.storage import Storage
 
 SUPPORTED_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW_SECONDS = {"24h": 24 * 3600}
 
 
-def create_batch(session: Session, user: User, request: CreateBatchRequest) -> Batch:
+def create_batch(session: Session, storage: Storage, user: User, request: CreateBatchRequest) -> Batch:
     if request.endpoint != SUPPORTED_ENDPOINT:
         raise InvalidRequest(
             f"Unsupported endpoint '{request.endpoint}'; batches run '{SUPPORTED_ENDPOINT}'.",
@@ -28,20 +30,7 @@ def create_batch(session: Session, user: User, request: CreateBatchRequest) -> B
         raise InvalidRequest(
             f"completion_window must be one of {', '.join(COMPLETION_WINDOW_SECONDS)}.", param="completion_window"
         )
-    for key, value in (request.metadata or {}).items():
-        if len(key) > 64 or len(value) > 512:
-            raise InvalidRequest("metadata keys are at most 64 characters and values at most 512.", param="metadata")
-    file = FileRepository(session, user.id).get(request.input_file_id)
-    if file is None:
-        raise NotFound.of("file", request.input_file_id, param="input_file_id")
-    if file.purpose != "batch":
-        raise InvalidRequest(
-            f"File '{file.id}' has purpose '{file.purpose}'; batches need a file uploaded with purpose 'batch'.",
-            param="input_file_id",
-            code="invalid_file_purpose",
-        )
-    if file.status != "processed" or not file.report:
-        raise InvalidRequest(f"File '{file.id}' is not ready.", param="input_file_id", code="file_not_ready")
+    file = usable_file(session, user, request.input_file_id, purpose="batch", param="input_file_id", storage=storage)
     now = int(time.time())
     return BatchRepository(session, user.id).add(
         Batch(
@@ -64,8 +53,7 @@ def create_batch(session: Session, user: User, request: CreateBatchRequest) -> B
 
 def enqueue(session: Session, queue: TaskQueue, batch: Batch) -> None:
     """After the commit: a worker must never receive a batch it cannot read."""
-    if queue.send(BATCH_TASK, batch.id):
-        Leases(session, Batch, working=WORKING_STATUSES).mark_enqueued(batch.id)
+    send_to_worker(session, queue, BATCH, batch.id)
 
 
 def get_batch(session: Session, user: User, batch_id: str) -> Batch:

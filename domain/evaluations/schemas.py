@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.evaluations.models import Evaluation
+from domain.metadata import Metadata
 from domain.pagination import ListPage
 
 # The text metrics of worker/evaluation/metrics.py (METRIC_NAMES, same order;
@@ -46,7 +47,7 @@ class CreateEvaluationRequest(BaseModel):
     # At most this many items (the first ones of the split, in file order).
     limit: int | None = Field(default=None, ge=1, le=1_000_000)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata = None
 
 
 class EvaluationError(BaseModel):

@@ -11,17 +11,19 @@ import time
 from sqlalchemy.orm import Session
 
 from domain.auth.models import User
-from domain.errors import Conflict, InvalidRequest, NotFound, model_not_found
+from domain.errors import InvalidRequest, NotFound, model_not_found
 from domain.evaluations.models import WORKING_STATUSES, Evaluation
 from domain.evaluations.repository import EvaluationRepository
 from domain.evaluations.schemas import DEFAULT_MAX_TOKENS, EVALUATION_METRICS, CreateEvaluationRequest
-from domain.files.models import File
 from domain.files.repository import FileRepository
+from domain.files.service import usable_file
 from domain.ids import new_id
+from domain.inference.service import check_max_tokens
 from domain.inference.targets import resolve_target
 from domain.jobs.models import FineTuningJob
-from domain.runs.leases import Leases
-from domain.queue_client import EVALUATION_TASK, TaskQueue
+from domain.runs.kinds import EVALUATION
+from domain.runs.leases import send_to_worker
+from domain.queue_client import TaskQueue
 from domain.settings import Settings
 from domain.storage import Storage
 
@@ -60,44 +62,20 @@ def _checked_models(session: Session, settings: Settings, user: User, models: li
     return list(models)
 
 
-def _evaluation_file(session: Session, user: User, file_id: str) -> File:
-    file = FileRepository(session, user.id).get(file_id)
-    if file is None:
-        raise NotFound.of("file", file_id, param="file_id")
-    if file.purpose != "fine-tune":
-        raise InvalidRequest(
-            f"File '{file_id}' has purpose '{file.purpose}'; evaluations need a chat file uploaded with purpose 'fine-tune'.",
-            param="file_id",
-            code="invalid_file_purpose",
-        )
-    if file.status != "processed" or not file.report:
-        raise InvalidRequest(f"File '{file_id}' is not processed yet.", param="file_id", code="file_not_ready")
-    return file
-
-
 def create_evaluation(
     session: Session, storage: Storage, settings: Settings, user: User, request: CreateEvaluationRequest
 ) -> Evaluation:
     """Everything checkable is checked here; a request that cannot run is
     refused with the parameter named, and nothing is stored or queued."""
-    for key, value in (request.metadata or {}).items():
-        if len(key) > 64 or len(value) > 512:
-            raise InvalidRequest("Metadata keys are at most 64 and values 512 characters.", param="metadata")
     metrics = _checked_metrics(request.metrics)
+    check_max_tokens(request.max_tokens, settings, param="max_tokens")
     max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens)
-    if max_tokens > settings.max_completion_tokens:
-        raise InvalidRequest(
-            f"max_tokens is {request.max_tokens}; this deployment allows at most {settings.max_completion_tokens}.",
-            param="max_tokens",
-        )
     models = _checked_models(session, settings, user, request.models)
-    file = _evaluation_file(session, user, request.file_id)
+    file = usable_file(session, user, request.file_id, purpose="fine-tune", param="file_id", storage=storage)
     if split_size(file.report, request.split) == 0:
         raise InvalidRequest(
             f"File '{file.id}' has no examples in the '{request.split}' split.", param="split", code="no_items"
         )
-    if not storage.exists(file.storage_key):
-        raise Conflict(f"The content of file '{file.id}' is missing from storage.", param="file_id", code="file_missing")
     evaluation = EvaluationRepository(session, user.id).add(
         _new_evaluation(
             owner_id=user.id,
@@ -131,8 +109,7 @@ def _new_evaluation(**values) -> Evaluation:
 def enqueue(session: Session, queue: TaskQueue, evaluation: Evaluation) -> None:
     """After the commit: a worker must never receive an evaluation it cannot
     read. A message the broker did not take is sent again by the recovery loop."""
-    if queue.send(EVALUATION_TASK, evaluation.id):
-        Leases(session, Evaluation, working=WORKING_STATUSES).mark_enqueued(evaluation.id)
+    send_to_worker(session, queue, EVALUATION, evaluation.id)
 
 
 def get_evaluation(session: Session, user: User, evaluation_id: str) -> Evaluation:

@@ -12,10 +12,10 @@ import time
 from sqlalchemy.orm import Session, sessionmaker
 
 from domain.auth.models import User
-from domain.errors import InvalidRequest, NotFound, TooLarge
+from domain.errors import Conflict, InvalidRequest, NotFound, ServiceError, TooLarge
 from domain.files.models import File, storage_key_for
 from domain.files.repository import FileRepository
-from domain.files.validation import BatchValidator, FineTuneValidator
+from domain.files.validation.validators import BatchValidator, FineTuneValidator
 from domain.ids import new_id
 from domain.storage import Storage
 
@@ -126,6 +126,39 @@ def get_file(session: Session, user: User, file_id: str) -> File:
     file = FileRepository(session, user.id).get(file_id)
     if file is None:
         raise NotFound.of("file", file_id, param="file_id")
+    return file
+
+
+def usable_file(
+    session: Session,
+    user: User,
+    file_id: str,
+    *,
+    purpose: str,
+    param: str,
+    missing: type[ServiceError] = NotFound,
+    storage: Storage | None = None,
+) -> File:
+    """The caller's file `file_id`, to be used for `purpose` by the request's
+    parameter `param`. Refused, naming `param`, when no such file is the
+    caller's (as a `missing`: a NotFound, or an InvalidRequest where the API
+    says 400 for it), when it has another purpose or is not processed, and,
+    given `storage`, when its content is gone from storage."""
+    file = FileRepository(session, user.id).get(file_id)
+    if file is None:
+        raise missing(f"No such file: '{file_id}'", param=param, code="file_not_found")
+    if file.purpose != purpose:
+        raise InvalidRequest(
+            f"File '{file_id}' has purpose '{file.purpose}'; {param} must be a file uploaded with purpose '{purpose}'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    if file.status != "processed" or not file.report:
+        raise InvalidRequest(
+            f"File '{file_id}' is not processed yet (status '{file.status}').", param=param, code="file_not_ready"
+        )
+    if storage is not None and not storage.exists(file.storage_key):
+        raise Conflict(f"The content of file '{file_id}' is missing from storage.", param=param, code="file_missing")
     return file
 
 

@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from domain.metadata import Metadata
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -55,12 +57,17 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
     store: bool | None = None
     frequency_penalty: Literal[0, 0.0] | None = None
     presence_penalty: Literal[0, 0.0] | None = None
     logprobs: Literal[False] | None = None
     response_format: dict[str, Any] | None = None
+
+    def token_limit(self) -> int | None:
+        """The most tokens each choice may have (None: the deployment's cap);
+        both parameters are never given together (domain/inference/service.py)."""
+        return self.max_completion_tokens or self.max_tokens
 
     @field_validator("stop")
     @classmethod

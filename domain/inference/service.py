@@ -10,12 +10,23 @@ answers one request at a time; add processes or workers for concurrency.
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import ValidationError
 
 from sqlalchemy.orm import Session
 
 from domain.auth.models import User
-from domain.errors import InvalidRequest, ServiceError, Unavailable, UpstreamFailed, error_for_status, model_not_found
+from domain.errors import (
+    InvalidRequest,
+    ServiceError,
+    Unavailable,
+    UpstreamFailed,
+    error_for_status,
+    invalid_request_of,
+    model_not_found,
+)
 from domain.ids import new_id
 from domain.inference.schemas import ChatCompletion, ChatCompletionRequest
 from domain.inference.streams import FileStreams, RedisStreams, StreamTimeout
@@ -40,21 +51,54 @@ def resolve_or_404(session: Session, user: User, settings: Settings, model: str)
     return target
 
 
-def worker_request(request: ChatCompletionRequest, target: InferenceTarget, settings: Settings) -> dict:
-    if request.max_tokens is not None and request.max_completion_tokens is not None:
-        raise InvalidRequest("Give max_tokens or max_completion_tokens, not both.", param="max_tokens")
-    max_tokens = request.max_completion_tokens or request.max_tokens
+def check_max_tokens(max_tokens: int | None, settings: Settings, *, param: str) -> None:
+    """A token limit a request asks for, against the deployment's cap."""
     if max_tokens is not None and max_tokens > settings.max_completion_tokens:
-        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         raise InvalidRequest(
             f"{param} is {max_tokens}; this deployment allows at most {settings.max_completion_tokens}.", param=param
         )
+
+
+def chat_request(
+    body: Mapping[str, Any] | ChatCompletionRequest, settings: Settings, *, in_batch: bool = False
+) -> ChatCompletionRequest:
+    """The one check of a chat completion request on this deployment, for
+    POST /v1/chat/completions and for each line of a batch (`in_batch`), so
+    both accept and refuse the same bodies, with the same errors. Raises
+    InvalidRequest naming the parameter.
+
+    `body` is the raw JSON object (a batch line's), or the request the API has
+    already validated with the same model (its validation errors become the
+    same refusals there: domain.errors.invalid_request via api/errors.py).
+    Whether the model exists is the caller's to check (resolve_or_404).
+    """
+    if isinstance(body, ChatCompletionRequest):
+        request = body
+    else:
+        try:
+            request = ChatCompletionRequest.model_validate(body)
+        except ValidationError as exc:
+            raise invalid_request_of(exc) from None
+    if request.max_tokens is not None and request.max_completion_tokens is not None:
+        raise InvalidRequest("Give max_tokens or max_completion_tokens, not both.", param="max_tokens")
+    check_max_tokens(
+        request.token_limit(),
+        settings,
+        param="max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens",
+    )
+    if in_batch and request.stream:
+        raise InvalidRequest("stream is not supported in batches.", param="stream", code="unsupported_parameter")
+    return request
+
+
+def worker_request(request: ChatCompletionRequest, target: InferenceTarget, settings: Settings) -> dict:
+    """What an inference worker gets for a request checked by chat_request."""
     return {
         "id": new_id("chatcmpl-"),
         "created": int(time.time()),
         "target": target.as_dict(),
         "messages": [message.for_template() for message in request.messages],
-        "max_tokens": max_tokens,
+        "max_tokens": request.token_limit(),
         "temperature": request.temperature,
         "top_p": request.top_p,
         "n": request.n,
@@ -104,19 +148,25 @@ def next_event(events: Iterator[dict]) -> dict:
     return event
 
 
-def completion(payload: dict, done: dict) -> ChatCompletion:
+def chat_completion(completion_id: str, created: int, model: str, choices: list[dict], usage: dict) -> ChatCompletion:
+    """The answer to a chat request, from a worker's choices (index, text,
+    finish_reason) and usage: the chat endpoint's body and a batch line's."""
     return ChatCompletion.model_validate(
         {
-            "id": payload["id"],
-            "created": payload["created"],
-            "model": payload["target"]["model"],
+            "id": completion_id,
+            "created": created,
+            "model": model,
             "choices": [
                 {"index": c["index"], "message": {"content": c["text"]}, "finish_reason": c["finish_reason"]}
-                for c in done["choices"]
+                for c in choices
             ],
-            "usage": done["usage"],
+            "usage": usage,
         }
     )
+
+
+def completion(payload: dict, done: dict) -> ChatCompletion:
+    return chat_completion(payload["id"], payload["created"], payload["target"]["model"], done["choices"], done["usage"])
 
 
 def sse_chunks(payload: dict, first: dict, events: Iterator[dict], include_usage: bool) -> Iterator[str]:

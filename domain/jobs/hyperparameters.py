@@ -1,14 +1,17 @@
-"""Hyperparameters of a fine-tuning job: parse, validate, resolve.
+"""Hyperparameters of a fine-tuning job: the request's schema, and resolution.
 
-Two steps, both pure functions (stdlib only: the API process imports this, so
-no torch/transformers here):
+Both run in the API process, so no torch/transformers here.
 
-1. ``parse_hyperparameters`` checks a request's ``hyperparameters`` object
-   (OpenAI's three keys, plus our extensions under ``"extra"``) and returns a
-   flat dict of only the values the user set. Bad input raises
-   ``HyperparameterError`` naming the exact parameter path, e.g.
-   ``hyperparameters.extra.lora_r``.
-2. ``resolve`` turns that dict into a concrete value for every name in
+1. ``Hyperparameters`` is the request's ``hyperparameters`` object (OpenAI's
+   three keys, plus our extensions under ``"extra"``), also used for OpenAI's
+   ``method.supervised.hyperparameters``: every field typed with its range, so
+   /openapi.json documents them and every copy is checked by the same rules.
+   A bad value is refused with a message that says what is allowed, at its
+   exact path, e.g. ``hyperparameters.extra.lora_r``. ``requested_values``
+   flattens a validated object to the values the user set;
+   ``parse_hyperparameters`` validates a raw object and does the same, raising
+   ``HyperparameterError``.
+2. ``resolve`` turns those values into a concrete value for every name in
    ``HYPERPARAMETER_NAMES``, each with its origin ("user", "auto", "default")
    and, for auto/default, a one-line reason. The worker calls it with the real
    token statistics; the API may call it with estimates from the upload report
@@ -18,13 +21,25 @@ The user documentation of every rule is docs/hyperparameters.md; keep the two
 in step.
 """
 
-from __future__ import annotations
-
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from domain.errors import invalid_request, refusal, refusal_at
 
 HYPERPARAMETER_NAMES: tuple[str, ...] = (
     "n_epochs",
@@ -50,9 +65,6 @@ OPENAI_NAMES: tuple[str, ...] = HYPERPARAMETER_NAMES[:3]
 EXTRA_NAMES: tuple[str, ...] = HYPERPARAMETER_NAMES[3:]
 EXTRA_KEY = "extra"
 AUTO = "auto"
-# The names that accept the string "auto" (the others are simply left out).
-AUTO_NAMES = frozenset(("n_epochs", "batch_size", "learning_rate_multiplier", "adapter",
-                        "max_seq_length", "checkpoint_interval", "eval_interval"))
 
 ADAPTERS = ("qlora", "lora")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -121,20 +133,19 @@ class DatasetStats:
 
 
 # ---------------------------------------------------------------------------
-# Parsing and validation
+# The request's schema
+#
+# Each field's type says what is allowed (and /openapi.json says it too); its
+# wrap validator replaces pydantic's messages with one that names the field,
+# says what is allowed and what was given. Types are strict: 3.0, "3" and true
+# are not integers, NaN and Infinity are not numbers.
 
-
-class _Invalid(Exception):
-    """A value problem; the caller knows the parameter path."""
+# The code of every refusal of a hyperparameter (the web UI shows it).
+ERROR_CODE = "invalid_hyperparameters"
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def _show(value: Any) -> str:
@@ -150,93 +161,193 @@ def _num(value: float) -> str:
     return f"{value:g}"  # 0 -> '0', 0.5 -> '0.5', 4096 -> '4096'
 
 
-def _fail(name: str, expected: str, value: Any, auto: bool) -> None:
+def _refused(message: str) -> PydanticCustomError:
+    return refusal(message, code=ERROR_CODE)
+
+
+def _bad_value(name: str, expected: str, value: Any, auto: bool) -> PydanticCustomError:
     if auto:
-        expected = f'"auto" or {expected}'
+        expected = f'"{AUTO}" or {expected}'
     message = f"{name} must be {expected}, got {_show(value)}"
     if value == AUTO and not auto:
-        message += f' ("auto" is not accepted for {name}; leave it out to get the default)'
-    raise _Invalid(message)
+        message += f' ("{AUTO}" is not accepted for {name}; leave it out to get the default)'
+    return _refused(message)
 
 
-def _integer(low: int, high: int) -> Callable[[str, Any, bool], Any]:
-    def check(name: str, value: Any, auto: bool) -> Any:
-        if not (_is_int(value) and low <= value <= high):
-            _fail(name, f"an integer between {low} and {high}", value, auto)
-        return value
-    return check
+def _hyperparameter(allowed: Any, expected: str, description: str, *, auto: bool = False,
+                    keep_int: bool = False) -> Any:
+    """The type of a field: `allowed`, or "auto" when `auto`, or null (both
+    mean "choose for me"). `expected` says `allowed` in words."""
+
+    def explained(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        try:
+            result = handler(value)
+        except ValidationError:
+            raise _bad_value(info.field_name, expected, value, auto) from None
+        # A number given as a JSON integer stays one: the job shows 2, not 2.0.
+        return value if keep_int and _is_int(value) else result
+
+    if auto:
+        expected_in_words = f'"{AUTO}" or {expected}'
+        allowed = Union[Literal["auto"], allowed]
+    else:
+        expected_in_words = expected
+    return Annotated[Optional[allowed], WrapValidator(explained),
+                     Field(description=f"{description} Allowed: {expected_in_words}.")]
 
 
-def _number(low: float, high: float, *, low_open: bool, high_open: bool = False
-            ) -> Callable[[str, Any, bool], Any]:
+def _integer(low: int, high: int, description: str, *, auto: bool = False) -> Any:
+    return _hyperparameter(Annotated[int, Field(strict=True, ge=low, le=high)],
+                           f"an integer between {low} and {high}", description, auto=auto)
+
+
+def _number(low: float, high: float, description: str, *, low_open: bool, high_open: bool = False,
+            auto: bool = False) -> Any:
     if not low_open and not high_open:
         expected = f"a number between {_num(low)} and {_num(high)}"
     else:
         expected = (f"a number {'>' if low_open else '>='} {_num(low)} "
                     f"and {'<' if high_open else '<='} {_num(high)}")
-
-    def check(name: str, value: Any, auto: bool) -> Any:
-        ok = _is_number(value)
-        if ok:
-            ok = (value > low if low_open else value >= low) and \
-                 (value < high if high_open else value <= high)
-        if not ok:
-            _fail(name, expected, value, auto)
-        return value
-    return check
+    bounds = {"gt" if low_open else "ge": low, "lt" if high_open else "le": high}
+    return _hyperparameter(Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)],
+                           expected, description, auto=auto, keep_int=True)
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[str, Any, bool], Any]:
-    def check(name: str, value: Any, auto: bool) -> Any:
-        if not (isinstance(value, str) and value in choices):
-            _fail(name, "one of " + ", ".join(f'"{c}"' for c in choices), value, auto)
-        return value
-    return check
+def _choice(choices: tuple[str, ...], description: str, *, auto: bool = False) -> Any:
+    return _hyperparameter(Literal[choices], "one of " + ", ".join(f'"{c}"' for c in choices),
+                           description, auto=auto)
 
 
-def _boolean(name: str, value: Any, auto: bool) -> Any:
-    if not isinstance(value, bool):
-        _fail(name, "true or false", value, auto)
-    return value
+def _boolean(description: str) -> Any:
+    return _hyperparameter(Annotated[bool, Field(strict=True)], "true or false", description)
 
 
-def _target_modules(name: str, value: Any, auto: bool) -> Any:
-    expected = f'"{ALL_LINEAR}" or a non-empty list of distinct module names such as ["q_proj", "v_proj"]'
-    if value == ALL_LINEAR:
-        return value
-    if not isinstance(value, (list, tuple)) or not value:
-        _fail(name, expected, value, auto)
-    seen: set[str] = set()
-    for index, module in enumerate(value):
-        if not isinstance(module, str) or not module.strip():
-            raise _Invalid(f"{name}[{index}] must be a non-empty module name such as \"q_proj\", "
-                           f"got {_show(module)}")
-        if module in seen:
-            raise _Invalid(f"{name} lists {_show(module)} more than once")
-        seen.add(module)
-    return list(value)
+_MODULES = f'"{ALL_LINEAR}" or a non-empty list of distinct module names such as ["q_proj", "v_proj"]'
 
 
-_CHECKS: dict[str, Callable[[str, Any, bool], Any]] = {
-    "n_epochs": _integer(1, 100),
-    "batch_size": _integer(1, 256),
-    "learning_rate_multiplier": _number(0, 100, low_open=True),
-    "learning_rate": _number(0, 1, low_open=True),
-    "adapter": _choice(ADAPTERS),
-    "lora_r": _integer(1, 512),
-    "lora_alpha": _number(0, 4096, low_open=True),
-    "lora_dropout": _number(0, 1, low_open=False, high_open=True),
-    "target_modules": _target_modules,
-    "max_seq_length": _integer(16, 131_072),
-    "warmup_ratio": _number(0, 0.5, low_open=False),
-    "lr_scheduler": _choice(LR_SCHEDULERS),
-    "weight_decay": _number(0, 1, low_open=False),
-    "gradient_accumulation_steps": _integer(1, 256),
-    "packing": _boolean,
-    "checkpoint_interval": _integer(1, MAX_INTERVAL),
-    "eval_interval": _integer(1, MAX_INTERVAL),
-}
-assert tuple(_CHECKS) == HYPERPARAMETER_NAMES
+def _target_modules(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    name = info.field_name
+    if isinstance(value, list) and value:  # name the bad entry
+        seen: set[str] = set()
+        for index, module in enumerate(value):
+            if not isinstance(module, str) or not module.strip():
+                raise _refused(f"{name}[{index}] must be a non-empty module name such as \"q_proj\", "
+                               f"got {_show(module)}")
+            if module in seen:
+                raise _refused(f"{name} lists {_show(module)} more than once")
+            seen.add(module)
+    try:
+        return handler(value)
+    except ValidationError:
+        raise _bad_value(name, _MODULES, value, auto=False) from None
+
+
+_ModuleNames = Annotated[list[Annotated[str, Field(strict=True, pattern=r"\S")]],
+                         Field(min_length=1, json_schema_extra={"uniqueItems": True})]
+_TargetModules = Annotated[Optional[Union[Literal["all-linear"], _ModuleNames]], WrapValidator(_target_modules),
+                           Field(description=f"Which layers get LoRA adapters. Allowed: {_MODULES}.")]
+
+
+def _unknown_key(keys: list[Any], known: tuple[str, ...], in_extra: bool) -> tuple[str, str] | None:
+    """The first unknown key and the refusal's message, or None."""
+    unknown = [str(key) for key in keys if key not in known]
+    if not unknown:
+        return None
+    first = unknown[0]
+    if not in_extra and first in EXTRA_NAMES:
+        return first, (f'{first} is an extension: put it under "extra", '
+                       f'e.g. {{"{EXTRA_KEY}": {{"{first}": ...}}}}')
+    if in_extra and first in OPENAI_NAMES:
+        return first, f'{first} is an OpenAI hyperparameter: put it next to "extra", not inside it'
+    names = ", ".join(f'"{key}"' for key in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    return first, (f"unknown hyperparameter{plural} {names}"
+                   f"{' in extra' if in_extra else ''}; known: {', '.join(known)}")
+
+
+class _HyperparameterObject(BaseModel):
+    """An object of known keys: the others are refused by name, with a hint
+    for the two easy mistakes (an extension at the top, an OpenAI key in extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+    _name: ClassVar[str]
+    _example: ClassVar[str]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _an_object_of_known_keys(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if not isinstance(value, cls):
+            if not isinstance(value, Mapping):
+                raise _refused(f"{cls._name} must be an object{cls._example}, got {_show(value)}")
+            unknown = _unknown_key(list(value), tuple(cls.model_fields), in_extra=cls._name == EXTRA_KEY)
+            if unknown is not None:
+                key, message = unknown
+                raise refusal_at((key,), message, code=ERROR_CODE, title=cls.__name__, input=value)
+        return handler(value)
+
+
+class ExtraHyperparameters(_HyperparameterObject):
+    """tunehouse's hyperparameters, beside OpenAI's."""
+
+    _name = EXTRA_KEY
+    _example = ' such as {"lora_r": 8}'
+
+    learning_rate: _number(0, 1, "The peak learning rate; overrides learning_rate_multiplier. "
+                                 "Left out: 2e-4 x learning_rate_multiplier.", low_open=True) = None
+    adapter: _choice(ADAPTERS, "What is trained: 4-bit QLoRA or LoRA. "
+                               '"auto": qlora with CUDA, lora without.', auto=True) = None
+    lora_r: _integer(1, 512, "LoRA rank. Default 16.") = None
+    lora_alpha: _number(0, 4096, "LoRA scaling. Default 2 x lora_r.", low_open=True) = None
+    lora_dropout: _number(0, 1, "Dropout on the LoRA input. Default 0.05.", low_open=False,
+                          high_open=True) = None
+    target_modules: _TargetModules = None
+    max_seq_length: _integer(16, 131_072, "Longest example in tokens (longer ones are truncated); at "
+                                          "most the model's maximum length. "
+                                          '"auto": from the examples\' token lengths.', auto=True) = None
+    warmup_ratio: _number(0, 0.5, "Share of the optimizer steps that warm the learning rate up. "
+                                  "Default 0.03.", low_open=False) = None
+    lr_scheduler: _choice(LR_SCHEDULERS, 'Learning rate schedule after warmup. Default "linear".') = None
+    weight_decay: _number(0, 1, "AdamW weight decay. Default 0.", low_open=False) = None
+    gradient_accumulation_steps: _integer(1, 256, "Micro-batches per optimizer step; at most "
+                                                  "batch_size. Default 1.") = None
+    packing: _boolean("Padding-free batching. Default true.") = None
+    checkpoint_interval: _integer(1, MAX_INTERVAL, "Optimizer steps between checkpoints. "
+                                                   '"auto": a tenth of the run.', auto=True) = None
+    eval_interval: _integer(1, MAX_INTERVAL, "Optimizer steps between eval losses. "
+                                             '"auto": a tenth of the run.', auto=True) = None
+
+
+class Hyperparameters(_HyperparameterObject):
+    """OpenAI's hyperparameters, and tunehouse's under `extra`. Left out,
+    null and (where allowed) "auto" all mean "choose for me"; the job records
+    every value with where it came from (docs/hyperparameters.md)."""
+
+    _name = "hyperparameters"
+    _example = ""
+
+    n_epochs: _integer(1, 100, "Full passes over the training split. "
+                               '"auto": from the number of training examples.', auto=True) = None
+    batch_size: _integer(1, 256, "Examples per optimizer step; at most the training examples. "
+                                 '"auto": ~0.2% of them, bounded by memory.', auto=True) = None
+    learning_rate_multiplier: _number(0, 100, "Scales the base learning rate 2e-4. "
+                                              '"auto": 1.', low_open=True, auto=True) = None
+    extra: Optional[ExtraHyperparameters] = Field(default=None, description="tunehouse's hyperparameters.")
+
+    @model_validator(mode="after")
+    def _accumulation_fits_the_batch(self) -> "Hyperparameters":
+        steps = self.extra.gradient_accumulation_steps if self.extra else None
+        batch = self.batch_size
+        if _is_int(steps) and _is_int(batch) and steps > batch:
+            raise refusal_at(
+                (EXTRA_KEY, "gradient_accumulation_steps"),
+                f"gradient_accumulation_steps ({steps}) must not exceed batch_size ({batch}): "
+                f"each optimizer step's {batch} examples are split into that many micro-batches",
+                code=ERROR_CODE, title=type(self).__name__, input=steps)
+        return self
+
+
+assert tuple(Hyperparameters.model_fields) == (*OPENAI_NAMES, EXTRA_KEY)
+assert tuple(ExtraHyperparameters.model_fields) == EXTRA_NAMES
 
 
 def param_path(name: str, param_prefix: str = "hyperparameters") -> str:
@@ -246,71 +357,43 @@ def param_path(name: str, param_prefix: str = "hyperparameters") -> str:
     return f"{param_prefix}.{EXTRA_KEY}.{name}"
 
 
-def _check_value(name: str, value: Any, param_prefix: str) -> Any:
-    try:
-        return _CHECKS[name](name, value, name in AUTO_NAMES)
-    except _Invalid as problem:
-        raise HyperparameterError(param_path(name, param_prefix), str(problem)) from None
-
-
-def _reject_unknown(keys: list[str], known: tuple[str, ...], where: str, in_extra: bool) -> None:
-    unknown = [key for key in keys if key not in known]
-    if not unknown:
-        return
-    first = str(unknown[0])
-    param = f"{where}.{first}"
-    names = ", ".join(f'"{key}"' for key in unknown)
-    plural = "s" if len(unknown) > 1 else ""
-    if not in_extra and first in EXTRA_NAMES:
-        message = (f'{first} is an extension: put it under "extra", '
-                   f'e.g. {{"{EXTRA_KEY}": {{"{first}": ...}}}}')
-    elif in_extra and first in OPENAI_NAMES:
-        message = f'{first} is an OpenAI hyperparameter: put it next to "extra", not inside it'
-    else:
-        message = (f"unknown hyperparameter{plural} {names}"
-                   f"{' in extra' if in_extra else ''}; known: {', '.join(known)}")
-    raise HyperparameterError(param, message)
+def requested_values(hyperparameters: Hyperparameters | None) -> dict[str, Any]:
+    """The values the user set, flat (OpenAI keys and ``extra`` keys side by
+    side) in HYPERPARAMETER_NAMES order: what a job stores and ``resolve``
+    takes. "auto" and null mean "choose for me" and are left out."""
+    if hyperparameters is None:
+        return {}
+    # The values as validated (not model_dump: a number given as an integer
+    # stays one, which the serializer of a float field would warn about).
+    flat = {name: getattr(hyperparameters, name) for name in hyperparameters.model_fields_set}
+    extra = flat.pop(EXTRA_KEY, None)
+    if extra is not None:
+        flat.update({name: getattr(extra, name) for name in extra.model_fields_set})
+    return {name: flat[name] for name in HYPERPARAMETER_NAMES
+            if flat.get(name) is not None and flat[name] != AUTO}
 
 
 def parse_hyperparameters(raw: Any, *, param_prefix: str = "hyperparameters") -> dict[str, Any]:
-    """Validate a request's hyperparameters object; return only the values the user set.
-
-    ``raw`` may be None (nothing set). The result is flat, in HYPERPARAMETER_NAMES
-    order: OpenAI keys and ``extra`` keys side by side. "auto" and null mean "choose
-    for me" and are left out. Raises HyperparameterError naming the bad parameter.
-    """
+    """Validate a hyperparameters object (None: nothing set); return
+    ``requested_values`` of it. Raises HyperparameterError naming the bad
+    parameter, its path under ``param_prefix``."""
     if raw is None:
         return {}
-    if not isinstance(raw, Mapping):
-        raise HyperparameterError(param_prefix, f"hyperparameters must be an object, got {_show(raw)}")
-    _reject_unknown(list(raw), OPENAI_NAMES + (EXTRA_KEY,), param_prefix, in_extra=False)
-    extra = raw.get(EXTRA_KEY)
-    if extra is None:
-        extra = {}
-    elif not isinstance(extra, Mapping):
-        raise HyperparameterError(f"{param_prefix}.{EXTRA_KEY}",
-                                  f"extra must be an object such as {{\"lora_r\": 8}}, got {_show(extra)}")
-    _reject_unknown(list(extra), EXTRA_NAMES, f"{param_prefix}.{EXTRA_KEY}", in_extra=True)
-
-    given = {**{k: v for k, v in raw.items() if k != EXTRA_KEY}, **extra}
-    return _validated(given, param_prefix)
+    try:
+        return requested_values(Hyperparameters.model_validate(raw))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        error = invalid_request(first, location=(param_prefix, *first["loc"]))
+        raise HyperparameterError(error.param, error.message) from None
 
 
-def _validated(given: Mapping[str, Any], param_prefix: str) -> dict[str, Any]:
-    """Check every value of a flat dict; drop "auto" and null; check cross-field rules."""
-    result: dict[str, Any] = {}
-    for name in HYPERPARAMETER_NAMES:
-        value = given.get(name)
-        if value is None or (value == AUTO and name in AUTO_NAMES):
-            continue
-        result[name] = _check_value(name, value, param_prefix)
-    steps, batch = result.get("gradient_accumulation_steps"), result.get("batch_size")
-    if steps is not None and batch is not None and steps > batch:
-        raise HyperparameterError(
-            param_path("gradient_accumulation_steps", param_prefix),
-            f"gradient_accumulation_steps ({steps}) must not exceed batch_size ({batch}): "
-            f"each optimizer step's {batch} examples are split into that many micro-batches")
-    return result
+def _validated(requested: Mapping[str, Any], param_prefix: str) -> dict[str, Any]:
+    """A flat dict of requested values (a stored copy) checked again by the schema."""
+    nested: dict[str, Any] = {key: value for key, value in requested.items() if key not in EXTRA_NAMES}
+    extra = {key: value for key, value in requested.items() if key in EXTRA_NAMES}
+    if extra:
+        nested[EXTRA_KEY] = extra
+    return parse_hyperparameters(nested, param_prefix=param_prefix)
 
 
 # ---------------------------------------------------------------------------
@@ -414,8 +497,8 @@ def resolve(requested: dict[str, Any], stats: DatasetStats, *, model_max_length:
             param_prefix: str = "hyperparameters") -> dict[str, dict[str, Any]]:
     """Every hyperparameter's concrete value, origin and reason.
 
-    ``requested`` is the output of parse_hyperparameters (it is checked again, so a
-    stored copy is safe to pass). Returns ``{name: {"value", "origin", "reason"}}``
+    ``requested`` is what ``requested_values`` returns, as a job stores it (it
+    is checked again by the schema, so a stored copy is safe to pass). Returns ``{name: {"value", "origin", "reason"}}``
     for every name in HYPERPARAMETER_NAMES, in that order. User values pass through
     unchanged (reason None) unless they conflict with the data or the model, which
     raises HyperparameterError (paths use ``param_prefix``).

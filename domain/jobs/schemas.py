@@ -1,13 +1,39 @@
 """Fine-tuning objects in OpenAI's shapes, plus tunehouse's extensions."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 
+from domain.errors import refusal
+from domain.jobs.hyperparameters import OPENAI_NAMES, Hyperparameters
 from domain.jobs.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from domain.metadata import Metadata
 from domain.pagination import ListPage
 
-OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+def _supervised_only(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise refusal(
+            f"Only supervised fine-tuning is supported (method.type 'supervised'), got {value!r}.",
+            code="unsupported_method",
+        ) from None
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class FineTuningMethod(BaseModel):
+    """OpenAI's `method`; this service trains the supervised one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Annotated[Literal["supervised"], WrapValidator(_supervised_only)]
+    supervised: SupervisedMethod | None = None
 
 
 class CreateJobRequest(BaseModel):
@@ -16,12 +42,14 @@ class CreateJobRequest(BaseModel):
     model: str = Field(min_length=1, max_length=255)
     training_file: str = Field(min_length=1, max_length=64)
     validation_file: str | None = Field(default=None, max_length=64)
-    hyperparameters: dict[str, Any] | None = None
-    method: dict[str, Any] | None = None
+    # The same object may come here or, in OpenAI's newer form, as
+    # method.supervised.hyperparameters (not both).
+    hyperparameters: Hyperparameters | None = None
+    method: FineTuningMethod | None = None
     # ":" separates the parts of a fine-tuned model's name, so it cannot appear here.
     suffix: str | None = Field(default=None, max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata = None
     integrations: list[Any] | None = None
 
 
@@ -100,7 +128,7 @@ def _visible_hyperparameters(job: FineTuningJob) -> dict[str, Any]:
     user asked for, with "auto" for the OpenAI three they left open."""
     if job.hyperparameters:
         return {name: detail["value"] for name, detail in job.hyperparameters.items()}
-    values = {name: "auto" for name in OPENAI_HYPERPARAMETERS}
+    values = {name: "auto" for name in OPENAI_NAMES}
     values.update(job.requested_hyperparameters)
     return values
 

@@ -7,15 +7,19 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from domain.auth.models import User
-from domain.errors import Conflict, InvalidRequest, NotFound
+from domain.errors import InvalidRequest, NotFound
 from domain.files.models import File
-from domain.files.repository import FileRepository
+from domain.files.service import usable_file
 from domain.ids import new_id
-from domain.jobs.hyperparameters import HyperparameterError, parse_hyperparameters, resolve, stats_from_report
+from domain.jobs.hyperparameters import HyperparameterError, requested_values, resolve, stats_from_report
 from domain.jobs.models import FineTuningJob
-from domain.jobs.repository import ACTIVE_STATUSES, JobLifecycle, JobRepository, add_event
+from domain.jobs import repository
+from domain.jobs.events import add_event
+from domain.jobs.repository import ACTIVE_STATUSES, JobRepository
+from domain.runs.kinds import JOB
+from domain.runs.leases import send_to_worker
 from domain.jobs.schemas import CreateJobRequest
-from domain.queue_client import TRAIN_TASK, TaskQueue
+from domain.queue_client import TaskQueue
 from domain.settings import Settings
 from domain.storage import Storage
 
@@ -25,42 +29,26 @@ _UNKNOWN_MODEL_MAX_LENGTH = 1 << 20
 
 
 def _requested_hyperparameters(request: CreateJobRequest) -> tuple[dict[str, Any], str]:
-    """The explicit hyperparameters and the request path they came from."""
-    method = request.method
-    if method is None:
-        return parse_hyperparameters(request.hyperparameters), "hyperparameters"
-    if not isinstance(method, dict) or method.get("type") != "supervised":
-        kind = method.get("type") if isinstance(method, dict) else method
-        raise InvalidRequest(
-            f"Only supervised fine-tuning is supported (method.type 'supervised'), got {kind!r}.",
-            param="method.type",
-            code="unsupported_method",
-        )
-    supervised = method.get("supervised") or {}
-    if not isinstance(supervised, dict):
-        raise InvalidRequest("method.supervised must be an object.", param="method.supervised")
-    if request.hyperparameters and supervised.get("hyperparameters"):
+    """The explicit hyperparameters (validated with the request) and the
+    request path they came from."""
+    supervised = request.method.supervised if request.method else None
+    in_method = supervised.hyperparameters if supervised else None
+    given_in_method = in_method is not None and bool(in_method.model_fields_set)
+    if given_in_method and request.hyperparameters is not None and request.hyperparameters.model_fields_set:
         raise InvalidRequest(
             "Give hyperparameters either at the top level or in method.supervised, not both.",
             param="hyperparameters",
         )
-    prefix = "method.supervised.hyperparameters" if supervised.get("hyperparameters") else "hyperparameters"
-    return parse_hyperparameters(supervised.get("hyperparameters") or request.hyperparameters, param_prefix=prefix), prefix
+    if given_in_method:
+        return requested_values(in_method), "method.supervised.hyperparameters"
+    return requested_values(request.hyperparameters), "hyperparameters"
 
 
-def _training_ready_file(files: FileRepository, file_id: str, param: str) -> File:
-    file = files.get(file_id)
-    if file is None:
-        raise InvalidRequest(f"No such file: '{file_id}'.", param=param, code="file_not_found")
-    if file.purpose != "fine-tune":
-        raise InvalidRequest(
-            f"File '{file_id}' has purpose '{file.purpose}'; fine-tuning needs a file uploaded with purpose 'fine-tune'.",
-            param=param,
-            code="invalid_file_purpose",
-        )
-    if file.status != "processed" or not file.report:
-        raise InvalidRequest(f"File '{file_id}' is not ready for training.", param=param, code="file_not_ready")
-    return file
+def _training_file(session: Session, storage: Storage, user: User, file_id: str, param: str) -> File:
+    # A missing file is a 400 here (the fine-tuning API always said so).
+    return usable_file(
+        session, user, file_id, purpose="fine-tune", param=param, missing=InvalidRequest, storage=storage
+    )
 
 
 def _check_model(settings: Settings, request: CreateJobRequest) -> None:
@@ -80,19 +68,16 @@ class CheckedRequest:
     preview: dict[str, dict[str, Any]]
 
 
-def _checked_request(session: Session, user: User, request: CreateJobRequest, *, device: str = "cuda") -> CheckedRequest:
+def _checked_request(
+    session: Session, storage: Storage, user: User, request: CreateJobRequest, *, device: str = "cuda"
+) -> CheckedRequest:
     """The files and hyperparameters of a job request, checked, with a
     resolution on the upload report's estimated statistics."""
-    try:
-        requested, param_prefix = _requested_hyperparameters(request)
-    except HyperparameterError as exc:
-        raise InvalidRequest(exc.message, param=exc.param, code="invalid_hyperparameters") from exc
-
-    files = FileRepository(session, user.id)
-    training = _training_ready_file(files, request.training_file, "training_file")
+    requested, param_prefix = _requested_hyperparameters(request)
+    training = _training_file(session, storage, user, request.training_file, "training_file")
     validation = None
     if request.validation_file:
-        validation = _training_ready_file(files, request.validation_file, "validation_file")
+        validation = _training_file(session, storage, user, request.validation_file, "validation_file")
     stats = stats_from_report(training.report)
     if stats.train_examples == 0:
         raise InvalidRequest(
@@ -122,12 +107,15 @@ def _likely_worker_device(settings: Settings) -> str:
     return "cuda"
 
 
-def preview_hyperparameters(session: Session, settings: Settings, user: User, request: CreateJobRequest) -> dict:
-    """What `auto` would resolve to for this request, before creating it.
-    Estimates: the worker resolves again on the real token counts and device."""
+def preview_hyperparameters(
+    session: Session, storage: Storage, settings: Settings, user: User, request: CreateJobRequest
+) -> dict:
+    """What `auto` would resolve to for this request, before creating it; it
+    refuses what create would refuse. Estimates: the worker resolves again on
+    the real token counts and device."""
     _check_model(settings, request)
     device = _likely_worker_device(settings)
-    checked = _checked_request(session, user, request, device=device)
+    checked = _checked_request(session, storage, user, request, device=device)
     return {
         "object": "fine_tuning.job.preview",
         "device": device,
@@ -146,14 +134,8 @@ def create_job(
     _check_model(settings, request)
     if request.integrations:
         raise InvalidRequest("Integrations are not supported.", param="integrations", code="unsupported_parameter")
-    for key, value in (request.metadata or {}).items():
-        if len(key) > 64 or len(value) > 512:
-            raise InvalidRequest("Metadata keys are at most 64 and values 512 characters.", param="metadata")
-    checked = _checked_request(session, user, request)
+    checked = _checked_request(session, storage, user, request)
     training, validation = checked.training, checked.validation
-    for file, param in ((training, "training_file"), (validation, "validation_file")):
-        if file is not None and not storage.exists(file.storage_key):
-            raise Conflict(f"The content of file '{file.id}' is missing from storage.", param=param, code="file_missing")
 
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
     job = JobRepository(session, user.id).add(
@@ -194,8 +176,7 @@ def create_job(
 
 def enqueue(session: Session, queue: TaskQueue, job: FineTuningJob) -> None:
     """After the commit: a worker must never receive a job it cannot read."""
-    if queue.send(TRAIN_TASK, job.id):
-        JobLifecycle(session).mark_enqueued(job.id)
+    send_to_worker(session, queue, JOB, job.id)
 
 
 def get_job(session: Session, user: User, job_id: str) -> FineTuningJob:
@@ -212,7 +193,7 @@ def cancel_job(session: Session, user: User, job_id: str) -> FineTuningJob:
         )
     was_running = job.status == "running"
     # Conditional: a worker finishing at this very moment wins, not us.
-    if not JobLifecycle(session).cancel(job.id):
+    if not repository.cancel(session, job.id):
         session.refresh(job)
         raise InvalidRequest(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", code="job_not_cancellable"
         )

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from domain.ids import new_id
 from domain.jobs.models import FineTuningCheckpoint
-from domain.jobs.repository import add_event
+from domain.jobs.events import add_event
 from tests.api.batches.test_endpoints import batch_file
 from tests.api.evaluations.test_endpoints import BASE, chat_file, succeeded_job
 from tests.chat_data import batch_jsonl, chat_jsonl

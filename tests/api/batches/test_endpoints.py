@@ -83,3 +83,99 @@ def test_a_batch_no_worker_started_is_cancelled_at_once(alice):
     assert cancelled["cancelled_at"] is not None
     again = alice.post(f"/v1/batches/{batch['id']}/cancel")
     assert again.status_code == 409
+
+
+# ------------------------------------------- what batches share with the other creators
+
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def creators(client, chat_file_id: str, batch_file_id: str) -> dict:
+    """Each request that takes a file and metadata, as a function of overrides."""
+    return {
+        "job": lambda **o: client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": chat_file_id, **o}),
+        "preview": lambda **o: client.post(
+            "/v1/fine_tuning/jobs/preview", json={"model": BASE, "training_file": chat_file_id, **o}
+        ),
+        "evaluation": lambda **o: client.post("/v1/evaluations", json={"models": [BASE], "file_id": chat_file_id, **o}),
+        "batch": lambda **o: create(client, batch_file_id, **o),
+    }
+
+
+def test_metadata_limits_are_one_rule_with_one_message(alice):
+    requests = creators(alice, upload(alice, chat_jsonl(20)).json()["id"], batch_file(alice))
+    for metadata in ({"k" * 65: "v"}, {"k": "v" * 513}, {str(i): "v" for i in range(17)}, {"k": 3}):
+        errors = {}
+        for name, send in requests.items():
+            response = send(metadata=metadata)
+            assert response.status_code == 400, (name, response.text)
+            errors[name] = response.json()["error"]
+        assert len({(e["message"], e["param"], e["code"]) for e in errors.values()}) == 1, errors
+        assert errors["job"]["param"] == "metadata" and errors["job"]["message"].startswith(
+            "Metadata is at most 16 pairs of strings, keys of at most 64 characters and values of at most 512;"
+        )
+    limit = {"k" * 64: "v" * 512, **{str(i): "v" for i in range(15)}}
+    for name, send in requests.items():
+        assert send(metadata=limit).status_code == 200, name
+
+
+def test_files_are_checked_the_same_way_for_every_purpose(service, alice, alice_user, bob):
+    chat_file_id, batch_file_id = upload(alice, chat_jsonl(20)).json()["id"], batch_file(alice)
+    # Each keeps the status it always gave for a file that is not the caller's.
+    missing = {"job": 400, "preview": 400, "evaluation": 404, "batch": 404}
+    params = {"job": "training_file", "preview": "training_file", "evaluation": "file_id", "batch": "input_file_id"}
+    for name, send in creators(bob, chat_file_id, batch_file_id).items():
+        response = send()
+        assert response.status_code == missing[name], (name, response.text)
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == (params[name], "file_not_found"), name
+    # Each file as the other's input: the wrong purpose, named.
+    for name, send in creators(alice, batch_file_id, chat_file_id).items():
+        response = send()
+        assert response.status_code == 400, (name, response.text)
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == (params[name], "invalid_file_purpose"), name
+        assert f"{params[name]} must be a file uploaded with purpose" in error["message"]
+    # A file whose content is gone from storage is refused before anything is made.
+    from domain.files.models import File
+
+    with service.state.sessionmaker() as session:
+        for file_id in (chat_file_id, batch_file_id):
+            service.state.storage.delete(session.get(File, file_id).storage_key)
+    for name, send in creators(alice, chat_file_id, batch_file_id).items():
+        response = send()
+        assert response.status_code == 409, (name, response.text)
+        assert response.json()["error"]["code"] == "file_missing", name
+    assert alice.get("/v1/batches").json()["data"] == []
+
+
+def test_batch_records_have_the_chat_shapes():
+    from collections import namedtuple
+
+    from domain.inference.schemas import ChatCompletion, ChatCompletionRequest
+    from domain.inference.service import completion
+    from worker.batches import PendingLine, error_record, success_record
+
+    Result = namedtuple("Result", "text finish_reason token_ids")
+    request = ChatCompletionRequest.model_validate({"model": BASE, "messages": [{"role": "user", "content": "Hi"}], "n": 2})
+    line = PendingLine(1, "req-1", request, target=None, prompt_ids=[1, 2, 3])
+    record = success_record(line, [Result("Hello", "stop", [5, 6]), Result("Hey", "length", [7])], created=123)
+    assert record["custom_id"] == "req-1" and record["id"].startswith("batch_req_") and record["error"] is None
+    assert record["response"]["status_code"] == 200
+    body = record["response"]["body"]
+    assert ChatCompletion.model_validate(body).model_dump(mode="json") == body
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert [c["message"]["content"] for c in body["choices"]] == ["Hello", "Hey"]
+    # The chat endpoint's body for the same answer has the same keys at every level.
+    chat = completion(
+        {"id": "chatcmpl-x", "created": 123, "target": {"model": BASE}},
+        {"choices": [{"index": 0, "text": "Hello", "finish_reason": "stop"}], "usage": body["usage"]},
+    ).model_dump(mode="json")
+    assert set(chat) == set(body) and set(chat["choices"][0]) == set(body["choices"][0])
+    assert chat["choices"][0]["message"] == body["choices"][0]["message"]
+
+    error = error_record("req-2", 404, "No.", param="model", code="model_not_found")["response"]
+    assert error["status_code"] == 404
+    assert error["body"] == {
+        "error": {"message": "No.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    }

@@ -139,8 +139,11 @@ def test_the_api_knows_the_workers_metric_names():
         ({"limit": -3}, "limit", None),
         ({"seed": -1}, "seed", None),
         ({"seed": 2**40}, "seed", None),
-        ({"metadata": {"k" * 65: "v"}}, "metadata", None),
-        ({"metadata": {"k": 3}}, "metadata.k", None),
+        # Every metadata problem: one message (domain/metadata.py), naming "metadata".
+        ({"metadata": {"k" * 65: "v"}}, "metadata", "invalid_value"),
+        ({"metadata": {"k": 3}}, "metadata", "invalid_value"),
+        ({"metadata": {"k": "v" * 513}}, "metadata", "invalid_value"),
+        ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", "invalid_value"),
         ({"judge": "gpt-4"}, "judge", None),
         ({"file_id": ""}, "file_id", None),
         ({"file_id": None}, "file_id", None),

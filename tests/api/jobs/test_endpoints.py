@@ -79,6 +79,33 @@ def test_seed_is_drawn_and_recorded_when_not_given(alice):
         ({"surprise": True}, "surprise", "invalid_value"),
         ({"training_file": "file-doesnotexist0000000000000"}, "training_file", "file_not_found"),
         ({"validation_file": "file-doesnotexist0000000000000"}, "validation_file", "file_not_found"),
+        ({"hyperparameters": []}, "hyperparameters", "invalid_hyperparameters"),
+        ({"hyperparameters": {"n_epochs": 3.0}}, "hyperparameters.n_epochs", "invalid_hyperparameters"),
+        ({"hyperparameters": {"lora_r": 8}}, "hyperparameters.lora_r", "invalid_hyperparameters"),
+        ({"hyperparameters": {"extra": {"batch_size": 8}}}, "hyperparameters.extra.batch_size", "invalid_hyperparameters"),
+        ({"hyperparameters": {"extra": "lora"}}, "hyperparameters.extra", "invalid_hyperparameters"),
+        (
+            {"hyperparameters": {"batch_size": 2, "extra": {"gradient_accumulation_steps": 4}}},
+            "hyperparameters.extra.gradient_accumulation_steps",
+            "invalid_hyperparameters",
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"extra": {"target_modules": []}}}}},
+            "method.supervised.hyperparameters.extra.target_modules",
+            "invalid_hyperparameters",
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 64}}}},
+            "method.supervised.hyperparameters.batch_size",
+            "invalid_hyperparameters",
+        ),
+        (
+            {"hyperparameters": {"n_epochs": 2}, "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}},
+            "hyperparameters",
+            None,
+        ),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_value"),
+        ({"metadata": {"k": "v" * 513}}, "metadata", "invalid_value"),
     ],
 )
 def test_requests_that_cannot_train_are_refused_and_nothing_is_queued(alice, body, param, code):
@@ -225,3 +252,86 @@ def test_preview_refuses_what_create_would_refuse(alice, bob):
     assert foreign.status_code == 400 and foreign.json()["error"]["code"] == "file_not_found"
     unknown = alice.post("/v1/fine_tuning/jobs/preview", json={"model": "nope", "training_file": file_id})
     assert unknown.json()["error"]["param"] == "model"
+
+
+def test_hyperparameter_refusals_say_what_is_allowed(alice):
+    file_id = training_file(alice)
+    cases = [
+        ({"hyperparameters": {"extra": {"lora_r": 0}}}, "lora_r must be an integer between 1 and 512, got 0"),
+        ({"hyperparameters": {"n_epochs": True}}, 'n_epochs must be "auto" or an integer between 1 and 100, got true'),
+        (
+            {"hyperparameters": {"lora_r": 8}},
+            'lora_r is an extension: put it under "extra", e.g. {"extra": {"lora_r": ...}}',
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"extra": {"learning_rate": "auto"}}}}},
+            'learning_rate must be a number > 0 and <= 1, got "auto" '
+            '("auto" is not accepted for learning_rate; leave it out to get the default)',
+        ),
+        ({"method": {"type": "dpo"}}, "Only supervised fine-tuning is supported (method.type 'supervised'), got 'dpo'."),
+    ]
+    for body, message in cases:
+        for path in ("/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/preview"):
+            response = alice.post(path, json={"model": BASE, "training_file": file_id, **body})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["message"] == message
+
+
+def test_requested_hyperparameters_are_kept_as_given(alice):
+    file_id = training_file(alice)
+    hyperparameters = {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 2,
+                       "extra": {"learning_rate": 1, "lora_alpha": 16, "target_modules": ["q_proj"], "adapter": "auto"}}
+    for body in ({"hyperparameters": hyperparameters},
+                 {"method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}}):
+        job = create(alice, training_file=file_id, **body).json()
+        # Integers stay integers (2, not 2.0); "auto" is shown for OpenAI's three only.
+        assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 2,
+                                          "learning_rate": 1, "lora_alpha": 16, "target_modules": ["q_proj"]}
+        assert all(type(job["hyperparameters"][k]) is int for k in ("learning_rate_multiplier", "learning_rate"))
+
+
+def anyof(schema: dict, name: str) -> list[dict]:
+    return schema["properties"][name]["anyOf"]
+
+
+def bounds(schema: dict, name: str) -> dict:
+    """The numeric variant of a field: its type and bounds."""
+    [number] = [v for v in anyof(schema, name) if v.get("type") in ("integer", "number")]
+    return {k: v for k, v in number.items() if k in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
+
+
+def test_the_openapi_schema_types_every_hyperparameter(anonymous):
+    schemas = anonymous.get("/openapi.json").json()["components"]["schemas"]
+    ref = {"$ref": "#/components/schemas/Hyperparameters"}
+    assert ref in anyof(schemas["CreateJobRequest"], "hyperparameters")
+    # OpenAI's newer form takes the very same object.
+    assert schemas["CreateJobRequest"]["properties"]["method"]["anyOf"][0] == {"$ref": "#/components/schemas/FineTuningMethod"}
+    assert schemas["FineTuningMethod"]["properties"]["type"]["const"] == "supervised"
+    assert ref in anyof(schemas["SupervisedMethod"], "hyperparameters")
+
+    top, extra = schemas["Hyperparameters"], schemas["ExtraHyperparameters"]
+    assert list(top["properties"]) == ["n_epochs", "batch_size", "learning_rate_multiplier", "extra"]
+    assert top["additionalProperties"] is False and extra["additionalProperties"] is False
+    assert len(extra["properties"]) == 14
+    auto = {"type": "string", "const": "auto"}
+    for schema, name in [(top, n) for n in list(top["properties"])[:3]] + [(extra, n) for n in extra["properties"]]:
+        field = schema["properties"][name]
+        assert field["description"], name
+        assert {"type": "null"} in field["anyOf"], name  # null: choose for me
+        assert all("type" in v for v in field["anyOf"]), name  # nothing left untyped
+        assert (auto in field["anyOf"]) == (name in {"n_epochs", "batch_size", "learning_rate_multiplier", "adapter",
+                                                     "max_seq_length", "checkpoint_interval", "eval_interval"}), name
+
+    assert bounds(top, "n_epochs") == {"type": "integer", "minimum": 1, "maximum": 100}
+    assert bounds(top, "batch_size") == {"type": "integer", "minimum": 1, "maximum": 256}
+    assert bounds(top, "learning_rate_multiplier") == {"type": "number", "exclusiveMinimum": 0, "maximum": 100}
+    assert bounds(extra, "learning_rate") == {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    assert bounds(extra, "lora_r") == {"type": "integer", "minimum": 1, "maximum": 512}
+    assert bounds(extra, "lora_dropout") == {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+    assert bounds(extra, "max_seq_length") == {"type": "integer", "minimum": 16, "maximum": 131072}
+    assert bounds(extra, "eval_interval") == {"type": "integer", "minimum": 1, "maximum": 10**9}
+    assert {"type": "string", "enum": ["qlora", "lora"]} in anyof(extra, "adapter")
+    assert {"type": "boolean"} in anyof(extra, "packing")
+    [modules] = [v for v in anyof(extra, "target_modules") if v.get("type") == "array"]
+    assert (modules["minItems"], modules["uniqueItems"]) == (1, True)
+    assert {"type": "string", "const": "all-linear"} in anyof(extra, "target_modules")

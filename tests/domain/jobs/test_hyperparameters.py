@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 
-from domain.files.validation import validator_for
+from domain.files.validation.validators import validator_for
 from domain.jobs.hyperparameters import (
     HYPERPARAMETER_NAMES,
     DatasetStats,
@@ -460,3 +460,64 @@ def test_error_survives_pickling():
     error = HyperparameterError("hyperparameters.extra.lora_r", "lora_r must be ...")
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.param, copy.message) == (error.param, error.message)
+
+
+# ---------------------------------------------------------------------------
+# The schema: one model for both places, documented as docs/hyperparameters.md says
+
+
+def test_the_schema_and_the_docs_table_agree():
+    """Every row of the reference table: where the key goes, its type and range,
+    whether it takes "auto" — read from the pydantic models' JSON schema."""
+    import re
+    from pathlib import Path
+
+    from domain.jobs.hyperparameters import ExtraHyperparameters, Hyperparameters
+
+    docs = (Path(__file__).parents[3] / "docs" / "hyperparameters.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (top level|extra) \| ([^|]+) \| (yes|no) \|", docs, re.M)
+    assert [row[0] for row in rows] == list(HYPERPARAMETER_NAMES)
+    top = Hyperparameters.model_json_schema()
+    extra = top["$defs"]["ExtraHyperparameters"]
+    assert extra == ExtraHyperparameters.model_json_schema()
+
+    for name, where, kind, auto in rows:
+        schema = top if where == "top level" else extra
+        variants = schema["properties"][name]["anyOf"]
+        assert ({"type": "string", "const": "auto"} in variants) == (auto == "yes"), name
+        [value] = [v for v in variants if v != {"type": "null"} and v != {"type": "string", "const": "auto"}
+                   and v.get("const") != "all-linear"]
+        if match := re.match(r"integer (\d+)–(\d+)", kind):
+            assert (value["type"], value["minimum"], value["maximum"]) == ("integer", *map(int, match.groups())), name
+        elif match := re.match(r"integer ≥ (\d+) .*at most 10⁹", kind):
+            assert (value["type"], value["minimum"], value["maximum"]) == ("integer", int(match[1]), 10**9), name
+        elif match := re.match(r"number, (\S+) (<|≤) x (<|≤) (\S+)", kind):
+            low, low_op, high_op, high = match.groups()
+            assert value["type"] == "number", name
+            assert value["exclusiveMinimum" if low_op == "<" else "minimum"] == float(low), name
+            assert value["exclusiveMaximum" if high_op == "<" else "maximum"] == float(high), name
+        elif kind.startswith("`true`"):
+            assert value == {"type": "boolean"}, name
+        elif name == "target_modules":
+            assert kind.startswith('`"all-linear"` or a non-empty list of distinct')
+            assert (value["type"], value["minItems"], value["uniqueItems"]) == ("array", 1, True)
+        else:  # a choice: `"a"`, `"b"` ...
+            assert value["enum"] == re.findall(r'`"([\w-]+)"`', kind), name
+
+
+def test_method_and_top_level_take_the_same_object():
+    from domain.jobs.schemas import CreateJobRequest
+
+    raw = {"n_epochs": 2, "extra": {"lora_r": 8}}
+    top = CreateJobRequest.model_validate({"model": "m", "training_file": "f", "hyperparameters": raw})
+    method = CreateJobRequest.model_validate(
+        {"model": "m", "training_file": "f", "method": {"type": "supervised", "supervised": {"hyperparameters": raw}}})
+    assert top.hyperparameters == method.method.supervised.hyperparameters
+    assert parse_hyperparameters(raw) == {"n_epochs": 2, "lora_r": 8}
+
+
+def test_numbers_given_as_integers_stay_integers():
+    parsed = parse_hyperparameters({"learning_rate_multiplier": 2, "extra": {"lora_alpha": 16, "weight_decay": 0}})
+    assert parsed == {"learning_rate_multiplier": 2, "lora_alpha": 16, "weight_decay": 0}
+    assert all(type(value) is int for value in parsed.values())
+    assert parse_hyperparameters({"learning_rate_multiplier": 0.5}) == {"learning_rate_multiplier": 0.5}
