@@ -13,20 +13,21 @@ out and counted in `tunehouse_scrape_errors{source}`, the scrape never fails.
 """
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from functools import cached_property
 
+from celery import Celery
 from fastapi import FastAPI
 from fastapi.responses import Response
+from kombu.exceptions import ChannelError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from domain.observability.logs import log_context
-from domain.queue import ALL_QUEUES
+from domain.queue import ALL_QUEUES, create_celery
 from domain.settings import Settings
 from domain.observability.stats import (
     batch_counts_by_status,
@@ -40,55 +41,34 @@ log = logging.getLogger("tunehouse.metrics")
 # Requests range from a /healthz (ms) to an upload or a streamed chat answer (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 UNMATCHED_ROUTE = "unmatched"
-# kombu's Redis transport keeps a queue as a list named after it, plus one list
-# per priority step above 0 ("<queue>\x06\x16<step>"); kombu's own _size sums them.
-_REDIS_PRIORITY_SEPARATOR = "\x06\x16"
-_REDIS_PRIORITY_STEPS = (3, 6, 9)
+# A scrape waits at most about this long for the broker to answer (connect, read).
+BROKER_TIMEOUT_SECONDS = 2.0
 
 
-def filesystem_queue_depths(queue_dir: Path, queues: Iterable[str] = ALL_QUEUES) -> dict[str, int]:
-    """kombu's filesystem transport: one file per message in `queue_dir`, named
-    `<ms>_<uuid>.<queue>.msg` (domain/filesystem_broker.py writes the same names,
-    after a hidden `.<name>.tmp`), counted the way its `_size` counts them."""
-    depths = dict.fromkeys(queues, 0)
-    suffixes = {f"{queue}.msg": queue for queue in depths}
-    try:
-        names = os.listdir(queue_dir)
-    except FileNotFoundError:  # no message was ever sent
-        return depths
-    for name in names:
-        queue = suffixes.get(name.partition(".")[2])
-        if queue is not None:
-            depths[queue] += 1
-    return depths
-
-
-def redis_queue_depths(broker_url: str, queues: Iterable[str] = ALL_QUEUES) -> dict[str, int]:
-    import redis
-
-    queues = list(queues)
-    client = redis.Redis.from_url(broker_url, socket_timeout=3, socket_connect_timeout=3)
-    try:
-        with client.pipeline(transaction=False) as pipe:
+def queue_depths(celery: Celery, queues: Iterable[str] = ALL_QUEUES,
+                 timeout: float = BROKER_TIMEOUT_SECONDS) -> dict[str, int]:
+    """Messages waiting per queue, read through kombu's public API: a passive
+    `queue_declare` answers the queue's `message_count` (on Redis the sum over
+    its priority lists, on the filesystem transport its message files) and
+    creates nothing. A queue that does not exist (no message sent yet, or
+    Redis dropped its emptied list) counts 0. Raises when the broker cannot be
+    reached: one try, `timeout` seconds, never kombu's usual retrying."""
+    with celery.connection_for_read(
+        connect_timeout=timeout,
+        transport_options={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+    ) as connection:
+        connection.ensure_connection(max_retries=0)
+        channel = connection.channel()
+        try:
+            depths = {}
             for queue in queues:
-                pipe.llen(queue)
-                for step in _REDIS_PRIORITY_STEPS:
-                    pipe.llen(f"{queue}{_REDIS_PRIORITY_SEPARATOR}{step}")
-            lengths = pipe.execute()
-    finally:
-        client.close()
-    per_queue = 1 + len(_REDIS_PRIORITY_STEPS)
-    return {queue: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(queues)}
-
-
-def queue_depths(settings: Settings) -> dict[str, int] | None:
-    """Messages waiting per queue; None for a broker this cannot read."""
-    url = settings.broker_url
-    if url.startswith("filesystem://"):
-        return filesystem_queue_depths(settings.broker_dir / "queue")
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return redis_queue_depths(url)
-    return None
+                try:
+                    depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except ChannelError:  # NOT_FOUND: nothing waits there
+                    depths[queue] = 0
+            return depths
+        finally:
+            channel.close()
 
 
 class ServiceCollector(Collector):
@@ -97,6 +77,12 @@ class ServiceCollector(Collector):
     def __init__(self, settings: Settings, sessionmaker: Callable):
         self.settings = settings
         self.sessionmaker = sessionmaker
+
+    @cached_property
+    def _celery(self) -> Celery:
+        # The broker connection settings the API sends tasks with (transport,
+        # folders of the filesystem transport); made at the first scrape.
+        return create_celery(self.settings)
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so registering does not touch the database.
@@ -110,7 +96,7 @@ class ServiceCollector(Collector):
         errors = {"broker": 0, "database": 0}
         families: list[Metric] = []
         try:
-            depths = queue_depths(self.settings)
+            depths = queue_depths(self._celery)
         except Exception as exc:  # the broker is away: leave the gauge out, count the error
             log.warning("metrics: cannot read queue depths: %s: %s", type(exc).__name__, exc)
             errors["broker"] += 1

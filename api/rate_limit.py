@@ -1,99 +1,94 @@
 """Request limits: failed authentications per client IP, requests per API key.
 
-Each limit is a token bucket per client: it holds up to N tokens (N = the
-per-minute limit) and refills at N per minute, so a client may burst N at once
-and then goes on at N per minute on average. Unlike fixed windows there is no
-boundary at which a client gets 2N in a short time, and a bucket costs two
-numbers of memory whatever N is.
+Each limit is a moving window (the `limits` library's): a client gets at most
+N (the per-minute limit) in any 60 seconds, all at once if it likes, and the
+next one when its oldest in the window is a minute old. There is no boundary
+at which a client gets 2N in a short time, as fixed windows would allow.
 
-The counts live in this process's memory. With several API processes (uvicorn
---workers, or several `api` containers behind a load balancer) each process
-counts on its own: a client may get up to N per minute from *each* process.
-They are also lost on restart. That is enough to stop password-guessing style
-key brute force and runaway scripts; a shared limit would need Redis.
+Where the counts live follows the broker (`TUNEHOUSE_BROKER_URL`):
+- Redis (production): in that Redis, so every API process (uvicorn --workers,
+  several `api` containers behind a load balancer) counts against the same
+  limit, and a restart of the API forgets nothing. The timestamps are the API
+  processes' clocks: keep them in sync (NTP) across machines.
+- filesystem:// (embedded mode, no Redis): in this process's memory.
+
+When Redis cannot be reached the limits fail open: the request goes through
+unlimited rather than getting a 500 or waiting, a warning is logged once per
+outage, and Redis is tried again after STORAGE_RETRY_SECONDS. Going down
+costs abuse protection for that time, never availability.
 
 The client IP is the connection's peer address (`request.client.host`): behind
 a reverse proxy run uvicorn with --proxy-headers and --forwarded-allow-ips so
 it is the real client's address, not the proxy's for everyone.
 """
 
+import logging
 import math
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
+from limits import RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.strategies import MovingWindowRateLimiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from api.errors import APIError
 from domain.settings import Settings
 
-WINDOW_SECONDS = 60.0
-# The most clients tracked per limit. Beyond it the least recently seen are
-# forgotten first (which only ever lets a forgotten client start afresh).
-MAX_TRACKED = 100_000
+log = logging.getLogger("tunehouse.rate_limit")
+
+WINDOW_SECONDS = 60
+# Redis keys: "tunehouse:rate-limit/<limit name>/<client>/<N>/<window>/second".
+REDIS_KEY_PREFIX = "tunehouse"
+NAMESPACE = "rate-limit"
+# A request never waits long for Redis: one try, short timeouts.
+REDIS_TIMEOUT_SECONDS = 0.5
+# After Redis failed, requests go through uncounted this long before it is tried again.
+STORAGE_RETRY_SECONDS = 5.0
 
 
-class TokenBuckets:
-    """A thread-safe token bucket per key; `limit` per `window` seconds."""
+def storage_for(settings: Settings) -> Storage:
+    """Redis when the broker is Redis (shared by all API processes), else memory."""
+    url = settings.broker_url
+    if url.startswith(("redis://", "rediss://")):
+        return RedisStorage(
+            url,
+            key_prefix=REDIS_KEY_PREFIX,
+            wrap_exceptions=True,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+        )
+    return MemoryStorage(wrap_exceptions=True)
 
-    def __init__(
-        self,
-        limit: int,
-        window: float = WINDOW_SECONDS,
-        *,
-        max_tracked: int = MAX_TRACKED,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        if limit < 1 or window <= 0 or max_tracked < 1:
-            raise ValueError("limit, window and max_tracked must be positive")
+
+class MovingWindowLimit:
+    """At most `limit` events per `window` seconds per key, in `storage`."""
+
+    def __init__(self, name: str, limit: int, storage: Storage, window: int = WINDOW_SECONDS):
+        if limit < 1 or window < 1:
+            raise ValueError("limit and window must be positive")
+        self.name = name
         self.limit = limit
-        self.rate = limit / window  # tokens per second
-        self.full_after = window  # an untouched bucket is full again after this
-        self.max_tracked = max_tracked
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> (tokens, when they were counted); least recently touched first.
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def _tokens(self, key: str, now: float) -> float:
-        entry = self._buckets.get(key)
-        if entry is None:
-            return float(self.limit)
-        tokens, counted_at = entry
-        return min(float(self.limit), tokens + (now - counted_at) * self.rate)
-
-    def _evict(self, now: float) -> None:
-        # Buckets full again are the same as no bucket: drop them, oldest first
-        # (touch order = time order, so the scan stops at the first recent one).
-        while self._buckets:
-            key, (_tokens, counted_at) = next(iter(self._buckets.items()))
-            if now - counted_at < self.full_after and len(self._buckets) <= self.max_tracked:
-                break
-            del self._buckets[key]
+        self.item = RateLimitItemPerSecond(limit, window, namespace=NAMESPACE)
+        self.limiter = MovingWindowRateLimiter(storage)
 
     def retry_after(self, key: str) -> float:
-        """Seconds until `key` has a whole token; 0 when it has one now. Takes nothing."""
-        with self._lock:
-            tokens = self._tokens(key, self._clock())
-        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        """Seconds until `key` may have one more; 0 when it may now. Takes nothing."""
+        reset_at, remaining = self.limiter.get_window_stats(self.item, self.name, key)
+        if remaining > 0:
+            return 0.0
+        return max(reset_at - time.time(), 0.001)
 
     def take(self, key: str) -> float:
-        """Take a token for `key`. Returns 0 if it had one, else the seconds
-        until it will (nothing taken then)."""
-        with self._lock:
-            now = self._clock()
-            tokens = self._tokens(key, now)
-            if tokens < 1:
-                return (1 - tokens) / self.rate
-            self._buckets[key] = (tokens - 1, now)
-            self._buckets.move_to_end(key)
-            self._evict(now)
+        """Count one event of `key`. Returns 0 if it was within the limit, else
+        the seconds until it will be (nothing counted then)."""
+        if self.limiter.hit(self.item, self.name, key):
             return 0.0
+        return self.retry_after(key) or 0.001  # the oldest expired in between: just retry
 
 
 def _too_many(message: str, wait: float) -> APIError:
@@ -109,24 +104,55 @@ def _too_many(message: str, wait: float) -> APIError:
 
 @dataclass
 class RateLimits:
-    """The limits of one API process. A limit of 0 (or None) is off."""
+    """The limits of the API. A limit of None is off."""
 
-    auth_failures: TokenBuckets | None
-    requests: TokenBuckets | None
+    auth_failures: MovingWindowLimit | None
+    requests: MovingWindowLimit | None
+    # Monotonic time before which the storage is not tried (it failed); None: it works.
+    _paused_until: float | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "RateLimits":
+        if not (settings.auth_failures_per_minute or settings.rate_limit_per_minute):
+            return cls(auth_failures=None, requests=None)
+        storage = storage_for(settings)
         return cls(
-            auth_failures=TokenBuckets(settings.auth_failures_per_minute) if settings.auth_failures_per_minute else None,
-            requests=TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None,
+            auth_failures=MovingWindowLimit("auth-failures", settings.auth_failures_per_minute, storage)
+            if settings.auth_failures_per_minute
+            else None,
+            requests=MovingWindowLimit("requests", settings.rate_limit_per_minute, storage)
+            if settings.rate_limit_per_minute
+            else None,
         )
+
+    def _counted(self, count, key: str) -> float:
+        """count(key), or 0 (let it through) while the storage is unreachable."""
+        if self._paused_until is not None and time.monotonic() < self._paused_until:
+            return 0.0
+        try:
+            wait = count(key)
+        except StorageError as exc:
+            if self._paused_until is None:
+                log.warning(
+                    "rate limits: storage unreachable (%s: %s); requests are let through "
+                    "unlimited until it answers again (tried every %g s)",
+                    type(exc.storage_error).__name__,
+                    exc.storage_error,
+                    STORAGE_RETRY_SECONDS,
+                )
+            self._paused_until = time.monotonic() + STORAGE_RETRY_SECONDS
+            return 0.0
+        if self._paused_until is not None:
+            self._paused_until = None
+            log.info("rate limits: storage reachable again; requests are counted again")
+        return wait
 
     def check_client(self, client_ip: str) -> None:
         """Before any key is looked at: refuse a client IP with too many failed
         authentications, whatever key it sends now (a right guess included)."""
         if self.auth_failures is None:
             return
-        wait = self.auth_failures.retry_after(client_ip)
+        wait = self._counted(self.auth_failures.retry_after, client_ip)
         if wait > 0:
             raise _too_many(
                 f"Too many failed authentications from your IP address ({self.auth_failures.limit} per minute); "
@@ -136,13 +162,13 @@ class RateLimits:
 
     def record_auth_failure(self, client_ip: str) -> None:
         if self.auth_failures is not None:
-            self.auth_failures.take(client_ip)
+            self._counted(self.auth_failures.take, client_ip)
 
     def check_key(self, key_id: str) -> None:
         """Count one request of an authenticated key."""
         if self.requests is None:
             return
-        wait = self.requests.take(key_id)
+        wait = self._counted(self.requests.take, key_id)
         if wait > 0:
             raise _too_many(
                 f"Rate limit reached for this API key: {self.requests.limit} requests per minute.", wait

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     inference_batch_size: int = 16
     # The built web UI (web/dist); unset means the one in this source tree.
     web_dist: Path | None = None
-    # Abuse limits, per API process (api/rate_limit.py); 0 turns one off.
+    # Abuse limits (api/rate_limit.py), counted in the Redis broker and shared by
+    # every API process (in memory in embedded mode); 0 turns one off.
     # Failed authentications (missing, wrong or revoked key) per client IP per
     # minute, beyond which that IP gets 429s whatever key it sends.
     auth_failures_per_minute: int = 30
@@ -108,31 +109,28 @@ class Settings(BaseSettings):
 
     def as_env(self) -> dict[str, str]:
         """The resolved settings as environment variables, so a child process
-        (the worker that `serve` starts) sees exactly the same configuration."""
-        env = {
-            "TUNEHOUSE_DATA_DIR": str(self.data_dir),
-            "TUNEHOUSE_DATABASE_URL": self.database_url,
-            "TUNEHOUSE_BROKER_URL": self.broker_url,
-            "TUNEHOUSE_STORAGE_URL": self.storage_url,
-            "TUNEHOUSE_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
-            "TUNEHOUSE_UPLOAD_IDLE_TIMEOUT": str(self.upload_idle_timeout),
-            "TUNEHOUSE_BASE_MODELS": json.dumps(self.base_models),
-            "TUNEHOUSE_HEARTBEAT_TIMEOUT": str(self.heartbeat_timeout),
-            "TUNEHOUSE_MAX_JOB_ATTEMPTS": str(self.max_job_attempts),
-            "TUNEHOUSE_STORAGE_ATTEMPTS": str(self.storage_attempts),
-            "TUNEHOUSE_STORAGE_RETRY_DELAY": str(self.storage_retry_delay),
-            "TUNEHOUSE_WORKER_DEVICE": self.worker_device,
-            "TUNEHOUSE_INFERENCE_QUEUE_TIMEOUT": str(self.inference_queue_timeout),
-            "TUNEHOUSE_INFERENCE_IDLE_TIMEOUT": str(self.inference_idle_timeout),
-            "TUNEHOUSE_MAX_COMPLETION_TOKENS": str(self.max_completion_tokens),
-            "TUNEHOUSE_INFERENCE_BATCH_SIZE": str(self.inference_batch_size),
-            "TUNEHOUSE_AUTH_FAILURES_PER_MINUTE": str(self.auth_failures_per_minute),
-            "TUNEHOUSE_RATE_LIMIT_PER_MINUTE": str(self.rate_limit_per_minute),
-            "TUNEHOUSE_LOG_FORMAT": self.log_format,
-        }
-        if self.s3_endpoint_url:
-            env["TUNEHOUSE_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        (the worker that `serve` starts) sees exactly the same configuration.
+
+        Derived from the fields, so a new setting reaches the workers without
+        being listed here: each field becomes TUNEHOUSE_<NAME>, dicts and lists
+        as JSON, everything else (paths, numbers, strings) as str(); a field
+        that is None is left out, i.e. unset (every optional setting defaults
+        to None)."""
+        prefix = self.model_config["env_prefix"]
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None:
+                env[f"{prefix}{name}".upper()] = _env_value(value)
         return env
+
+
+def _env_value(value) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):  # before str(): pydantic reads "true"/"false"
+        return "true" if value else "false"
+    return str(value)
 
 
 @lru_cache

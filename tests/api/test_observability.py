@@ -4,19 +4,25 @@ The session `service` is shared with other tests (and has no worker), so the
 gauges are compared before and after, never to absolute values.
 """
 
-import os
+import socket
+import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from domain.jobs.repository import JobLifecycle, add_event
-from api.observability import filesystem_queue_depths
+from domain.jobs.events import add_event
+from domain.runs.kinds import JOB
+from domain.runs.leases import Leases
+from api.observability import queue_depths
+from domain.queue import create_celery
 from domain.settings import Settings
 from domain.observability.stats import BATCH_STATUSES, EVALUATION_STATUSES, JOB_STATUSES
 from tests.api.jobs.test_endpoints import create, training_file
-from tests.conftest import fresh_postgres_database, running_service
+from tests.conftest import fresh_postgres_database, redis_db, running_service
 
 QUEUES = {"default", "train", "inference"}
 
@@ -74,7 +80,7 @@ def test_training_throughput_sums_the_latest_metrics_of_running_jobs(service, al
     before = scrape(anonymous)["tunehouse_training_tokens_per_second"][()]
     with service.state.sessionmaker() as session:
         # What a worker does: claim the job, then log a metrics event per step.
-        assert JobLifecycle(session).claim(job_id, "test-worker", heartbeat_timeout=600) is not None
+        assert Leases(session, JOB).claim(job_id, "test-worker", heartbeat_timeout=600) is not None
         for step, speed in ((1, 250.0), (2, 1000.0)):
             add_event(session, job_id, f"step {step}", type="metrics", data={"step": step, "tokens_per_second": speed})
         add_event(session, job_id, "a message in between")
@@ -101,7 +107,9 @@ def test_request_latency_is_labelled_by_route_template(alice, anonymous):
     assert {"method": "GET", "route": "/metrics", "status": "200"} in [dict(labels) for labels in later]
 
 
-def test_filesystem_queue_depth_counts_kombu_message_names(tmp_path):
+def test_filesystem_queue_depth_counts_only_whole_messages_of_each_queue(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    celery = create_celery(settings)  # makes the broker's folders
     for name in (
         "1000_aa.train.msg",
         "1001_bb.train.msg",
@@ -110,9 +118,9 @@ def test_filesystem_queue_depth_counts_kombu_message_names(tmp_path):
         "1004_ee.trainer.msg",
         "notes.txt",
     ):
-        (tmp_path / name).write_text("{}")
-    assert filesystem_queue_depths(tmp_path) == {"default": 0, "train": 2, "inference": 1}
-    assert filesystem_queue_depths(tmp_path / "absent") == {"default": 0, "train": 0, "inference": 0}
+        (settings.broker_dir / "queue" / name).write_text("{}")
+    assert queue_depths(celery) == {"default": 0, "train": 2, "inference": 1}
+    assert queue_depths(celery, ["train", "never-used"]) == {"train": 2, "never-used": 0}
 
 
 def test_an_unreadable_broker_or_database_does_not_fail_the_scrape(tmp_path):
@@ -139,14 +147,59 @@ def test_an_unreadable_broker_or_database_does_not_fail_the_scrape(tmp_path):
             assert "tunehouse_http_request_duration_seconds_count" in samples
 
 
-def test_filesystem_broker_depth_matches_the_files_of_a_real_queue(tmp_path):
-    from domain.queue import create_celery
-
-    settings = Settings(data_dir=tmp_path)
-    celery = create_celery(settings)
-    for _ in range(2):
-        celery.send_task("tunehouse.train", args=["ftjob-x"], queue="train")
+def send_with_priorities(celery: Celery) -> None:
+    """6 messages to train (every priority step, and none), 2 to inference, 1 to default."""
+    for priority in (None, 0, 3, 5, 6, 9):
+        celery.send_task("tunehouse.train", args=["ftjob-x"], queue="train", priority=priority)
+    for priority in (None, 9):
+        celery.send_task("tunehouse.chat", args=[{}], queue="inference", priority=priority)
     celery.send_task("tunehouse.ping", args=["x"])
-    names = os.listdir(settings.broker_dir / "queue")
-    assert len(names) == 3 and all(name.endswith(".msg") for name in names)
-    assert filesystem_queue_depths(settings.broker_dir / "queue") == {"default": 1, "train": 2, "inference": 0}
+
+
+def take_one(celery: Celery, queue: str) -> None:
+    """What a worker does first: take a message off the queue."""
+    with celery.connection_for_read() as connection, connection.channel() as channel:
+        assert channel.basic_get(queue, no_ack=True) is not None
+
+
+@pytest.fixture
+def redis_broker(tmp_path) -> Iterator[Settings]:
+    with redis_db("metrics") as url:
+        yield Settings(data_dir=tmp_path, broker_url=url)
+
+
+@pytest.mark.parametrize("broker", ["filesystem", "redis"])
+def test_queue_depth_counts_real_messages_sent_with_priorities(broker, request, tmp_path):
+    settings = Settings(data_dir=tmp_path) if broker == "filesystem" else request.getfixturevalue("redis_broker")
+    celery = create_celery(settings)
+    # Nothing sent yet: on Redis no queue exists at all; each counts 0 all the same.
+    assert queue_depths(celery) == {"default": 0, "train": 0, "inference": 0}
+
+    send_with_priorities(celery)
+    assert queue_depths(celery) == {"default": 1, "train": 6, "inference": 2}
+    for _ in range(2):
+        take_one(celery, "inference")
+    take_one(celery, "train")
+    assert queue_depths(celery) == {"default": 1, "train": 5, "inference": 0}
+
+    # The same through GET /metrics of an API on that broker.
+    with running_service(broker, settings) as service, service.client(None) as client:
+        samples = scrape(client)
+        assert by_label(samples, "tunehouse_queue_depth", "queue") == {"default": 1, "train": 5, "inference": 0}
+        assert by_label(samples, "tunehouse_scrape_errors", "source")["broker"] == 0
+    # Reading the depths took nothing off the queues.
+    assert queue_depths(celery) == {"default": 1, "train": 5, "inference": 0}
+
+
+def test_a_broker_that_never_answers_fails_the_read_within_its_timeout(tmp_path):
+    # A socket that accepts connections and never says a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        celery = create_celery(Settings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{port}/0"))
+        started = time.monotonic()
+        with pytest.raises(Exception):
+            queue_depths(celery, timeout=0.5)
+        # One try, then the error: not kombu's retries (seconds each).
+        assert time.monotonic() - started < 5

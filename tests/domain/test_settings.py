@@ -1,3 +1,5 @@
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,57 @@ def test_bad_upload_limit_is_refused(monkeypatch, value):
     monkeypatch.setenv("TUNEHOUSE_MAX_UPLOAD_BYTES", value)
     with pytest.raises(ValidationError):
         Settings(data_dir=Path("/tmp/x"))
+
+
+def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypatch):
+    """as_env() is derived from the fields: a settings object with a
+    non-default value in every field comes back equal from its environment.
+    A new field fails here until it has a non-default value below."""
+    web_dist = tmp_path / "dist"
+    non_default = {
+        "data_dir": tmp_path / "data",
+        "database_url": "postgresql+psycopg://u:p@db:5432/tunehouse",
+        "broker_url": "redis://:secret@redis:6379/3",
+        "storage_url": "s3://bucket/prefix",
+        "s3_endpoint_url": "http://minio:9000",
+        "max_upload_bytes": 12345,
+        "upload_idle_timeout": 2.5,
+        "base_models": {"org/model": "hf:org/model@abc123", "local": "path:/models/local"},
+        "heartbeat_timeout": 33.3,
+        "max_job_attempts": 7,
+        "storage_attempts": 5,
+        "storage_retry_delay": 0.25,
+        "worker_device": "cuda",
+        "inference_queue_timeout": 12.0,
+        "inference_idle_timeout": 45.5,
+        "max_completion_tokens": 99,
+        "inference_batch_size": 3,
+        "web_dist": web_dist,
+        "auth_failures_per_minute": 0,
+        "rate_limit_per_minute": 7,
+        "log_format": "json",
+    }
+    assert set(non_default) == set(Settings.model_fields), "give every setting a non-default value here"
+    for name, value in non_default.items():
+        assert value != Settings.model_fields[name].get_default(), name
+    original = Settings(**non_default)
+
+    env = original.as_env()
+    assert set(env) == {f"TUNEHOUSE_{name.upper()}" for name in non_default}
+    assert all(type(value) is str for value in env.values())
+    assert json.loads(env["TUNEHOUSE_BASE_MODELS"]) == non_default["base_models"]
+    assert env["TUNEHOUSE_WEB_DIST"] == str(web_dist)
+
+    # What the child process does: read its settings from that environment alone.
+    for name in [name for name in os.environ if name.startswith("TUNEHOUSE_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
+
+
+def test_unset_optional_settings_are_left_out_of_the_environment(tmp_path):
+    env = Settings(data_dir=tmp_path, s3_endpoint_url=None, web_dist=None).as_env()
+    assert "TUNEHOUSE_S3_ENDPOINT_URL" not in env and "TUNEHOUSE_WEB_DIST" not in env
+    assert env["TUNEHOUSE_DATA_DIR"] == str(tmp_path.resolve())
+    assert env["TUNEHOUSE_BROKER_URL"] == "filesystem://"

@@ -1,0 +1,18 @@
+"""Streaming validation of uploaded JSONL files (fine-tune and batch).
+
+Files are validated while they upload: a validator's ``feed()`` takes chunks
+as they arrive and ``finish()`` gives the verdict. The modules:
+
+- ``lines``: the streaming line reader (size limit per line) and strict JSON
+  object parsing;
+- ``rules``: what one line of a fine-tune (chat) file or a batch file must be;
+- ``fine_tune_report``: the numbers and warnings of a valid fine-tune file;
+- ``result``: the verdict (``ValidationResult``), its errors and message;
+- ``validators``: ``FineTuneValidator``, ``BatchValidator``, ``validator_for``.
+
+The held-out TEST split lives in ``domain/files/split.py``, shared with the
+trainer and evaluations. Only the standard library is used, so the API
+process stays light. Import from the modules: this package re-exports
+nothing (domain/files/split.py reads lines with ``lines`` without loading the
+validators).
+"""

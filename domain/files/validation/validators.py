@@ -1,0 +1,172 @@
+"""The streaming validators: ``feed()`` takes chunks as they arrive and
+``finish()`` gives the verdict (a ValidationResult).
+
+Memory stays small however large the file is: one partial line (never more
+than MAX_LINE_BYTES), compact per-example number arrays, a few counters and
+one 64-bit hash per example for duplicate detection.
+"""
+
+from __future__ import annotations
+
+from domain.files.split import DEFAULT_SPLIT_SEED
+from domain.files.validation.fine_tune_report import FineTuneStats
+from domain.files.validation.lines import TOO_LONG, LineProblem, LineReader, parse_object
+from domain.files.validation.result import ErrorLog, ValidationResult, plural
+from domain.files.validation.rules import batch_request_problem, fine_tune_problem
+
+MIN_EXAMPLES = 10
+MAX_TRACKED_MODELS = 100
+
+
+class _JsonlValidator:
+    """Shared plumbing: lines, blank lines, JSON parsing, error collection."""
+
+    purpose = ""
+
+    def __init__(self) -> None:
+        self._reader = LineReader()
+        self._errors = ErrorLog()
+        self._blank_lines = 0
+        self._content_lines = 0  # non-blank lines, valid or not
+        self._result: ValidationResult | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of an unfinished line held in memory (never more than MAX_LINE_BYTES)."""
+        return self._reader.buffered_bytes
+
+    def feed(self, chunk: bytes) -> None:
+        if self._result is not None:
+            raise RuntimeError("feed() called after finish()")
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        take_line = self._take_line
+        for line_no, line in self._reader.feed(chunk):
+            take_line(line_no, line)
+
+    def finish(self) -> ValidationResult:
+        if self._result is None:
+            for line_no, line in self._reader.finish():
+                self._take_line(line_no, line)
+            self._result = self._verdict()
+        return self._result
+
+    def _take_line(self, line_no: int, line: bytes | None) -> None:
+        if line is None:
+            self._content_lines += 1
+            self._errors.add(line_no, TOO_LONG)
+            return
+        if not line or line.isspace():
+            self._blank_lines += 1
+            return
+        self._content_lines += 1
+        try:
+            obj = parse_object(line)
+        except LineProblem as problem:
+            self._errors.add(line_no, str(problem))
+            return
+        problem = self._line_problem(line_no, obj)
+        if problem:
+            self._errors.add(line_no, problem)
+        else:
+            self._record(line_no, line, obj)
+
+    def _verdict(self) -> ValidationResult:
+        if self._content_lines == 0:
+            self._errors.add_file_problem("the file is empty")
+        elif self._errors.count == 0:
+            problem = self._file_problem()
+            if problem:
+                self._errors.add_file_problem(problem)
+        ok = self._errors.count == 0
+        return ValidationResult(ok=ok, errors=list(self._errors.kept),
+                                error_count=self._errors.count,
+                                report=self._report() if ok else None, purpose=self.purpose)
+
+    # Per purpose:
+    def _line_problem(self, line_no: int, obj: dict) -> str | None:
+        raise NotImplementedError
+
+    def _record(self, line_no: int, line: bytes, obj: dict) -> None:
+        raise NotImplementedError
+
+    def _file_problem(self) -> str | None:
+        return None
+
+    def _report(self) -> dict:
+        raise NotImplementedError
+
+
+class FineTuneValidator(_JsonlValidator):
+    """Validates a chat fine-tuning file (OpenAI format) as it streams in."""
+
+    purpose = "fine-tune"
+
+    def __init__(self, split_seed: int = DEFAULT_SPLIT_SEED) -> None:
+        super().__init__()
+        self.split_seed = split_seed
+        self._stats = FineTuneStats()
+
+    def _line_problem(self, line_no: int, example: dict) -> str | None:
+        return fine_tune_problem(example)
+
+    def _record(self, line_no: int, line: bytes, example: dict) -> None:
+        self._stats.add(line_no, line, example)
+
+    def _file_problem(self) -> str | None:
+        examples = self._stats.examples
+        if examples < MIN_EXAMPLES:
+            return f"the file has {plural(examples, 'example')}; at least {MIN_EXAMPLES} are needed"
+        return None
+
+    def _report(self) -> dict:
+        return self._stats.report(lines=self._reader.line_count, blank_lines=self._blank_lines,
+                                  seed=self.split_seed)
+
+
+class BatchValidator(_JsonlValidator):
+    """Validates an OpenAI Batch API input file (chat completions requests)."""
+
+    purpose = "batch"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first_line_by_custom_id: dict[str, int] = {}
+        self._requests = 0
+        self._models: dict[str, int] = {}
+        self._models_capped = False
+
+    def _line_problem(self, line_no: int, request: dict) -> str | None:
+        return batch_request_problem(line_no, request, self._first_line_by_custom_id)
+
+    def _record(self, line_no: int, line: bytes, request: dict) -> None:
+        self._requests += 1
+        model = request["body"]["model"]
+        if model in self._models or len(self._models) < MAX_TRACKED_MODELS:
+            self._models[model] = self._models.get(model, 0) + 1
+        else:
+            self._models_capped = True
+
+    def _report(self) -> dict:
+        return {"purpose": "batch", "lines": self._reader.line_count,
+                "blank_lines": self._blank_lines, "requests": self._requests,
+                "models": dict(self._models), "warnings": self._warnings()}
+
+    def _warnings(self) -> list[str]:
+        warnings = []
+        if len(self._models) > 1:
+            warnings.append(f"the requests use {len(self._models)} different models; some batch "
+                            "services (OpenAI's among them) accept only one model per file")
+        if self._models_capped:
+            warnings.append(f"more than {MAX_TRACKED_MODELS} distinct models; 'models' counts "
+                            f"only the first {MAX_TRACKED_MODELS}")
+        return warnings
+
+
+def validator_for(purpose: str, split_seed: int = DEFAULT_SPLIT_SEED):
+    """The streaming validator for a file purpose: "fine-tune" or "batch"."""
+    if purpose == "fine-tune":
+        return FineTuneValidator(split_seed)
+    if purpose == "batch":
+        return BatchValidator()
+    raise ValueError(f"unknown file purpose {purpose!r} (expected 'fine-tune' or 'batch')")
