@@ -1,3 +1,3 @@
-"""tunehouse worker: the Celery tasks that train, infer and evaluate.
-
-Uses the data layer (domain.db, repositories, storage), never the HTTP layer."""
+"""tunehouse worker: the Celery tasks that train, infer, evaluate and export,
+all on one lease engine (worker/runs.py). Uses the domain layer (domain/),
+never the HTTP layer (api/)."""
