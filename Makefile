@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The web UI, once web/package.json exists: built into web/dist, served at /.
-web:
+# First the API's OpenAPI schema is written to web/openapi.json (no server is
+# started); `npm run build` generates the UI's types from it and type-checks,
+# so an API change that breaks the UI fails here.
+web: $(STAMP)
 	@if [ -f web/package.json ]; then \
+		$(BIN)/python -m api.openapi_schema web/openapi.json && \
 		cd web && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build; \
 	fi
 

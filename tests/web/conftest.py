@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = os.environ.get("TUNEHOUSE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -63,3 +64,11 @@ def page(browser, console_errors, request):
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
     context.close()
     assert console_errors.messages == [], f"browser console errors: {console_errors.messages}"
+
+
+def sign_in(page, site) -> None:
+    """Sign in with the site's key and wait for the signed-in layout."""
+    page.goto(site["url"] + "/")
+    page.get_by_test_id("api-key-input").fill(site["key"])
+    page.get_by_test_id("sign-in-submit").click()
+    expect(page.get_by_test_id("sign-out")).to_be_visible()

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from domain.settings import Settings
 from tests.conftest import running_service
-from tests.web.conftest import REPO
+from tests.web.conftest import REPO, sign_in
 from tests.worker.test_finetune_e2e import TINY, Workers, tiny_chat_jsonl
 
 pytestmark = pytest.mark.slow
@@ -41,13 +41,6 @@ def site(tmp_path_factory, tiny_model_dir):
             yield {"url": service.base_url, "key": user.key, "tmp": tmp, "state": {}}
         finally:
             workers.stop_all()
-
-
-def sign_in(page, site) -> None:
-    page.goto(site["url"] + "/")
-    page.get_by_test_id("api-key-input").fill(site["key"])
-    page.get_by_test_id("sign-in-submit").click()
-    expect(page.get_by_test_id("sign-out")).to_be_visible()
 
 
 def upload(page, site, name: str, content: bytes, purpose: str = "fine-tune") -> None:

@@ -1,6 +1,7 @@
 import { lazy, Suspense, useState, type FormEvent } from "react";
 import { Navigate, NavLink, Route, Routes } from "react-router-dom";
-import { api, getKey, setKey } from "./api";
+import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { api, apiUrl, getKey, setKey } from "./api";
 import { ApiError } from "./lib";
 import { ErrorBox } from "./common";
 
@@ -15,26 +16,22 @@ const BatchesPage = lazy(() => import("./pages/Batches"));
 
 function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
   const [key, setKeyInput] = useState("");
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
-
-  async function submit(e: FormEvent) {
-    e.preventDefault();
-    const k = key.trim();
-    if (!k) return;
-    setBusy(true);
-    setError(null);
-    try {
-      await api("/v1/models", {}, k);
+  // The key is checked by listing the models with it.
+  const check = useMutation({
+    mutationFn: (k: string) => api(apiUrl("/v1/models"), {}, k),
+    onSuccess: (_, k) => {
       setKey(k);
       onSignedIn();
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        setError(new Error(`That key was not accepted: ${err.body.message}`));
-      } else setError(err);
-    } finally {
-      setBusy(false);
-    }
+    },
+  });
+  const error =
+    check.error instanceof ApiError && check.error.status === 401 ? new Error(`That key was not accepted: ${check.error.body.message}`) : check.error;
+  const busy = check.isPending;
+
+  function submit(e: FormEvent) {
+    e.preventDefault();
+    const k = key.trim();
+    if (k) check.mutate(k);
   }
 
   return (
@@ -67,6 +64,13 @@ function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
 
 export default function App() {
   const [signedIn, setSignedIn] = useState(() => !!getKey());
+  const queryClient = useQueryClient();
+  // Nothing fetched with one key is shown under another.
+  const signOut = () => {
+    setKey(null);
+    queryClient.clear();
+    setSignedIn(false);
+  };
   if (!signedIn) return <SignIn onSignedIn={() => setSignedIn(true)} />;
   return (
     <>
@@ -83,10 +87,7 @@ export default function App() {
           type="button"
           className="secondary"
           data-testid="sign-out"
-          onClick={() => {
-            setKey(null);
-            setSignedIn(false);
-          }}
+          onClick={signOut}
         >
           Sign out
         </button>

@@ -2,7 +2,6 @@ import { describe, expect, it } from "vitest";
 import {
   ApiError,
   bestPerColumn,
-  buildHyperparameters,
   formatDuration,
   formatError,
   lineErrors,
@@ -95,34 +94,6 @@ describe("disagreement filter", () => {
     expect(modelsDisagree({ a: "Paris", b: "Lyon" }, ["a", "b"])).toBe(true);
     expect(modelsDisagree({ a: "x" }, ["a"])).toBe(false);
     expect(modelsDisagree({ a: "x", b: null }, ["a", "b"])).toBe(true);
-  });
-});
-
-describe("hyperparameter form", () => {
-  it("maps auto, numbers and extras", () => {
-    expect(buildHyperparameters({ n_epochs: "auto", batch_size: "", learning_rate_multiplier: "2" }, {})).toEqual({
-      n_epochs: "auto",
-      learning_rate_multiplier: 2,
-    });
-    expect(
-      buildHyperparameters(
-        { n_epochs: "3", batch_size: "auto", learning_rate_multiplier: "auto" },
-        { lora_r: "8", packing: "false", target_modules: "q_proj, v_proj", max_seq_length: "auto", lr_scheduler: "cosine", lora_alpha: "" },
-      ),
-    ).toEqual({
-      n_epochs: 3,
-      batch_size: "auto",
-      learning_rate_multiplier: "auto",
-      extra: { lora_r: 8, packing: false, target_modules: ["q_proj", "v_proj"], max_seq_length: "auto", lr_scheduler: "cosine" },
-    });
-    expect(buildHyperparameters({ n_epochs: "", batch_size: "", learning_rate_multiplier: "" }, { target_modules: "all-linear" })).toEqual({
-      extra: { target_modules: "all-linear" },
-    });
-  });
-  it("rejects bad values before sending", () => {
-    expect(() => buildHyperparameters({ n_epochs: "2.5", batch_size: "", learning_rate_multiplier: "" }, {})).toThrow(/integer/);
-    expect(() => buildHyperparameters({ n_epochs: "", batch_size: "x", learning_rate_multiplier: "" }, {})).toThrow(/number/);
-    expect(() => buildHyperparameters({ n_epochs: "", batch_size: "", learning_rate_multiplier: "" }, { lora_r: "auto" })).toThrow(/auto/);
   });
 });
 

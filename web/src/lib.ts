@@ -53,6 +53,7 @@ export function lineErrors(err: unknown): string[] {
   return err.body.message.split("\n").slice(1).filter((l) => /^line \d+/.test(l));
 }
 
+/** The part of an OpenAI cursor list page that paging needs. */
 export interface Page<T> {
   data: T[];
   has_more: boolean;
@@ -141,77 +142,7 @@ export function modelsDisagree(row: Record<string, unknown>, models: string[]): 
   return models.some((m) => norm(row[m]) !== first);
 }
 
-export type HpValue = string; // "" or "auto" means auto; otherwise a number or text
-
-export interface HpSpec {
-  name: string;
-  type: "int" | "number" | "enum" | "bool" | "modules";
-  auto?: boolean; // accepts "auto"
-  options?: string[];
-  help: string;
-}
-
-export const EXTRA_HPS: HpSpec[] = [
-  { name: "learning_rate", type: "number", help: "Peak learning rate, 0 < x ≤ 1. Default 2e-4 × multiplier; wins over the multiplier." },
-  { name: "adapter", type: "enum", auto: true, options: ["qlora", "lora"], help: "qlora on CUDA, lora on CPU when auto." },
-  { name: "lora_r", type: "int", help: "LoRA rank, integer 1–512. Default 16." },
-  { name: "lora_alpha", type: "number", help: "LoRA scaling, 0 < x ≤ 4096. Default 2 × lora_r." },
-  { name: "lora_dropout", type: "number", help: "Dropout on LoRA layers, 0 ≤ x < 1. Default 0.05." },
-  { name: "target_modules", type: "modules", help: '"all-linear" (default) or a comma-separated list of module names, e.g. q_proj, v_proj.' },
-  { name: "max_seq_length", type: "int", auto: true, help: "16–131072, at most the model's maximum. Auto: from the examples' token lengths." },
-  { name: "warmup_ratio", type: "number", help: "Fraction of steps warming up, 0–0.5. Default 0.03." },
-  { name: "lr_scheduler", type: "enum", options: ["linear", "cosine", "constant", "constant_with_warmup"], help: "Learning-rate schedule. Default linear." },
-  { name: "weight_decay", type: "number", help: "0–1. Default 0." },
-  { name: "gradient_accumulation_steps", type: "int", help: "1–256, at most batch_size. Default 1." },
-  { name: "packing", type: "bool", help: "Pack several short examples per sequence. Default true." },
-  { name: "checkpoint_interval", type: "int", auto: true, help: "Optimizer steps between checkpoints. Auto: a tenth of the run." },
-  { name: "eval_interval", type: "int", auto: true, help: "Optimizer steps between validation losses. Auto: a tenth of the run." },
-];
-
-/** "auto"/"" → "auto" (or omitted), a number string → number. Throws on garbage. */
-export function parseHpNumber(name: string, raw: string, integer: boolean, allowAuto: boolean): number | "auto" | undefined {
-  const s = raw.trim();
-  if (s === "" ) return undefined;
-  if (s.toLowerCase() === "auto") {
-    if (!allowAuto) throw new Error(`${name} does not accept "auto"; leave it empty to let the service choose`);
-    return "auto";
-  }
-  const n = Number(s);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got "${s}"`);
-  if (integer && !Number.isInteger(n)) throw new Error(`${name} must be an integer, got "${s}"`);
-  return n;
-}
-
-/** The `hyperparameters` object of a job request from the form's strings. */
-export function buildHyperparameters(
-  basic: { n_epochs: string; batch_size: string; learning_rate_multiplier: string },
-  extra: Record<string, string>,
-): Record<string, unknown> {
-  const hp: Record<string, unknown> = {};
-  const put = (k: string, v: unknown) => {
-    if (v !== undefined) hp[k] = v;
-  };
-  put("n_epochs", parseHpNumber("n_epochs", basic.n_epochs, true, true));
-  put("batch_size", parseHpNumber("batch_size", basic.batch_size, true, true));
-  put("learning_rate_multiplier", parseHpNumber("learning_rate_multiplier", basic.learning_rate_multiplier, false, true));
-  const ex: Record<string, unknown> = {};
-  for (const spec of EXTRA_HPS) {
-    const raw = (extra[spec.name] ?? "").trim();
-    if (!raw) continue;
-    if (spec.type === "int" || spec.type === "number") {
-      const v = parseHpNumber(spec.name, raw, spec.type === "int", !!spec.auto);
-      if (v !== undefined) ex[spec.name] = v;
-    } else if (spec.type === "bool") {
-      ex[spec.name] = raw === "true";
-    } else if (spec.type === "modules") {
-      ex[spec.name] = raw === "all-linear" ? "all-linear" : raw.split(",").map((s) => s.trim()).filter(Boolean);
-    } else {
-      ex[spec.name] = raw;
-    }
-  }
-  if (Object.keys(ex).length) hp.extra = ex;
-  return hp;
-}
+// The hyperparameter form's fields and ranges are in hyperparameters.ts.
 
 /** Seconds → "1h 02m", "3m 05s", "12s". */
 export function formatDuration(seconds: number): string {

@@ -1,182 +1,136 @@
-import { useEffect, useState, type FormEvent } from "react";
+import { useState, type FormEvent } from "react";
+import { useQuery } from "@tanstack/react-query";
 import { Link } from "react-router-dom";
-import { api, download } from "../api";
-import { ErrorBox, fmtTime, LoadMore, ProgressBar, StatusChip, usePaged, usePoll } from "../common";
-import { FINAL_BATCH_STATUSES } from "../lib";
-import type { FileObj } from "./Datasets";
+import { apiUrl } from "../api";
+import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
+import { useCancelBatch, useCreateBatch, useDownload } from "../mutations";
+import { PagedTable, usePagedList } from "../PagedTable";
+import { batchPagesQuery, fileChoicesQuery, isBatchActive } from "../queries";
+import { batchErrors, type BatchObject } from "../types";
 
-interface Batch {
-  id: string;
-  status: string;
-  input_file_id: string;
-  output_file_id: string | null;
-  error_file_id: string | null;
-  created_at: number;
-  request_counts: { total: number; completed: number; failed: number } | null;
-  errors?: { data?: { message: string; line?: number | null }[] } | null;
+function BatchProgress({ batch }: { batch: BatchObject }) {
+  const rc = batch.request_counts;
+  if (!rc?.total) return <>—</>;
+  const done = rc.completed + rc.failed;
+  return (
+    <>
+      <ProgressBar value={done / rc.total} label={`Progress of ${batch.id}`} testId="batch-progress" />
+      <span className="muted small">
+        {rc.completed} ok, {rc.failed} failed of {rc.total}
+      </span>
+    </>
+  );
 }
 
 export default function BatchesPage() {
-  const list = usePaged<Batch>("/v1/batches");
-  const [files, setFiles] = useState<FileObj[] | null>(null);
-  const [fileId, setFileId] = useState("");
-  const [error, setError] = useState<unknown>(null);
-  const [actionError, setActionError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
+  const list = usePagedList(batchPagesQuery());
+  const files = useQuery(fileChoicesQuery("batch"));
+  // The user's pick, else the newest batch file.
+  const [picked, setPicked] = useState<string | null>(null);
+  const fileId = picked ?? files.data?.[0]?.id ?? "";
+  const create = useCreateBatch();
+  const cancel = useCancelBatch();
+  const dl = useDownload();
 
-  useEffect(() => {
-    api<{ data: FileObj[] }>("/v1/files?purpose=batch&limit=1000").then((r) => {
-      setFiles(r.data);
-      if (r.data[0]) setFileId(r.data[0].id);
-    }, setError);
-  }, []);
-
-  const anyActive = list.items.some((b) => !FINAL_BATCH_STATUSES.has(b.status));
-  usePoll(
-    async () => {
-      const active = list.items.filter((b) => !FINAL_BATCH_STATUSES.has(b.status));
-      const fresh = await Promise.all(active.map((b) => api<Batch>(`/v1/batches/${b.id}`).catch(() => b)));
-      const byId = new Map(fresh.map((b) => [b.id, b]));
-      list.setItems((items) => items.map((b) => byId.get(b.id) ?? b));
-    },
-    2000,
-    anyActive,
-  );
-
-  async function create(e: FormEvent) {
+  function submit(e: FormEvent) {
     e.preventDefault();
-    setError(null);
-    setBusy(true);
-    try {
-      const b = await api<Batch>("/v1/batches", {
-        json: { input_file_id: fileId, endpoint: "/v1/chat/completions", completion_window: "24h" },
-      });
-      list.setItems((items) => [b, ...items]);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
-  }
-
-  async function act(fn: () => Promise<unknown>) {
-    setActionError(null);
-    try {
-      await fn();
-    } catch (e) {
-      setActionError(e);
-    }
+    create.mutate({ input_file_id: fileId, endpoint: "/v1/chat/completions", completion_window: "24h" });
   }
 
   return (
     <>
       <h1>Batches</h1>
-      <form className="card form" onSubmit={create} aria-label="New batch" data-testid="new-batch-form">
+      <form className="card form" onSubmit={submit} aria-label="New batch" data-testid="new-batch-form">
         <h2>New batch</h2>
-        {files && files.length === 0 ? (
+        {files.data && files.data.length === 0 ? (
           <p className="empty">
             No batch files yet. <Link to="/datasets">Upload a JSONL file with purpose “batch”</Link> (OpenAI Batch API lines).
           </p>
         ) : (
           <>
             <label htmlFor="batch-file">Input file</label>
-            <select id="batch-file" data-testid="batch-file" value={fileId} onChange={(e) => setFileId(e.target.value)}>
-              {(files ?? []).map((f) => (
+            <select id="batch-file" data-testid="batch-file" value={fileId} onChange={(e) => setPicked(e.target.value)}>
+              {(files.data ?? []).map((f) => (
                 <option key={f.id} value={f.id}>
                   {f.filename} ({f.id})
                 </option>
               ))}
             </select>
-            <button type="submit" data-testid="create-batch" disabled={busy || !fileId}>
-              {busy ? "Creating…" : "Create batch"}
+            <button type="submit" data-testid="create-batch" disabled={create.isPending || !fileId}>
+              {create.isPending ? "Creating…" : "Create batch"}
             </button>
           </>
         )}
-        <ErrorBox error={error} />
+        <ErrorBox error={create.error ?? files.error} />
       </form>
       <div className="card">
         <h2>Your batches</h2>
-        <ErrorBox error={list.error} />
-        <ErrorBox error={actionError} />
-        {!list.loading && !list.error && list.items.length === 0 && <p className="empty">No batches yet. Create one above.</p>}
-        {list.items.length > 0 && (
-          <div className="table-wrap">
-            <table data-testid="batches-table">
-              <thead>
-                <tr>
-                  <th>Batch</th>
-                  <th>Status</th>
-                  <th>Requests</th>
-                  <th>Created</th>
-                  <th></th>
-                </tr>
-              </thead>
-              <tbody>
-                {list.items.map((b) => {
-                  const rc = b.request_counts;
-                  const done = rc ? rc.completed + rc.failed : 0;
-                  return (
-                    <tr key={b.id} data-testid="batch-row">
-                      <td className="mono small">
-                        {b.id}
-                        <div className="muted">{b.input_file_id}</div>
-                      </td>
-                      <td>
-                        <StatusChip status={b.status} />
-                        {b.errors?.data?.map((er, i) => (
-                          <div key={i} className="error small">
-                            {er.line ? `line ${er.line}: ` : ""}
-                            {er.message}
-                          </div>
-                        ))}
-                      </td>
-                      <td>
-                        {rc && rc.total ? (
-                          <>
-                            <ProgressBar value={done / rc.total} label={`Progress of ${b.id}`} testId="batch-progress" />
-                            <span className="muted small">
-                              {rc.completed} ok, {rc.failed} failed of {rc.total}
-                            </span>
-                          </>
-                        ) : (
-                          "—"
-                        )}
-                      </td>
-                      <td>{fmtTime(b.created_at)}</td>
-                      <td className="actions">
-                        {b.output_file_id && (
-                          <button type="button" className="small" onClick={() => act(() => download(`/v1/files/${b.output_file_id}/content`, `${b.id}-output.jsonl`))}>
-                            Output
-                          </button>
-                        )}
-                        {b.error_file_id && (
-                          <button type="button" className="secondary small" onClick={() => act(() => download(`/v1/files/${b.error_file_id}/content`, `${b.id}-errors.jsonl`))}>
-                            Errors
-                          </button>
-                        )}
-                        {!FINAL_BATCH_STATUSES.has(b.status) && b.status !== "cancelling" && (
-                          <button
-                            type="button"
-                            className="danger small"
-                            onClick={() =>
-                              act(async () => {
-                                const nb = await api<Batch>(`/v1/batches/${b.id}/cancel`, { method: "POST" });
-                                list.setItems((items) => items.map((x) => (x.id === nb.id ? nb : x)));
-                              })
-                            }
-                          >
-                            Cancel
-                          </button>
-                        )}
-                      </td>
-                    </tr>
-                  );
-                })}
-              </tbody>
-            </table>
-          </div>
-        )}
-        <LoadMore hasMore={list.hasMore} loading={list.loading} onClick={list.loadMore} />
+        <ErrorBox error={cancel.error ?? dl.error} />
+        <PagedTable
+          list={list}
+          testId="batches-table"
+          rowTestId="batch-row"
+          empty={<p className="empty">No batches yet. Create one above.</p>}
+          columns={[
+            {
+              header: "Batch",
+              className: "mono small",
+              cell: (b) => (
+                <>
+                  {b.id}
+                  <div className="muted">{b.input_file_id}</div>
+                </>
+              ),
+            },
+            {
+              header: "Status",
+              cell: (b) => (
+                <>
+                  <StatusChip status={b.status} />
+                  {batchErrors(b).map((er, i) => (
+                    <div key={i} className="error small">
+                      {er.line ? `line ${er.line}: ` : ""}
+                      {er.message}
+                    </div>
+                  ))}
+                </>
+              ),
+            },
+            { header: "Requests", cell: (b) => <BatchProgress batch={b} /> },
+            { header: "Created", cell: (b) => fmtTime(b.created_at) },
+            {
+              header: "",
+              className: "actions",
+              cell: (b) => (
+                <>
+                  {b.output_file_id && (
+                    <button
+                      type="button"
+                      className="small"
+                      onClick={() => dl.mutate({ path: apiUrl("/v1/files/{file_id}/content", { file_id: b.output_file_id! }), filename: `${b.id}-output.jsonl` })}
+                    >
+                      Output
+                    </button>
+                  )}
+                  {b.error_file_id && (
+                    <button
+                      type="button"
+                      className="secondary small"
+                      onClick={() => dl.mutate({ path: apiUrl("/v1/files/{file_id}/content", { file_id: b.error_file_id! }), filename: `${b.id}-errors.jsonl` })}
+                    >
+                      Errors
+                    </button>
+                  )}
+                  {isBatchActive(b) && b.status !== "cancelling" && (
+                    <button type="button" className="danger small" onClick={() => cancel.mutate(b.id)}>
+                      Cancel
+                    </button>
+                  )}
+                </>
+              ),
+            },
+          ]}
+        />
       </div>
     </>
   );

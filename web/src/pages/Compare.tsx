@@ -1,34 +1,13 @@
-import { useCallback, useEffect, useMemo, useState, type FormEvent } from "react";
+import { useMemo, useState, type FormEvent } from "react";
+import { useQuery } from "@tanstack/react-query";
 import { Link, useNavigate, useParams } from "react-router-dom";
-import { api, download, saveBlob, text } from "../api";
-import { ErrorBox, fmtTime, LoadMore, ProgressBar, StatusChip, usePaged, usePoll } from "../common";
-import { bestPerColumn, FINAL_JOB_STATUSES, formatError, modelsDisagree, parseJsonl, sameAnswer, toCsv } from "../lib";
-import type { FileObj } from "./Datasets";
-import type { ModelObj } from "./Models";
-
-interface Evaluation {
-  id: string;
-  status: string;
-  file_id: string;
-  split: string;
-  models: string[];
-  metrics: string[];
-  created_at: number;
-  finished_at: number | null;
-  fine_tuning_job_id: string | null;
-  progress: { items_total: number | null; items_done: number; items_skipped: number | null; attempt: number };
-  results: Record<string, Record<string, number | null>>;
-  error: { code: string; message: string } | null;
-}
-
-function useModels() {
-  const [models, setModels] = useState<ModelObj[] | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  useEffect(() => {
-    api<{ data: ModelObj[] }>("/v1/models").then((r) => setModels(r.data), setError);
-  }, []);
-  return { models, error };
-}
+import { apiUrl, request, saveBlob } from "../api";
+import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
+import { bestPerColumn, formatError, modelsDisagree, sameAnswer, toCsv } from "../lib";
+import { useCreateEvaluation, useDownload } from "../mutations";
+import { PagedTable, usePagedList } from "../PagedTable";
+import { evaluationPagesQuery, evaluationPredictionsQuery, evaluationQuery, fileChoicesQuery, isEvaluationActive, modelsQuery } from "../queries";
+import type { ChatMessage, EvaluationObject, ModelObject } from "../types";
 
 function ModelPicker({
   models,
@@ -37,7 +16,7 @@ function ModelPicker({
   testId,
   legend,
 }: {
-  models: ModelObj[];
+  models: ModelObject[];
   selected: string[];
   onChange: (s: string[]) => void;
   testId: string;
@@ -73,42 +52,21 @@ function promptText(p: unknown): string {
 }
 
 function EvaluationView({ id }: { id: string }) {
-  const [ev, setEv] = useState<Evaluation | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const [rows, setRows] = useState<Record<string, unknown>[] | null>(null);
-  const [rowsError, setRowsError] = useState<unknown>(null);
+  const { data: ev, error } = useQuery(evaluationQuery(id));
+  const predictions = useQuery({ ...evaluationPredictionsQuery(id), enabled: ev?.status === "succeeded" });
+  const rows = predictions.data;
+  const rowsError = predictions.error;
   const [onlyDisagree, setOnlyDisagree] = useState(false);
-  const [actionError, setActionError] = useState<unknown>(null);
-
-  const refresh = useCallback(async () => {
-    try {
-      setEv(await api<Evaluation>(`/v1/evaluations/${id}`));
-      setError(null);
-    } catch (e) {
-      setError(e);
-    }
-  }, [id]);
-  useEffect(() => {
-    setEv(null);
-    setRows(null);
-    refresh();
-  }, [refresh]);
-  const active = !!ev && !FINAL_JOB_STATUSES.has(ev.status);
-  usePoll(refresh, 2000, active);
-
-  useEffect(() => {
-    if (ev?.status !== "succeeded" || rows) return;
-    text(`/v1/evaluations/${id}/predictions?format=jsonl`)
-      .then((t) => setRows(parseJsonl(t).rows as Record<string, unknown>[]))
-      .catch(setRowsError);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [ev?.status, id]);
+  const dl = useDownload();
+  const actionError = dl.error;
+  const active = !!ev && isEvaluationActive(ev);
 
   const best = useMemo(() => bestPerColumn(ev?.results ?? {}), [ev?.results]);
   if (!ev) return error ? <ErrorBox error={error} /> : <p className="muted">Loading…</p>;
   const metricNames = Array.from(new Set(Object.values(ev.results).flatMap((r) => Object.keys(r ?? {}))));
   const total = (ev.progress.items_total ?? 0) * ev.models.length;
   const shown = rows ? (onlyDisagree ? rows.filter((r) => modelsDisagree(r, ev.models)) : rows) : [];
+  const predictionsUrl = (format: "csv" | "jsonl") => apiUrl("/v1/evaluations/{evaluation_id}/predictions", { evaluation_id: id }, { format });
 
   return (
     <div className="card" data-testid="evaluation-view">
@@ -184,7 +142,7 @@ function EvaluationView({ id }: { id: string }) {
                 type="button"
                 className="secondary small"
                 data-testid="download-predictions-csv"
-                onClick={() => download(`/v1/evaluations/${id}/predictions?format=csv`, `${id}-predictions.csv`).catch(setActionError)}
+                onClick={() => dl.mutate({ path: predictionsUrl("csv"), filename: `${id}-predictions.csv` })}
               >
                 CSV
               </button>
@@ -192,7 +150,7 @@ function EvaluationView({ id }: { id: string }) {
                 type="button"
                 className="secondary small"
                 data-testid="download-predictions-jsonl"
-                onClick={() => download(`/v1/evaluations/${id}/predictions?format=jsonl`, `${id}-predictions.jsonl`).catch(setActionError)}
+                onClick={() => dl.mutate({ path: predictionsUrl("jsonl"), filename: `${id}-predictions.jsonl` })}
               >
                 JSONL
               </button>
@@ -269,49 +227,23 @@ function EvaluationView({ id }: { id: string }) {
 function Evaluations() {
   const { id } = useParams();
   const nav = useNavigate();
-  const { models, error: modelsError } = useModels();
-  const [files, setFiles] = useState<FileObj[] | null>(null);
-  const [fileId, setFileId] = useState("");
-  const [split, setSplit] = useState("test");
+  const { data: models, error: modelsError } = useQuery(modelsQuery());
+  const files = useQuery(fileChoicesQuery("fine-tune"));
+  // The user's pick, else the newest fine-tune file.
+  const [pickedFile, setFileId] = useState<string | null>(null);
+  const fileId = pickedFile ?? files.data?.[0]?.id ?? "";
+  const [split, setSplit] = useState<EvaluationObject["split"]>("test");
   const [limit, setLimit] = useState("");
   const [picked, setPicked] = useState<string[]>([]);
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
-  const list = usePaged<Evaluation>("/v1/evaluations");
-  const anyActive = list.items.some((e) => !FINAL_JOB_STATUSES.has(e.status));
-  usePoll(
-    async () => {
-      const active = list.items.filter((e) => !FINAL_JOB_STATUSES.has(e.status));
-      const fresh = await Promise.all(active.map((e) => api<Evaluation>(`/v1/evaluations/${e.id}`).catch(() => e)));
-      const byId = new Map(fresh.map((e) => [e.id, e]));
-      list.setItems((items) => items.map((e) => byId.get(e.id) ?? e));
-    },
-    3000,
-    anyActive,
-  );
+  const create = useCreateEvaluation();
+  const list = usePagedList(evaluationPagesQuery());
 
-  useEffect(() => {
-    api<{ data: FileObj[] }>("/v1/files?purpose=fine-tune&limit=1000").then((r) => {
-      setFiles(r.data);
-      if (r.data[0]) setFileId(r.data[0].id);
-    }, setError);
-  }, []);
-
-  async function run(e: FormEvent) {
+  function run(e: FormEvent) {
     e.preventDefault();
-    setError(null);
-    const body: Record<string, unknown> = { file_id: fileId, split, models: picked };
-    if (limit.trim()) body.limit = Number(limit);
-    setBusy(true);
-    try {
-      const ev = await api<Evaluation>("/v1/evaluations", { json: body });
-      list.setItems((items) => [ev, ...items]);
-      nav(`/compare/${ev.id}`);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    create.mutate(
+      { file_id: fileId, split, models: picked, ...(limit.trim() ? { limit: Number(limit) } : {}) },
+      { onSuccess: (ev) => nav(`/compare/${ev.id}`) },
+    );
   }
 
   return (
@@ -320,21 +252,21 @@ function Evaluations() {
       <form className="card form" onSubmit={run} aria-label="New evaluation" data-testid="new-evaluation-form">
         <h2>New evaluation</h2>
         <ErrorBox error={modelsError} />
-        {files && files.length === 0 && (
+        {files.data && files.data.length === 0 && (
           <p className="empty">
             No fine-tune files to evaluate on. <Link to="/datasets">Upload one</Link> first.
           </p>
         )}
         <label htmlFor="eval-file">Items from file</label>
         <select id="eval-file" data-testid="eval-file" value={fileId} onChange={(e) => setFileId(e.target.value)}>
-          {(files ?? []).map((f) => (
+          {(files.data ?? []).map((f) => (
             <option key={f.id} value={f.id}>
               {f.filename} ({f.id})
             </option>
           ))}
         </select>
         <label htmlFor="eval-split">Split</label>
-        <select id="eval-split" data-testid="eval-split" value={split} onChange={(e) => setSplit(e.target.value)}>
+        <select id="eval-split" data-testid="eval-split" value={split} onChange={(e) => setSplit(e.target.value as EvaluationObject["split"])}>
           <option value="test">test</option>
           <option value="train">train</option>
           <option value="all">all</option>
@@ -342,28 +274,31 @@ function Evaluations() {
         <label htmlFor="eval-limit">At most this many items (optional)</label>
         <input id="eval-limit" data-testid="eval-limit" value={limit} onChange={(e) => setLimit(e.target.value)} inputMode="numeric" />
         {models && <ModelPicker models={models} selected={picked} onChange={setPicked} testId="eval-models" legend="Models to compare (1–8)" />}
-        <button type="submit" data-testid="run-evaluation" disabled={busy || !fileId || picked.length === 0}>
-          {busy ? "Starting…" : "Run evaluation"}
+        <button type="submit" data-testid="run-evaluation" disabled={create.isPending || !fileId || picked.length === 0}>
+          {create.isPending ? "Starting…" : "Run evaluation"}
         </button>
-        <ErrorBox error={error} testId="evaluation-error" />
+        <ErrorBox error={create.error ?? files.error} testId="evaluation-error" />
       </form>
       <div className="card">
         <h2>Evaluations</h2>
-        <ErrorBox error={list.error} />
-        {!list.loading && !list.error && list.items.length === 0 && (
-          <p className="empty">No evaluations yet. Pick a file and models above; every successful fine-tuning job also gets one automatically.</p>
-        )}
-        <ul className="plain" data-testid="evaluations-list">
-          {list.items.map((e) => (
-            <li key={e.id}>
-              <Link to={`/compare/${e.id}`} className="mono small">
-                {e.id}
-              </Link>{" "}
-              <StatusChip status={e.status} /> <span className="muted small">{e.models.join(" vs ")}</span>
-            </li>
-          ))}
-        </ul>
-        <LoadMore hasMore={list.hasMore} loading={list.loading} onClick={list.loadMore} />
+        <PagedTable
+          list={list}
+          testId="evaluations-list"
+          rowTestId="evaluation-row"
+          empty={<p className="empty">No evaluations yet. Pick a file and models above; every successful fine-tuning job also gets one automatically.</p>}
+          columns={[
+            {
+              header: "Evaluation",
+              cell: (e) => (
+                <Link to={`/compare/${e.id}`} className="mono small">
+                  {e.id}
+                </Link>
+              ),
+            },
+            { header: "Status", cell: (e) => <StatusChip status={e.status} /> },
+            { header: "Models", cell: (e) => e.models.join(" vs "), className: "muted small" },
+          ]}
+        />
       </div>
     </>
   );
@@ -377,7 +312,7 @@ interface Answer {
 }
 
 function Playground() {
-  const { models, error: modelsError } = useModels();
+  const { data: models, error: modelsError } = useQuery(modelsQuery());
   const [system, setSystem] = useState("");
   const [prompt, setPrompt] = useState("");
   const [picked, setPicked] = useState<string[]>([]);
@@ -394,7 +329,7 @@ function Playground() {
     const temp = Number(temperature);
     if (!Number.isInteger(mt) || mt < 1) return setFormError(new Error("max_tokens must be a positive integer"));
     if (!Number.isFinite(temp) || temp < 0) return setFormError(new Error("temperature must be a number ≥ 0"));
-    const messages = [...(system.trim() ? [{ role: "system", content: system }] : []), { role: "user", content: prompt }];
+    const messages: ChatMessage[] = [...(system.trim() ? [{ role: "system" as const, content: system }] : []), { role: "user", content: prompt }];
     const targets = [...picked];
     setOrder(targets);
     setAnswers(Object.fromEntries(targets.map((m) => [m, { status: "pending" } as Answer])));
@@ -402,7 +337,7 @@ function Playground() {
       targets.map(async (model) => {
         const t0 = performance.now();
         try {
-          const r = await api<any>("/v1/chat/completions", { json: { model, messages, max_tokens: mt, temperature: temp } });
+          const r = await request("post", "/v1/chat/completions", { json: { model, messages, max_tokens: mt, temperature: temp } });
           const text = r.choices?.[0]?.message?.content ?? "";
           setAnswers((a) => ({ ...a, [model]: { status: "done", text, ms: performance.now() - t0 } }));
         } catch (err) {

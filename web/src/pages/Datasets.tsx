@@ -1,18 +1,12 @@
-import { useEffect, useState, type DragEvent, type FormEvent } from "react";
+import { useState, type DragEvent, type FormEvent } from "react";
+import { useQuery } from "@tanstack/react-query";
 import { Bar, BarChart, CartesianGrid, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
-import { api, text, uploadFile } from "../api";
-import { ErrorBox, fmtBytes, fmtTime, LoadMore, ProgressBar, usePaged } from "../common";
-import { lineErrors, parseJsonl } from "../lib";
-
-export interface FileObj {
-  id: string;
-  filename: string;
-  bytes: number;
-  created_at: number;
-  purpose: string;
-  status: string;
-  report?: any;
-}
+import { ErrorBox, fmtBytes, fmtTime, ProgressBar } from "../common";
+import { lineErrors } from "../lib";
+import { useDeleteFile, useUploadFile } from "../mutations";
+import { PagedTable, usePagedList } from "../PagedTable";
+import { filePagesQuery, filePreviewQuery, fileReportQuery } from "../queries";
+import { datasetReport, type FileObject } from "../types";
 
 function LineErrorList({ error }: { error: unknown }) {
   const lines = lineErrors(error);
@@ -65,23 +59,13 @@ export function ChatBubbles({ messages }: { messages: { role: string; content?: 
 }
 
 function Preview({ fileId }: { fileId: string }) {
-  const [rows, setRows] = useState<any[] | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  useEffect(() => {
-    let live = true;
-    text(`/v1/files/${fileId}/content`)
-      .then((t) => live && setRows(parseJsonl(t.slice(0, 200000), 3).rows))
-      .catch((e) => live && setError(e));
-    return () => {
-      live = false;
-    };
-  }, [fileId]);
+  const { data: rows, error } = useQuery(filePreviewQuery(fileId));
   return (
     <section data-testid="report-preview" aria-label="Preview">
       <h4>First examples</h4>
       <ErrorBox error={error} />
-      {rows === null && !error && <p className="muted">Loading…</p>}
-      {rows?.map((r, i) => (
+      {rows === undefined && !error && <p className="muted">Loading…</p>}
+      {(rows as any[] | undefined)?.map((r, i) => (
         <div key={i} className="example">
           <div className="muted small">Example {i + 1}</div>
           {Array.isArray(r?.messages) ? (
@@ -102,14 +86,11 @@ function Preview({ fileId }: { fileId: string }) {
   );
 }
 
-export function ReportView({ file }: { file: FileObj }) {
-  const [report, setReport] = useState<any>(file.report ?? null);
-  const [error, setError] = useState<unknown>(null);
-  useEffect(() => {
-    if (file.report) return;
-    api(`/v1/files/${file.id}/report`).then(setReport, setError);
-  }, [file.id, file.report]);
-  if (error) return <ErrorBox error={error} />;
+export function ReportView({ file }: { file: FileObject }) {
+  // The upload's answer and the list carry the report; fetch it only when they do not.
+  const fetched = useQuery({ ...fileReportQuery(file.id), enabled: !file.report });
+  const report = datasetReport(file.report ?? fetched.data);
+  if (fetched.error) return <ErrorBox error={fetched.error} />;
   if (!report) return <p className="muted">Loading report…</p>;
   const tok = report.estimated_tokens;
   // Examples per length bucket (doubling widths), from the report's histogram.
@@ -201,35 +182,31 @@ export function ReportView({ file }: { file: FileObj }) {
   );
 }
 
-function Uploader({ onUploaded }: { onUploaded: (f: FileObj) => void }) {
+function Uploader({ onUploaded }: { onUploaded: (f: FileObject) => void }) {
   const [file, setFile] = useState<File | null>(null);
   const [purpose, setPurpose] = useState("fine-tune");
   const [progress, setProgress] = useState<number | null>(null);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
   const [drag, setDrag] = useState(false);
   const [inputKey, setInputKey] = useState(0);
-  const [done, setDone] = useState<string | null>(null);
+  const upload = useUploadFile();
+  const busy = upload.isPending;
+  const done = upload.data ? `Uploaded ${upload.data.filename} as ${upload.data.id}.` : null;
 
-  async function submit(e: FormEvent) {
+  function submit(e: FormEvent) {
     e.preventDefault();
     if (!file) return;
-    setBusy(true);
-    setError(null);
-    setDone(null);
     setProgress(0);
-    try {
-      const obj = await uploadFile(file, purpose, setProgress);
-      onUploaded(obj);
-      setDone(`Uploaded ${obj.filename} as ${obj.id}.`);
-      setFile(null);
-      setInputKey((k) => k + 1);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-      setProgress(null);
-    }
+    upload.mutate(
+      { file, purpose, onProgress: setProgress },
+      {
+        onSuccess: (obj) => {
+          onUploaded(obj);
+          setFile(null);
+          setInputKey((k) => k + 1);
+        },
+        onSettled: () => setProgress(null),
+      },
+    );
   }
 
   function onDrop(e: DragEvent) {
@@ -282,39 +259,27 @@ function Uploader({ onUploaded }: { onUploaded: (f: FileObj) => void }) {
         </p>
       )}
       <div data-testid="upload-error-wrap">
-        <ErrorBox error={error} testId="upload-error" />
-        <LineErrorList error={error} />
+        <ErrorBox error={upload.error} testId="upload-error" />
+        <LineErrorList error={upload.error} />
       </div>
     </form>
   );
 }
 
 export default function DatasetsPage() {
-  const list = usePaged<FileObj>("/v1/files");
-  const [selected, setSelected] = useState<FileObj | null>(null);
-  const [delError, setDelError] = useState<unknown>(null);
+  const list = usePagedList(filePagesQuery());
+  const [selected, setSelected] = useState<FileObject | null>(null);
+  const remove = useDeleteFile();
 
-  async function remove(f: FileObj) {
+  function confirmRemove(f: FileObject) {
     if (!confirm(`Delete ${f.filename} (${f.id})?`)) return;
-    setDelError(null);
-    try {
-      await api(`/v1/files/${f.id}`, { method: "DELETE" });
-      list.setItems((items) => items.filter((x) => x.id !== f.id));
-      if (selected?.id === f.id) setSelected(null);
-    } catch (e) {
-      setDelError(e);
-    }
+    remove.mutate(f.id, { onSuccess: () => setSelected((s) => (s?.id === f.id ? null : s)) });
   }
 
   return (
     <>
       <h1>Datasets</h1>
-      <Uploader
-        onUploaded={(f) => {
-          list.setItems((items) => [f, ...items.filter((x) => x.id !== f.id)]);
-          setSelected(f);
-        }}
-      />
+      <Uploader onUploaded={setSelected} />
       {selected && (
         <div className="card">
           <ReportView key={selected.id} file={selected} />
@@ -322,48 +287,43 @@ export default function DatasetsPage() {
       )}
       <div className="card">
         <h2>Your files</h2>
-        <ErrorBox error={list.error} />
-        <ErrorBox error={delError} />
-        {!list.loading && !list.error && list.items.length === 0 && (
-          <p className="empty">No files yet. Upload a JSONL file above: fine-tune data to train a model, or a batch file for batch inference.</p>
-        )}
-        {list.items.length > 0 && (
-          <div className="table-wrap">
-            <table data-testid="files-table">
-              <thead>
-                <tr>
-                  <th>File</th>
-                  <th>Purpose</th>
-                  <th>Size</th>
-                  <th>Created</th>
-                  <th></th>
-                </tr>
-              </thead>
-              <tbody>
-                {list.items.map((f) => (
-                  <tr key={f.id} data-testid="file-row">
-                    <td>
-                      {f.filename}
-                      <div className="muted small mono">{f.id}</div>
-                    </td>
-                    <td>{f.purpose}</td>
-                    <td className="num">{fmtBytes(f.bytes)}</td>
-                    <td>{fmtTime(f.created_at)}</td>
-                    <td className="actions">
-                      <button type="button" className="secondary small" onClick={() => setSelected(f)}>
-                        Report
-                      </button>
-                      <button type="button" className="danger small" onClick={() => remove(f)} aria-label={`Delete ${f.filename}`}>
-                        Delete
-                      </button>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
-        <LoadMore hasMore={list.hasMore} loading={list.loading} onClick={list.loadMore} />
+        <ErrorBox error={remove.error} />
+        <PagedTable
+          list={list}
+          testId="files-table"
+          rowTestId="file-row"
+          empty={
+            <p className="empty">No files yet. Upload a JSONL file above: fine-tune data to train a model, or a batch file for batch inference.</p>
+          }
+          columns={[
+            {
+              header: "File",
+              cell: (f) => (
+                <>
+                  {f.filename}
+                  <div className="muted small mono">{f.id}</div>
+                </>
+              ),
+            },
+            { header: "Purpose", cell: (f) => f.purpose },
+            { header: "Size", cell: (f) => fmtBytes(f.bytes), className: "num" },
+            { header: "Created", cell: (f) => fmtTime(f.created_at) },
+            {
+              header: "",
+              className: "actions",
+              cell: (f) => (
+                <>
+                  <button type="button" className="secondary small" onClick={() => setSelected(f)}>
+                    Report
+                  </button>
+                  <button type="button" className="danger small" onClick={() => confirmRemove(f)} aria-label={`Delete ${f.filename}`}>
+                    Delete
+                  </button>
+                </>
+              ),
+            },
+          ]}
+        />
       </div>
     </>
   );

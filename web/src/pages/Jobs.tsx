@@ -1,33 +1,29 @@
-import { useCallback, useEffect, useState, type FormEvent } from "react";
+import { useEffect, useMemo, useState, type FormEvent } from "react";
+import { keepPreviousData, useQuery } from "@tanstack/react-query";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { CartesianGrid, Legend, Line, LineChart, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
-import { api, download } from "../api";
-import { ErrorBox, fmtTime, LoadMore, ProgressBar, StatusChip, usePaged, usePoll } from "../common";
-import { buildHyperparameters, EXTRA_HPS, FINAL_JOB_STATUSES, formatDuration } from "../lib";
-import type { FileObj } from "./Datasets";
+import { apiUrl } from "../api";
+import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
+import { BASIC_HPS, buildHyperparameters, EXTRA_HPS, helpText, HP, parseSeed, type BasicHpName } from "../hyperparameters";
+import { formatDuration } from "../lib";
+import { useCancelJob, useCreateJob, useDownload, useMergedDownload } from "../mutations";
+import { PagedTable, staticList, usePagedList } from "../PagedTable";
+import {
+  fileChoicesQuery,
+  isJobActive,
+  jobCheckpointsQuery,
+  jobEventsQuery,
+  jobMetricsQuery,
+  jobPagesQuery,
+  jobPreviewQuery,
+  jobQuery,
+  jobRecipeQuery,
+  modelsQuery,
+} from "../queries";
+import { hyperparameterDetails, jobProgress, type CreateJobRequest, type JobObject } from "../types";
 
-export interface Job {
-  id: string;
-  model: string;
-  status: string;
-  created_at: number;
-  finished_at: number | null;
-  fine_tuned_model: string | null;
-  training_file: string;
-  validation_file: string | null;
-  hyperparameters: Record<string, unknown>;
-  hyperparameter_details: Record<string, { value: unknown; origin: string; reason: string | null }> | null;
-  trained_tokens: number | null;
-  error: { message?: string; code?: string } | null;
-  user_provided_suffix: string | null;
-  seed: number;
-  estimated_finish: number | null;
-  progress: { step: number | null; total_steps: number | null; checkpoint_step: number | null; attempt: number } | null;
-  evaluation_id: string | null;
-}
-
-function JobProgress({ job }: { job: Job }) {
-  const p = job.progress;
+function JobProgress({ job }: { job: JobObject }) {
+  const p = jobProgress(job);
   if (job.status === "succeeded") return <span className="muted">done</span>;
   if (!p?.total_steps) return <span className="muted">{job.status === "queued" ? "waiting for a worker" : "—"}</span>;
   return (
@@ -41,19 +37,7 @@ function JobProgress({ job }: { job: Job }) {
 }
 
 export function JobsPage() {
-  const list = usePaged<Job>("/v1/fine_tuning/jobs");
-  const anyActive = list.items.some((j) => !FINAL_JOB_STATUSES.has(j.status));
-  usePoll(
-    async () => {
-      // refresh only the active jobs shown
-      const active = list.items.filter((j) => !FINAL_JOB_STATUSES.has(j.status));
-      const fresh = await Promise.all(active.map((j) => api<Job>(`/v1/fine_tuning/jobs/${j.id}`).catch(() => j)));
-      const byId = new Map(fresh.map((j) => [j.id, j]));
-      list.setItems((items) => items.map((j) => byId.get(j.id) ?? j));
-    },
-    2000,
-    anyActive,
-  );
+  const list = usePagedList(jobPagesQuery());
   return (
     <>
       <div className="row between">
@@ -63,158 +47,106 @@ export function JobsPage() {
         </Link>
       </div>
       <div className="card">
-        <ErrorBox error={list.error} />
-        {!list.loading && !list.error && list.items.length === 0 && (
-          <p className="empty">
-            No jobs yet. <Link to="/datasets">Upload a fine-tune file</Link>, then <Link to="/jobs/new">create a job</Link>.
-          </p>
-        )}
-        {list.items.length > 0 && (
-          <div className="table-wrap">
-            <table data-testid="jobs-table">
-              <thead>
-                <tr>
-                  <th>Job</th>
-                  <th>Status</th>
-                  <th>Progress</th>
-                  <th>Base model</th>
-                  <th>Created</th>
-                </tr>
-              </thead>
-              <tbody>
-                {list.items.map((j) => (
-                  <tr key={j.id} data-testid="job-row">
-                    <td>
-                      <Link to={`/jobs/${j.id}`} className="mono">
-                        {j.id}
-                      </Link>
-                      {j.user_provided_suffix && <div className="muted small">{j.user_provided_suffix}</div>}
-                    </td>
-                    <td>
-                      <StatusChip status={j.status} />
-                    </td>
-                    <td>
-                      <JobProgress job={j} />
-                    </td>
-                    <td className="small">{j.model}</td>
-                    <td>{fmtTime(j.created_at)}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
-        <LoadMore hasMore={list.hasMore} loading={list.loading} onClick={list.loadMore} />
+        <PagedTable
+          list={list}
+          testId="jobs-table"
+          rowTestId="job-row"
+          empty={
+            <p className="empty">
+              No jobs yet. <Link to="/datasets">Upload a fine-tune file</Link>, then <Link to="/jobs/new">create a job</Link>.
+            </p>
+          }
+          columns={[
+            {
+              header: "Job",
+              cell: (j) => (
+                <>
+                  <Link to={`/jobs/${j.id}`} className="mono">
+                    {j.id}
+                  </Link>
+                  {j.user_provided_suffix && <div className="muted small">{j.user_provided_suffix}</div>}
+                </>
+              ),
+            },
+            { header: "Status", cell: (j) => <StatusChip status={j.status} /> },
+            { header: "Progress", cell: (j) => <JobProgress job={j} /> },
+            { header: "Base model", cell: (j) => j.model, className: "small" },
+            { header: "Created", cell: (j) => fmtTime(j.created_at) },
+          ]}
+        />
       </div>
     </>
   );
 }
 
-async function allFiles(purpose: string): Promise<FileObj[]> {
-  const r = await api<{ data: FileObj[] }>(`/v1/files?purpose=${purpose}&limit=1000`);
-  return r.data;
+/** `value`, once it has not changed for `ms`. */
+function useDebounced<T>(value: T, ms: number): T {
+  const [settled, setSettled] = useState(value);
+  useEffect(() => {
+    const timer = window.setTimeout(() => setSettled(value), ms);
+    return () => window.clearTimeout(timer);
+  }, [value, ms]);
+  return settled;
 }
+
+const PREVIEW_DEBOUNCE_MS = 400;
 
 export function NewJobPage() {
   const nav = useNavigate();
-  const [files, setFiles] = useState<FileObj[] | null>(null);
-  const [models, setModels] = useState<{ id: string }[] | null>(null);
-  const [loadError, setLoadError] = useState<unknown>(null);
-  const [trainingFile, setTrainingFile] = useState("");
+  const files = useQuery(fileChoicesQuery("fine-tune"));
+  const models = useQuery(modelsQuery());
+  const bases = useMemo(() => models.data?.filter((m) => m.kind === "base"), [models.data]);
+  // A select shows the user's pick, else the first choice.
+  const [pickedTrainingFile, setTrainingFile] = useState<string | null>(null);
+  const [pickedModel, setModel] = useState<string | null>(null);
+  const trainingFile = pickedTrainingFile ?? files.data?.[0]?.id ?? "";
+  const model = pickedModel ?? bases?.[0]?.id ?? "";
   const [validationFile, setValidationFile] = useState("");
-  const [model, setModel] = useState("");
   const [suffix, setSuffix] = useState("");
   const [seed, setSeed] = useState("");
-  const [basic, setBasic] = useState({ n_epochs: "auto", batch_size: "auto", learning_rate_multiplier: "auto" });
+  const [basic, setBasic] = useState<Record<BasicHpName, string>>({ n_epochs: "auto", batch_size: "auto", learning_rate_multiplier: "auto" });
   const [extra, setExtra] = useState<Record<string, string>>({});
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
-  const [preview, setPreview] = useState<Preview | null>(null);
-  const [previewError, setPreviewError] = useState<unknown>(null);
+  const create = useCreateJob();
 
-  useEffect(() => {
-    Promise.all([allFiles("fine-tune"), api<{ data: { id: string; kind: string }[] }>("/v1/models")])
-      .then(([f, m]) => {
-        setFiles(f);
-        const bases = m.data.filter((x) => x.kind === "base");
-        setModels(bases);
-        if (f[0]) setTrainingFile(f[0].id);
-        if (bases[0]) setModel(bases[0].id);
-      })
-      .catch(setLoadError);
-  }, []);
-
-  // The request body, or an Error naming what is wrong with the form.
-  function requestBody(): Record<string, unknown> {
-    const hyperparameters = buildHyperparameters(basic, extra);
-    const body: Record<string, unknown> = { model, training_file: trainingFile, hyperparameters };
+  // The request body; throws an Error naming what is wrong with the form.
+  function requestBody(): CreateJobRequest {
+    const body: CreateJobRequest = { model, training_file: trainingFile, hyperparameters: buildHyperparameters(basic, extra) };
     if (validationFile) body.validation_file = validationFile;
     if (suffix.trim()) body.suffix = suffix.trim();
-    if (seed.trim()) {
-      const n = Number(seed);
-      if (!Number.isInteger(n)) throw new Error("seed must be an integer");
-      body.seed = n;
-    }
+    const s = parseSeed(seed);
+    if (s !== undefined) body.seed = s;
     return body;
   }
 
   // What `auto` will resolve to, refreshed as the form changes (debounced).
-  useEffect(() => {
-    if (!trainingFile || !model) return;
-    let body: Record<string, unknown>;
+  const built = useMemo((): { body?: CreateJobRequest; error?: unknown } => {
+    if (!trainingFile || !model) return {};
     try {
-      body = requestBody();
-    } catch (err) {
-      setPreview(null);
-      setPreviewError(err);
-      return;
+      return { body: requestBody() };
+    } catch (error) {
+      return { error };
     }
-    let cancelled = false;
-    const timer = window.setTimeout(() => {
-      api<Preview>("/v1/fine_tuning/jobs/preview", { json: body })
-        .then((p) => {
-          if (!cancelled) {
-            setPreview(p);
-            setPreviewError(null);
-          }
-        })
-        .catch((err) => {
-          if (!cancelled) {
-            setPreview(null);
-            setPreviewError(err);
-          }
-        });
-    }, 400);
-    return () => {
-      cancelled = true;
-      window.clearTimeout(timer);
-    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [trainingFile, validationFile, model, suffix, seed, basic, extra]);
+  const previewBody = useDebounced(built.body, PREVIEW_DEBOUNCE_MS);
+  const previewQuery = useQuery({
+    ...jobPreviewQuery(previewBody!),
+    enabled: previewBody !== undefined,
+    // the last answer stays until the next one comes
+    placeholderData: keepPreviousData,
+  });
+  const previewError = built.error ?? previewQuery.error;
+  const preview = built.error ? undefined : previewQuery.data;
 
-  async function submit(e: FormEvent) {
+  function submit(e: FormEvent) {
     e.preventDefault();
-    setError(null);
-    let body: Record<string, unknown>;
-    try {
-      body = requestBody();
-    } catch (err) {
-      setError(err);
-      return;
-    }
-    setBusy(true);
-    try {
-      const job = await api<Job>("/v1/fine_tuning/jobs", { json: body });
-      nav(`/jobs/${job.id}`);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    create.mutate(requestBody, { onSuccess: (job) => nav(`/jobs/${job.id}`) });
   }
 
+  const loadError = files.error ?? models.error;
   if (loadError) return <ErrorBox error={loadError} />;
-  if (!files || !models) return <p className="muted">Loading…</p>;
-  if (files.length === 0)
+  if (!files.data || !bases) return <p className="muted">Loading…</p>;
+  if (files.data.length === 0)
     return (
       <>
         <h1>New fine-tuning job</h1>
@@ -230,7 +162,7 @@ export function NewJobPage() {
       <form className="card form" onSubmit={submit} aria-label="New fine-tuning job" data-testid="new-job-form">
         <label htmlFor="training-file">Training file</label>
         <select id="training-file" data-testid="training-file" value={trainingFile} onChange={(e) => setTrainingFile(e.target.value)}>
-          {files.map((f) => (
+          {files.data.map((f) => (
             <option key={f.id} value={f.id}>
               {f.filename} ({f.id})
             </option>
@@ -239,7 +171,7 @@ export function NewJobPage() {
         <label htmlFor="validation-file">Validation file (optional; otherwise the file's TEST split)</label>
         <select id="validation-file" data-testid="validation-file" value={validationFile} onChange={(e) => setValidationFile(e.target.value)}>
           <option value="">— none —</option>
-          {files.map((f) => (
+          {files.data.map((f) => (
             <option key={f.id} value={f.id}>
               {f.filename} ({f.id})
             </option>
@@ -247,7 +179,7 @@ export function NewJobPage() {
         </select>
         <label htmlFor="base-model">Base model</label>
         <select id="base-model" data-testid="base-model" value={model} onChange={(e) => setModel(e.target.value)}>
-          {models.map((m) => (
+          {bases.map((m) => (
             <option key={m.id} value={m.id}>
               {m.id}
             </option>
@@ -255,17 +187,16 @@ export function NewJobPage() {
         </select>
         <label htmlFor="suffix">Suffix (optional, part of the model name)</label>
         <input id="suffix" data-testid="suffix" value={suffix} onChange={(e) => setSuffix(e.target.value)} />
-        {(["n_epochs", "batch_size", "learning_rate_multiplier"] as const).map((k) => (
-          <div key={k}>
-            <label htmlFor={`hp-${k}`}>{k} (“auto” or a number)</label>
-            <input
-              id={`hp-${k}`}
-              data-testid={`hp-${k}`}
-              value={basic[k]}
-              onChange={(e) => setBasic({ ...basic, [k]: e.target.value })}
-            />
-          </div>
-        ))}
+        {BASIC_HPS.map((spec) => {
+          const k = spec.name as BasicHpName;
+          return (
+            <div key={k} className="hp-field">
+              <label htmlFor={`hp-${k}`}>{k} (“auto” or a number)</label>
+              <input id={`hp-${k}`} data-testid={`hp-${k}`} value={basic[k]} onChange={(e) => setBasic({ ...basic, [k]: e.target.value })} />
+              <div className="muted small">{helpText(spec)}</div>
+            </div>
+          );
+        })}
         <details data-testid="advanced-hyperparameters">
           <summary>Advanced hyperparameters (leave empty to let the service choose)</summary>
           {EXTRA_HPS.map((spec) => (
@@ -294,16 +225,19 @@ export function NewJobPage() {
                   onChange={(e) => setExtra({ ...extra, [spec.name]: e.target.value })}
                 />
               )}
-              <div className="muted small">{spec.help}</div>
+              <div className="muted small">{helpText(spec)}</div>
             </div>
           ))}
-          <label htmlFor="seed">seed (optional integer)</label>
-          <input id="seed" data-testid="seed" value={seed} onChange={(e) => setSeed(e.target.value)} />
+          <div className="hp-field">
+            <label htmlFor="seed">seed (optional integer)</label>
+            <input id="seed" data-testid="seed" value={seed} onChange={(e) => setSeed(e.target.value)} />
+            {HP.seed && <div className="muted small">{helpText(HP.seed)}</div>}
+          </div>
         </details>
-        <button type="submit" data-testid="create-job-submit" disabled={busy || !trainingFile || !model}>
-          {busy ? "Creating…" : "Create job"}
+        <button type="submit" data-testid="create-job-submit" disabled={create.isPending || !trainingFile || !model}>
+          {create.isPending ? "Creating…" : "Create job"}
         </button>
-        <ErrorBox error={error} testId="new-job-error" />
+        <ErrorBox error={create.error} testId="new-job-error" />
       </form>
       <div className="card" data-testid="hyperparameter-preview">
         <h2>What these settings resolve to</h2>
@@ -344,51 +278,15 @@ export function NewJobPage() {
   );
 }
 
-interface Preview {
-  device: string;
-  note: string;
-  hyperparameters: Record<string, { value: unknown; origin: string; reason: string | null }>;
-}
-
-interface MetricRow {
-  step: number;
-  epoch?: number;
-  train_loss?: number | null;
-  valid_loss?: number | null;
-  learning_rate?: number | null;
-  tokens_per_second?: number | null;
-  trained_tokens?: number | null;
-}
-
 function MergedDownload({ jobId }: { jobId: string }) {
-  const [state, setState] = useState<"idle" | "preparing" | "done">("idle");
-  const [error, setError] = useState<unknown>(null);
-  const attempt = useCallback(async () => {
-    try {
-      const status = await download(`/v1/fine_tuning/jobs/${jobId}/merged`, `${jobId}-merged.zip`);
-      setState(status === 202 ? "preparing" : "done");
-    } catch (e) {
-      setError(e);
-      setState("idle");
-    }
-  }, [jobId]);
-  usePoll(attempt, 3000, state === "preparing");
+  const merged = useMergedDownload(jobId);
+  const preparing = merged.isPending;
   return (
     <>
-      <button
-        type="button"
-        className="secondary"
-        data-testid="download-merged"
-        disabled={state === "preparing"}
-        onClick={() => {
-          setError(null);
-          setState("preparing");
-          attempt();
-        }}
-      >
-        {state === "preparing" ? "Merging weights… (download starts when ready)" : "Download merged weights"}
+      <button type="button" className="secondary" data-testid="download-merged" disabled={preparing} onClick={() => merged.mutate()}>
+        {preparing ? "Merging weights… (download starts when ready)" : "Download merged weights"}
       </button>
-      <ErrorBox error={error} />
+      <ErrorBox error={merged.error} />
     </>
   );
 }
@@ -400,65 +298,32 @@ function fmtNum(v: unknown): string {
 }
 
 export function JobDetailPage() {
-  const { id } = useParams();
-  const [job, setJob] = useState<Job | null>(null);
-  const [metrics, setMetrics] = useState<MetricRow[]>([]);
-  const [events, setEvents] = useState<{ id: string; created_at: number; level: string; message: string; type: string }[]>([]);
-  const [checkpoints, setCheckpoints] = useState<{ id: string; step_number: number; metrics: Record<string, unknown>; created_at: number }[]>([]);
-  const [recipe, setRecipe] = useState<unknown>(null);
-  const [error, setError] = useState<unknown>(null);
-  const [actionError, setActionError] = useState<unknown>(null);
-
-  const refresh = useCallback(async () => {
-    try {
-      const [j, m, ev, ck] = await Promise.all([
-        api<Job>(`/v1/fine_tuning/jobs/${id}`),
-        api<{ data: MetricRow[] }>(`/v1/fine_tuning/jobs/${id}/metrics`),
-        api<{ data: any[] }>(`/v1/fine_tuning/jobs/${id}/events?limit=100`),
-        api<{ data: any[] }>(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`),
-      ]);
-      setJob(j);
-      setMetrics(m.data);
-      setEvents(ev.data);
-      setCheckpoints(ck.data);
-      setError(null);
-      if (j.hyperparameter_details && !recipe) {
-        api(`/v1/fine_tuning/jobs/${id}/recipe`).then(setRecipe, () => undefined);
-      }
-    } catch (e) {
-      setError(e);
-    }
-  }, [id, recipe]);
-
-  useEffect(() => {
-    setJob(null);
-    setRecipe(null);
-    refresh();
-  }, [id]);
-  const active = !!job && !FINAL_JOB_STATUSES.has(job.status);
-  usePoll(refresh, 2000, active);
+  const { id = "" } = useParams();
+  const jobQ = useQuery(jobQuery(id));
+  const job = jobQ.data;
+  // Metrics, events and checkpoints are polled while the job runs (and once after).
+  const followed = { data: job, dataUpdatedAt: jobQ.dataUpdatedAt };
+  const metricsQ = useQuery(jobMetricsQuery(id, followed));
+  const eventsQ = useQuery(jobEventsQuery(id, followed));
+  const checkpointsQ = useQuery(jobCheckpointsQuery(id, followed));
+  const { data: recipe } = useQuery({ ...jobRecipeQuery(id), enabled: !!job?.hyperparameter_details });
+  const cancelJob = useCancelJob();
+  const dl = useDownload();
+  const error = jobQ.error ?? metricsQ.error ?? eventsQ.error ?? checkpointsQ.error;
 
   if (!job) return error ? <ErrorBox error={error} /> : <p className="muted">Loading…</p>;
+  const metrics = metricsQ.data ?? [];
+  const events = eventsQ.data ?? [];
+  const checkpoints = checkpointsQ.data ?? [];
+  const details = hyperparameterDetails(job);
+  const active = isJobActive(job);
   const last = metrics[metrics.length - 1];
-  const p = job.progress;
+  const p = jobProgress(job);
   const eta = job.estimated_finish ? job.estimated_finish - Date.now() / 1000 : null;
-
-  async function cancel() {
-    setActionError(null);
-    try {
-      setJob(await api<Job>(`/v1/fine_tuning/jobs/${id}/cancel`, { method: "POST" }));
-    } catch (e) {
-      setActionError(e);
-    }
-  }
-  async function dl(path: string, name: string) {
-    setActionError(null);
-    try {
-      await download(path, name);
-    } catch (e) {
-      setActionError(e);
-    }
-  }
+  const actionError = cancelJob.error ?? dl.error;
+  const cancel = () => cancelJob.mutate(id);
+  const jobFile = (path: Parameters<typeof apiUrl>[0], query: Record<string, string> = {}) => apiUrl(path, { job_id: id }, query);
+  const save = (path: string, filename: string) => dl.mutate({ path, filename });
 
   return (
     <>
@@ -527,7 +392,7 @@ export function JobDetailPage() {
           )}
           {job.status === "succeeded" && (
             <>
-              <button type="button" data-testid="download-adapter" onClick={() => dl(`/v1/fine_tuning/jobs/${id}/adapter`, `${id}-adapter.zip`)}>
+              <button type="button" data-testid="download-adapter" onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/adapter"), `${id}-adapter.zip`)}>
                 Download adapter
               </button>
               <MergedDownload jobId={job.id} />
@@ -538,7 +403,7 @@ export function JobDetailPage() {
               Evaluation {job.evaluation_id}
             </Link>
           )}
-          <button type="button" className="secondary" onClick={() => dl(`/v1/fine_tuning/jobs/${id}/metrics?format=csv`, `${id}-metrics.csv`)}>
+          <button type="button" className="secondary" onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/metrics", { format: "csv" }), `${id}-metrics.csv`)}>
             Metrics CSV
           </button>
         </div>
@@ -584,7 +449,7 @@ export function JobDetailPage() {
 
       <div className="card">
         <h2>Hyperparameters</h2>
-        {job.hyperparameter_details ? (
+        {details ? (
           <div className="table-wrap">
             <table data-testid="hyperparameters-table">
               <thead>
@@ -596,7 +461,7 @@ export function JobDetailPage() {
                 </tr>
               </thead>
               <tbody>
-                {Object.entries(job.hyperparameter_details).map(([k, d]) => (
+                {Object.entries(details).map(([k, d]) => (
                   <tr key={k}>
                     <td className="mono">{k}</td>
                     <td className="mono">{fmtNum(d?.value)}</td>
@@ -621,10 +486,10 @@ export function JobDetailPage() {
         <div className="row between">
           <h2>Recipe</h2>
           <div className="row">
-            <button type="button" className="secondary small" data-testid="download-recipe-yaml" disabled={!recipe} onClick={() => dl(`/v1/fine_tuning/jobs/${id}/recipe?format=yaml`, `${id}-recipe.yaml`)}>
+            <button type="button" className="secondary small" data-testid="download-recipe-yaml" disabled={!recipe} onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/recipe", { format: "yaml" }), `${id}-recipe.yaml`)}>
               Download YAML
             </button>
-            <button type="button" className="secondary small" disabled={!recipe} onClick={() => dl(`/v1/fine_tuning/jobs/${id}/recipe`, `${id}-recipe.json`)}>
+            <button type="button" className="secondary small" disabled={!recipe} onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/recipe"), `${id}-recipe.json`)}>
               Download JSON
             </button>
           </div>
@@ -641,32 +506,23 @@ export function JobDetailPage() {
 
       <div className="card">
         <h2>Checkpoints</h2>
-        {checkpoints.length === 0 ? (
-          <p className="muted">No checkpoints yet.</p>
-        ) : (
-          <table data-testid="checkpoints-table">
-            <thead>
-              <tr>
-                <th>Checkpoint</th>
-                <th>Step</th>
-                <th>Metrics</th>
-              </tr>
-            </thead>
-            <tbody>
-              {checkpoints.map((c) => (
-                <tr key={c.id}>
-                  <td className="mono small">{c.id}</td>
-                  <td className="num">{c.step_number}</td>
-                  <td className="small mono">
-                    {Object.entries(c.metrics ?? {})
-                      .map(([k, v]) => `${k}=${fmtNum(v)}`)
-                      .join("  ")}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        )}
+        <PagedTable
+          list={staticList(checkpoints)}
+          testId="checkpoints-table"
+          empty={<p className="muted">No checkpoints yet.</p>}
+          columns={[
+            { header: "Checkpoint", cell: (c) => c.id, className: "mono small" },
+            { header: "Step", cell: (c) => c.step_number, className: "num" },
+            {
+              header: "Metrics",
+              className: "small mono",
+              cell: (c) =>
+                Object.entries(c.metrics ?? {})
+                  .map(([k, v]) => `${k}=${fmtNum(v)}`)
+                  .join("  "),
+            },
+          ]}
+        />
       </div>
 
       <div className="card">
