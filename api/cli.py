@@ -128,7 +128,7 @@ def cmd_worker(args) -> int:
     queues = args.queues or ",".join(ALL_QUEUES)
     if TRAIN_QUEUE not in queues.split(","):
         # Inference workers keep their process between tasks: that is where
-        # the loaded base models live (worker/serving.py).
+        # the loaded base models live (worker/inference/chat.py).
         app.conf.worker_max_tasks_per_child = None
     app.worker_main(
         [
@@ -243,7 +243,7 @@ def cmd_keys_list(args) -> int:
 
 def cmd_train(args) -> int:
     settings = _settings(args.data_dir)
-    from worker.finetune import train_from_recipe
+    from worker.training.job import train_from_recipe
 
     try:
         train_from_recipe(

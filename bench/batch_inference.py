@@ -80,7 +80,7 @@ def register_fine_tunes(data_dir: Path, owner_name: str, count: int) -> list[str
     from domain.ids import new_id
     from domain.jobs.models import FineTuningJob
     from domain.settings import Settings
-    from worker.base_models import load_causal_lm, resolve_base_model
+    from worker.models.catalog import load_causal_lm, resolve_base_model
 
     settings = Settings(data_dir=data_dir)
     base = resolve_base_model(BASE, settings.base_models[BASE], settings.work_dir)
@@ -142,7 +142,7 @@ def naive_generate_loop(data_dir: Path, texts: list[str], max_tokens: int) -> tu
     from transformers import AutoTokenizer
 
     from domain.settings import Settings
-    from worker.base_models import load_causal_lm, resolve_base_model
+    from worker.models.catalog import load_causal_lm, resolve_base_model
 
     settings = Settings(data_dir=data_dir)
     base = resolve_base_model(BASE, settings.base_models[BASE], settings.work_dir)

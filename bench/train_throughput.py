@@ -143,7 +143,7 @@ class Setup:
 
 def prepare(quick: bool) -> Setup:
     from domain.jobs.hyperparameters import MAX_INTERVAL, DatasetStats, plain_values, resolve
-    from worker.base_models import BUNDLED_SMOLLM2_ID, resolve_base_model
+    from worker.models.catalog import BUNDLED_SMOLLM2_ID, resolve_base_model
     from worker.training.recipe import load_tokenizer, token_lengths
 
     started = time.perf_counter()

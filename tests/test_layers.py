@@ -17,11 +17,11 @@ WORKER_ENTRY_POINTS = [
     "worker.celery_app",
     "worker.tasks",
     "worker.runs",
-    "worker.finetune",
-    "worker.batches",
-    "worker.evaluations",
-    "worker.merge",
-    "worker.serving",
+    "worker.training.job",
+    "worker.inference.batch",
+    "worker.evaluation.run",
+    "worker.models.merge",
+    "worker.inference.chat",
     "api.cli",
 ]
 

@@ -3,7 +3,7 @@ chat template, so a whole fine-tuning job runs on the CPU in seconds."""
 
 from pathlib import Path
 
-from worker.base_models import bundled_gguf_path
+from worker.models.gguf import bundled_gguf_path
 
 TINY_CONFIG = dict(
     hidden_size=64,

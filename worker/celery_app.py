@@ -18,7 +18,7 @@ def preload_ml_stack() -> None:
     import torch  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    import worker.finetune  # noqa: F401
+    import worker.training.job  # noqa: F401
     import worker.training.recipe  # noqa: F401
 
 
@@ -30,7 +30,7 @@ def _clear_stale_shutdown_flag(**_kwargs) -> None:
 @worker_shutting_down.connect
 def _announce_shutdown(**_kwargs) -> None:
     # Runs in the parent on SIGTERM/SIGINT: a running training job checkpoints
-    # and hands itself back (worker/finetune.py), so the warm shutdown is quick.
+    # and hands itself back (worker/training/job.py), so the warm shutdown is quick.
     shutdown.announce(get_settings())
 
 

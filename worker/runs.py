@@ -82,8 +82,8 @@ class FailureWords:
 
 def classify_failure(exc: BaseException, words: FailureWords) -> tuple[str, str]:
     """A specific error code and a message a person can act on; never a traceback."""
-    from worker.base_models import BaseModelError
-    from worker.serving import RequestError
+    from worker.models.catalog import BaseModelError
+    from worker.inference.requests import RequestError
 
     from domain.jobs.hyperparameters import HyperparameterError
 

@@ -44,7 +44,7 @@ def ping(nonce: str) -> None:
 def train(job_id: str) -> None:
     """Message = job id only; everything else is read from the database."""
     with _task_context(job_id=job_id):
-        from worker.finetune import run_training_job
+        from worker.training.job import run_training_job
 
         run_training_job(job_id)
 
@@ -53,7 +53,7 @@ def train(job_id: str) -> None:
 def export(export_id: str) -> None:
     """Merged weights (and later other formats) of a fine-tune."""
     with _task_context(export_id=export_id):
-        from worker.merge import run_export
+        from worker.models.merge import run_export
 
         run_export(export_id)
 
@@ -63,7 +63,7 @@ def chat(request: dict) -> None:
     """The request travels whole in the message; the answer goes back on its
     stream (domain/inference/streams.py)."""
     with _task_context(completion_id=request.get("id") if isinstance(request, dict) else None):
-        from worker.serving import run_chat_request
+        from worker.inference.chat import run_chat_request
 
         run_chat_request(request)
 
@@ -71,7 +71,7 @@ def chat(request: dict) -> None:
 @app.task(name="tunehouse.batch")
 def batch(batch_id: str) -> None:
     with _task_context(batch_id=batch_id):
-        from worker.batches import run_batch
+        from worker.inference.batch import run_batch
 
         run_batch(batch_id)
 
@@ -79,6 +79,6 @@ def batch(batch_id: str) -> None:
 @app.task(name="tunehouse.evaluate")
 def evaluate(evaluation_id: str) -> None:
     with _task_context(evaluation_id=evaluation_id):
-        from worker.evaluations import run_evaluation
+        from worker.evaluation.run import run_evaluation
 
         run_evaluation(evaluation_id)

@@ -18,7 +18,7 @@ _SSE = {
 # 503 also when no inference worker takes the request within TUNEHOUSE_INFERENCE_QUEUE_TIMEOUT.
 @router.post("/completions", response_model=ChatCompletion, responses={200: _SSE, **error_responses(404, 502)})
 async def create_chat_completion(body: ChatCompletionRequest, user: CurrentUser, session: SessionDep, state: StateDep):
-    # The checks a batch line gets too (worker/batches.py), then the model.
+    # The checks a batch line gets too (worker/inference/batch.py), then the model.
     request = service.chat_request(body, state.settings)
     target = await run_in_threadpool(service.resolve_or_404, session, user, state.settings, request.model)
     payload = service.worker_request(request, target, state.settings)

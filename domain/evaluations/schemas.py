@@ -13,7 +13,7 @@ from domain.evaluations.models import Evaluation
 from domain.metadata import Metadata
 from domain.pagination import ListPage
 
-# The text metrics of worker/evaluation/metrics.py (METRIC_NAMES, same order;
+# The text metrics of worker/evaluation/scores.py (METRIC_NAMES, same order;
 # a test keeps the two equal: the API never imports worker code), plus
 # "perplexity": the model's loss on the reference answers.
 TEXT_METRICS: tuple[str, ...] = (

@@ -1,5 +1,5 @@
 """Evaluations: check a request completely before anything is queued, then
-hand the evaluation to an inference worker (worker/evaluations.py).
+hand the evaluation to an inference worker (worker/evaluation/run.py).
 
 Also the automatic evaluation of a fine-tuning job that succeeded
 (`create_job_evaluation`, called by the training worker).

@@ -9,7 +9,6 @@ worker that lost its claim (presumed dead, requeued) can no longer change it.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session

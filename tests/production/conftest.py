@@ -32,7 +32,7 @@ from tests.conftest import (
     make_bucket,
     wait_for,
 )
-from tests.worker.test_finetune_e2e import TINY, WORKER_LOGS, Workers
+from tests.e2e import TINY, WORKER_LOGS, Workers
 
 HEARTBEAT_TIMEOUT = 6.0
 STARTUP_TIMEOUT = 60.0

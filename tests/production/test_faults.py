@@ -23,7 +23,7 @@ from domain.queue_client import TRAIN_TASK, TaskQueue
 from tests.api.files.test_endpoints import upload
 from tests.conftest import wait_for
 from tests.production.conftest import database_connections_refused
-from tests.worker.test_finetune_e2e import TINY, event_messages, start_job, tiny_chat_jsonl, wait_until_done
+from tests.e2e import TINY, event_messages, start_job, tiny_chat_jsonl, wait_until_done
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240

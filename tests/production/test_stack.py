@@ -9,7 +9,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import wait_for
-from tests.worker.test_finetune_e2e import TINY, tiny_chat_jsonl
+from tests.e2e import TINY, tiny_chat_jsonl
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from domain.settings import Settings
 from tests.conftest import running_service
 from tests.web.conftest import REPO, sign_in
-from tests.worker.test_finetune_e2e import TINY, Workers, tiny_chat_jsonl
+from tests.e2e import TINY, Workers, tiny_chat_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -1,27 +1,5 @@
 """Inference for chat completions, batches and evaluations: base models kept
-loaded with fine-tunes' adapters attached (engine.py) and batched generation
-mixing adapters in one batch (generation.py)."""
-
-from worker.inference.engine import AdapterNotFound, InferenceEngine, LoadedBase
-from worker.inference.generation import (
-    GenerationCancelled,
-    GenerationRequest,
-    GenerationResult,
-    end_of_turn_ids,
-    generate,
-    reference_losses,
-    render_prompt,
-)
-
-__all__ = [
-    "AdapterNotFound",
-    "GenerationCancelled",
-    "GenerationRequest",
-    "GenerationResult",
-    "InferenceEngine",
-    "LoadedBase",
-    "end_of_turn_ids",
-    "generate",
-    "reference_losses",
-    "render_prompt",
-]
+loaded with fine-tunes' adapters attached (engine.py), batched generation
+mixing adapters in one batch (generation.py), a request turned into
+generation rows and back (requests.py), and the two tasks: a chat request
+(chat.py) and a batch (batch.py)."""

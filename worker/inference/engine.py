@@ -10,7 +10,7 @@ memory serves the base and every fine-tune of it, even within one batch
 Adapters come from the artifact store, where training jobs put them under
 jobs/{job_id}/adapter/, and are cached on local disk in the work dir.
 
-Not thread-safe: a worker process serves one task at a time.
+Not thread-safe: a worker process serves one task at a time (`shared_engine`).
 """
 
 from __future__ import annotations
@@ -26,17 +26,10 @@ from typing import Any
 
 import torch
 
-from domain.settings import Settings
-from domain.storage import Storage
-from worker.base_models import (
-    BaseModelError,
-    atomic_directory,
-    check_adapter_folder,
-    exclusive_lock,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_base_model,
-)
+from domain.settings import Settings, get_settings
+from domain.storage import Storage, storage_from_url
+from worker.models.catalog import BaseModelError, check_adapter_folder, load_causal_lm, load_tokenizer, resolve_base_model
+from worker.models.folders import atomic_directory, exclusive_lock
 from worker.inference.generation import end_of_turn_ids
 
 log = logging.getLogger(__name__)
@@ -186,3 +179,25 @@ def _default_device(worker_device: str) -> str:
     if worker_device and worker_device != "auto":
         return worker_device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# An inference worker's process lives on between tasks (the CLI turns off
+# max-tasks-per-child for workers without the `train` queue), so the engine
+# and the base models it loaded stay in memory: the first request for a base
+# pays for loading it, later ones only attach their fine-tune's adapter.
+_engine = None
+
+
+def shared_engine() -> InferenceEngine:
+    """The engine every inference task of this process shares."""
+    global _engine
+    if _engine is None:
+        settings = get_settings()
+        storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+        _engine = InferenceEngine(settings, storage)
+    return _engine
+
+
+def context_length(model) -> int:
+    """The longest prompt plus answer the model takes, in tokens."""
+    return int(getattr(model.config, "max_position_embeddings", 0) or 2048)

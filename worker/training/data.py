@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from domain.files.split import split_lines
+from domain.jobs.hyperparameters import DatasetStats
+
 IGNORE_INDEX = -100
 
 # Our extension of OpenAI's message format; chat templates must not see it.
@@ -222,3 +225,50 @@ def _first_fit_decreasing(examples: list[TokenizedExample], capacity: int) -> li
             rows.append([example])
             room.append(capacity - len(example))
     return rows
+
+
+# ------------------------------------------------ a job's data, split and measured
+
+
+@dataclass
+class SplitData:
+    train: list[dict]
+    eval: list[dict]
+    eval_source: str  # "test split" | "validation file"
+
+
+def load_split_data(train_chunks, split_seed: int, validation_chunks=None) -> SplitData:
+    """The same deterministic split the upload report showed; TEST is never trained on."""
+    train, test = [], []
+    for _line, example, split in split_lines(train_chunks, split_seed):
+        example.pop("split", None)
+        (train if split == "TRAIN" else test).append(example)
+    if validation_chunks is None:
+        return SplitData(train, test, "test split")
+    validation = [example for _line, example, _split in split_lines(validation_chunks, split_seed)]
+    for example in validation:
+        example.pop("split", None)
+    return SplitData(train, validation, "validation file")
+
+
+def dataset_stats(tokenizer, data: SplitData) -> tuple[DatasetStats, dict]:
+    lengths = sorted(len(example.input_ids) for example in tokenize_dataset(tokenizer, data.train))
+    eval_tokens = sum(len(example.input_ids) for example in tokenize_dataset(tokenizer, data.eval))
+    p99 = lengths[max(0, -(-len(lengths) * 99 // 100) - 1)] if lengths else 0
+    stats = DatasetStats(
+        train_examples=len(data.train),
+        eval_examples=len(data.eval),
+        token_length_p99=p99,
+        token_length_max=lengths[-1] if lengths else 0,
+        train_tokens=sum(lengths),
+    )
+    summary = {
+        "train_examples": stats.train_examples,
+        "eval_examples": stats.eval_examples,
+        "eval_source": data.eval_source,
+        "train_tokens": stats.train_tokens,
+        "eval_tokens": eval_tokens,
+        "token_length_p99": stats.token_length_p99,
+        "token_length_max": stats.token_length_max,
+    }
+    return stats, summary

@@ -57,3 +57,12 @@ def _cpu_model_name() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def pick_device(setting: str) -> str:
+    """The device a worker trains on: the setting, or CUDA when there is one."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

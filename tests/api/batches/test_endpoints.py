@@ -1,5 +1,5 @@
 """The Batch API's checks and bookkeeping, with no worker running (the
-answering side is tests/worker/test_inference_e2e.py)."""
+answering side is tests/worker/inference/test_chat_and_batch_e2e.py)."""
 
 import pytest
 
@@ -154,7 +154,7 @@ def test_batch_records_have_the_chat_shapes():
 
     from domain.inference.schemas import ChatCompletion, ChatCompletionRequest
     from domain.inference.service import completion
-    from worker.batches import PendingLine, error_record, success_record
+    from worker.inference.batch import PendingLine, error_record, success_record
 
     Result = namedtuple("Result", "text finish_reason token_ids")
     request = ChatCompletionRequest.model_validate({"model": BASE, "messages": [{"role": "user", "content": "Hi"}], "n": 2})

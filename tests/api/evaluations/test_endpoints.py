@@ -1,6 +1,6 @@
 """The evaluations API without a worker: creation checks of every parameter,
 listing, cancel, isolation between users, the automatic evaluation of a
-succeeded job. (Evaluations running end to end: tests/worker/test_evaluations_e2e.py.)"""
+succeeded job. (Evaluations running end to end: tests/worker/evaluation/test_run_e2e.py.)"""
 
 import time
 
@@ -112,7 +112,7 @@ def test_explicit_parameters_are_kept(alice):
 
 
 def test_the_api_knows_the_workers_metric_names():
-    from worker.evaluation.metrics import METRIC_NAMES
+    from worker.evaluation.scores import METRIC_NAMES
 
     assert TEXT_METRICS == METRIC_NAMES
     assert EVALUATION_METRICS == (*METRIC_NAMES, "perplexity")

@@ -1,5 +1,5 @@
 """POST /v1/chat/completions checks, with no inference worker running (the
-answering side is tests/worker/test_inference_e2e.py)."""
+answering side is tests/worker/inference/test_chat_and_batch_e2e.py)."""
 
 import httpx
 import pytest
@@ -104,12 +104,12 @@ CONTRACT_BODIES = {
 def batch_line_outcome(service, user, body: dict) -> dict | None:
     """What the batch runner decides for a line with this body: the
     `response` of its error record, or None (accepted: it would run). The
-    runner parses each line with worker.batches.parse_request, which is the
+    runner parses each line with worker.inference.batch.parse_request, which is the
     chat endpoint's check (test below), then resolves the model."""
     from domain.errors import model_not_found
     from domain.inference.targets import resolve_target
-    from worker.batches import error_record, parse_request, request_error
-    from worker.serving import RequestError
+    from worker.inference.batch import error_record, parse_request, request_error
+    from worker.inference.requests import RequestError
 
     try:
         request = parse_request(body, service.settings)
@@ -153,16 +153,16 @@ def test_only_batch_lines_refuse_streaming(service, alice_user):
 def test_the_batch_runner_parses_lines_with_the_chat_check(service, monkeypatch):
     import inspect
 
-    import worker.batches
+    import worker.inference.batch
     from domain.inference import service as inference
 
-    assert "parse_request(" in inspect.getsource(worker.batches.BatchRun)
+    assert "parse_request(" in inspect.getsource(worker.inference.batch.BatchRun)
     calls = []
 
     def spy(body, settings, **kwargs):
         calls.append(kwargs)
         return inference.chat_request(body, settings, **kwargs)
 
-    monkeypatch.setattr(worker.batches, "chat_request", spy)
-    worker.batches.parse_request({"model": BASE, "messages": MESSAGES}, service.settings)
+    monkeypatch.setattr(worker.inference.batch, "chat_request", spy)
+    worker.inference.batch.parse_request({"model": BASE, "messages": MESSAGES}, service.settings)
     assert calls == [{"in_batch": True}]

@@ -1,5 +1,5 @@
 """The fine-tuning jobs API without a worker: creation checks, listing, cancel,
-isolation. (Training end to end is in tests/worker/test_finetune_e2e.py.)"""
+isolation. (Training end to end is in tests/worker/training/test_job_e2e.py.)"""
 
 import openai
 import pytest

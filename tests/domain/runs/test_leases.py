@@ -13,7 +13,7 @@ from domain.batches.models import Batch
 from domain.evaluations.models import Evaluation
 from domain.exports.models import Export
 from domain.jobs.models import FineTuningEvent, FineTuningJob
-from domain.runs.kinds import ALL_KINDS, BATCH, EVALUATION, EXPORT, JOB
+from domain.runs.kinds import ALL_KINDS, BATCH, EVALUATION, JOB
 from domain.runs.leases import Leases, lost_attempts
 from domain.runs.recovery import recover
 

@@ -9,7 +9,7 @@ import torch
 from domain.settings import Settings
 from domain.storage import storage_from_url
 from tests.worker.inference import save_random_lora_adapter
-from worker.base_models import BaseModelError
+from worker.models.catalog import BaseModelError
 from worker.inference.engine import AdapterNotFound, InferenceEngine, adapter_name
 from worker.inference.generation import GenerationRequest, generate, reference_losses, render_prompt
 

@@ -124,7 +124,7 @@ class EvaluationRun(LeasedRun):
         self._evaluate()
 
     def _evaluate(self) -> None:
-        from worker.serving import shared_engine
+        from worker.inference.engine import shared_engine
 
         row = self.leases.get(self.evaluation_id)
         self.session.refresh(row)
@@ -191,9 +191,10 @@ class EvaluationRun(LeasedRun):
         self, engine, target: InferenceTarget, items: list[Item], metrics: list[str], params: dict, model_index: int
     ) -> list[dict]:
         """Every item's record for one model: output, finish reason, scores, loss."""
-        from worker.evaluation.metrics import item_scores
+        from worker.evaluation.scores import item_scores
         from worker.inference.generation import GenerationCancelled, GenerationRequest, generate, reference_losses, render_prompt
-        from worker.serving import context_length, prepare
+        from worker.inference.engine import context_length
+        from worker.inference.requests import prepare
 
         self._check_stop(model_index)
         done_before = model_index * len(items)
@@ -311,7 +312,7 @@ def item_mean_loss(record: dict) -> float | None:
 
 
 def _perplexity(mean_loss: float | None) -> float | None:
-    from worker.evaluation.metrics import mean_loss_to_perplexity
+    from worker.evaluation.scores import mean_loss_to_perplexity
 
     return None if mean_loss is None else _finite(mean_loss_to_perplexity(mean_loss))
 
@@ -320,7 +321,7 @@ def model_aggregate(items: list[Item], records: list[dict], metrics: list[str]) 
     """One model's metrics over all items: means of the per-item scores, corpus
     chrF and BLEU, and with "perplexity" the per-token loss over every scored
     reference token ("loss") and its exponential."""
-    from worker.evaluation.metrics import aggregate
+    from worker.evaluation.scores import aggregate
 
     text_metrics = [m for m in metrics if m != PERPLEXITY]
     out: dict[str, float | None] = {}

@@ -12,9 +12,8 @@ import pytest
 from openai import OpenAI
 
 from domain.settings import Settings
-from tests.api.files.test_endpoints import upload
 from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
-from tests.worker.test_finetune_e2e import TINY, Workers, start_job, tiny_chat_jsonl, wait_until_done
+from tests.e2e import TINY, Workers, start_job, tiny_chat_jsonl, wait_until_done
 
 HEARTBEAT_TIMEOUT = 3.0
 PROMPT = [{"role": "user", "content": "What sound does a cat make?"}]

@@ -3,7 +3,7 @@ import math
 import pytest
 import sacrebleu
 
-from worker.evaluation.metrics import (
+from worker.evaluation.scores import (
     METRIC_NAMES,
     aggregate,
     item_scores,

@@ -2,22 +2,16 @@
 hyperparameter, train (resuming from the last checkpoint if an earlier attempt
 died), publish the adapter, and record all of it.
 
-The training itself is worker/training/recipe.py; `tunehouse train` runs the
-same recipe from a recipe file without the service (see `train_from_recipe`).
+The training loop itself is worker/training/recipe.py, the documents a job
+leaves (recipe, adapter zip) worker/training/artifacts.py; `tunehouse train`
+runs the same recipe without the service (worker/training/offline.py).
 """
 
-import hashlib
-import io
-import json
 import logging
 import shutil
 import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -26,9 +20,9 @@ from domain.db import is_disconnect
 from domain.files.models import File
 from domain.files.outputs import write_output_file
 from domain.files.repository import FileRepository
-from domain.files.split import DEFAULT_SPLIT_SEED, split_lines
+from domain.files.split import DEFAULT_SPLIT_SEED
 from domain.jobs.events import add_event
-from domain.jobs.hyperparameters import DatasetStats, plain_values, resolve
+from domain.jobs.hyperparameters import plain_values, resolve
 from domain.jobs.models import FineTuningJob
 from domain.jobs.repository import JobRepository, record_checkpoint
 from domain.jobs.schemas import fine_tuned_model_name
@@ -36,114 +30,12 @@ from domain.jobs.training_metrics import METRIC_COLUMNS, metrics_by_step, metric
 from domain.queue_client import TaskQueue
 from domain.runs.kinds import EVALUATION, JOB
 from domain.runs.leases import send_to_worker
-from domain.settings import Settings, get_settings
 from worker.runs import FailureWords, HandBack, LeasedRun, run_leased
+from worker.training.artifacts import adapter_zip, build_recipe
+from worker.training.data import dataset_stats, load_split_data
+from worker.training.environment import pick_device
 
 log = logging.getLogger("tunehouse.worker")
-
-RECIPE_VERSION = 1
-
-
-# ----------------------------------------------------------------------- data
-
-
-@dataclass
-class SplitData:
-    train: list[dict]
-    eval: list[dict]
-    eval_source: str  # "test split" | "validation file"
-
-
-def load_split_data(train_chunks, split_seed: int, validation_chunks=None) -> SplitData:
-    """The same deterministic split the upload report showed; TEST is never trained on."""
-    train, test = [], []
-    for _line, example, split in split_lines(train_chunks, split_seed):
-        example.pop("split", None)
-        (train if split == "TRAIN" else test).append(example)
-    if validation_chunks is None:
-        return SplitData(train, test, "test split")
-    validation = [example for _line, example, _split in split_lines(validation_chunks, split_seed)]
-    for example in validation:
-        example.pop("split", None)
-    return SplitData(train, validation, "validation file")
-
-
-def dataset_stats(tokenizer, data: SplitData) -> tuple[DatasetStats, dict]:
-    from worker.training.data import tokenize_dataset
-
-    lengths = sorted(len(example.input_ids) for example in tokenize_dataset(tokenizer, data.train))
-    eval_tokens = sum(len(example.input_ids) for example in tokenize_dataset(tokenizer, data.eval))
-    p99 = lengths[max(0, -(-len(lengths) * 99 // 100) - 1)] if lengths else 0
-    stats = DatasetStats(
-        train_examples=len(data.train),
-        eval_examples=len(data.eval),
-        token_length_p99=p99,
-        token_length_max=lengths[-1] if lengths else 0,
-        train_tokens=sum(lengths),
-    )
-    summary = {
-        "train_examples": stats.train_examples,
-        "eval_examples": stats.eval_examples,
-        "eval_source": data.eval_source,
-        "train_tokens": stats.train_tokens,
-        "eval_tokens": eval_tokens,
-        "token_length_p99": stats.token_length_p99,
-        "token_length_max": stats.token_length_max,
-    }
-    return stats, summary
-
-
-def pick_device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# --------------------------------------------------------------------- recipe
-
-
-def build_recipe(
-    job: FineTuningJob,
-    base,
-    hyperparameters: dict,
-    data_summary: dict,
-    files: dict[str, File | None],
-    split_seed: int,
-    environment: dict,
-    method: dict | None,
-) -> dict[str, Any]:
-    def file_entry(file: File | None):
-        if file is None:
-            return None
-        return {"id": file.id, "filename": file.filename, "sha256": file.sha256, "bytes": file.bytes}
-
-    return {
-        "tunehouse_recipe_version": RECIPE_VERSION,
-        "job_id": job.id,
-        "base_model": {"id": base.id, "source": base.source, "revision": base.revision, "max_length": base.max_length},
-        "hyperparameters": hyperparameters,
-        "seed": {"value": job.seed, "origin": job.seed_origin},
-        "data": {
-            "training_file": file_entry(files["training"]),
-            "validation_file": file_entry(files["validation"]),
-            "split": {"method": "explicit 'split' keys, else seeded hash draw", "seed": split_seed, "test_fraction": 0.1},
-            **data_summary,
-        },
-        "method": method,
-        "environment": environment,
-        "rerun": "tunehouse train --recipe recipe.yaml --data <training file>"
-        + (" --validation-data <validation file>" if files["validation"] else "")
-        + " --out <dir>",
-    }
-
-
-def recipe_yaml(recipe: dict) -> str:
-    return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
-
-
-# ---------------------------------------------------------------- the job run
 
 
 class TrainingJobRun(LeasedRun):
@@ -223,7 +115,7 @@ class TrainingJobRun(LeasedRun):
     # -- the attempt ---------------------------------------------------------
 
     def work(self) -> None:
-        from worker.base_models import load_tokenizer, resolve_base_model
+        from worker.models.catalog import load_tokenizer, resolve_base_model
         from worker.training.environment import environment_info
         from worker.training.recipe import TrainingConfig, TrainingHooks, train
 
@@ -397,114 +289,5 @@ def _checkpoint_metrics(metrics: dict) -> dict:
     return {key: metrics.get(key) for key in ("step", "train_loss", "valid_loss", "learning_rate", "epoch")}
 
 
-def adapter_zip(adapter_dir: Path, recipe: dict, model_name: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(adapter_dir.rglob("*")):
-            # PEFT writes a generic README.md; ours (below) replaces it.
-            if path.is_file() and path.name != "README.md":
-                archive.write(path, path.relative_to(adapter_dir).as_posix())
-        archive.writestr("tunehouse_recipe.json", json.dumps(recipe, indent=2))
-        archive.writestr("tunehouse_recipe.yaml", recipe_yaml(recipe))
-        archive.writestr("README.md", _adapter_readme(recipe, model_name))
-    return buffer.getvalue()
-
-
-def _adapter_readme(recipe: dict, model_name: str) -> str:
-    base = recipe["base_model"]
-    return f"""# {model_name}
-
-A LoRA adapter for `{base['id']}` (revision `{base['revision']}`), trained by tunehouse
-job `{recipe['job_id']}`.
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-base = AutoModelForCausalLM.from_pretrained("{base['id']}")
-model = PeftModel.from_pretrained(base, "path/to/this/folder")
-tokenizer = AutoTokenizer.from_pretrained("{base['id']}")
-```
-
-`tunehouse_recipe.yaml` records every hyperparameter (with where it came from),
-the seed, the data's sha256, the library versions and the hardware. To train
-it again without the service: `{recipe['rerun']}`.
-"""
-
-
 def run_training_job(job_id: str) -> None:
     run_leased(TrainingJobRun, job_id)
-
-
-# ------------------------------------------------------- offline re-run (CLI)
-
-
-def _file_chunks(path: Path):
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            yield chunk
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    for chunk in _file_chunks(path):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def train_from_recipe(
-    recipe_path: Path,
-    data_path: Path,
-    out_dir: Path,
-    *,
-    validation_path: Path | None = None,
-    device: str = "auto",
-    settings: Settings | None = None,
-    echo=print,
-) -> Path:
-    """Re-run a job's training from its recipe, without the service: same
-    split, same resolved hyperparameters, same seed, same recipe code.
-    Writes out_dir/adapter, out_dir/metrics.csv and out_dir/recipe.yaml."""
-    from worker.base_models import resolve_base_model
-    from worker.training.recipe import TrainingConfig, TrainingHooks, train
-
-    settings = settings or get_settings()
-    recipe = yaml.safe_load(recipe_path.read_text())
-    if not isinstance(recipe, dict) or recipe.get("tunehouse_recipe_version") != RECIPE_VERSION:
-        raise ValueError(f"{recipe_path} is not a tunehouse recipe (version {RECIPE_VERSION})")
-    expected = (recipe["data"].get("training_file") or {}).get("sha256")
-    if expected and _sha256_of(data_path) != expected:
-        echo(f"warning: {data_path} differs from the job's training file (sha256 {expected[:12]}…)")
-    base_entry = recipe["base_model"]
-    base = resolve_base_model(base_entry["id"], base_entry["source"], settings.work_dir)
-    if base.revision != base_entry["revision"]:
-        echo(f"warning: base model revision {base.revision} differs from the recipe's {base_entry['revision']}")
-    data = load_split_data(
-        _file_chunks(data_path),
-        recipe["data"]["split"]["seed"],
-        _file_chunks(validation_path) if validation_path else None,
-    )
-    echo(f"{len(data.train)} training and {len(data.eval)} evaluation examples ({data.eval_source})")
-    config = TrainingConfig(
-        base_model_dir=base.local_dir,
-        hyperparameters=plain_values(recipe["hyperparameters"]),
-        seed=recipe["seed"]["value"],
-        device=pick_device(device),
-    )
-    rows: list[dict] = []
-
-    def on_metrics(metrics: dict) -> None:
-        rows.append(metrics)
-        echo(f"step {metrics['step']}/{metrics['total_steps']} train_loss {metrics['train_loss']:.4f}")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hooks = TrainingHooks(on_message=lambda message, _data=None: echo(message), on_metrics=on_metrics)
-    result = train(config, data.train, data.eval, out_dir / "work", hooks)
-    adapter_dir = out_dir / "adapter"
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    shutil.move(str(result.adapter_dir), adapter_dir)
-    shutil.rmtree(out_dir / "work", ignore_errors=True)
-    (out_dir / "metrics.csv").write_text(metrics_csv(rows))
-    (out_dir / "recipe.yaml").write_text(recipe_yaml(recipe))
-    echo(f"adapter written to {adapter_dir}")
-    return adapter_dir

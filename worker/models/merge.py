@@ -3,6 +3,8 @@ the merged weights (base + adapter folded into full safetensors). An export
 is leased work (worker/runs.py): a worker that dies while exporting leaves
 it to be redone by another."""
 
+from __future__ import annotations
+
 import io
 import logging
 import shutil
@@ -12,9 +14,35 @@ from pathlib import Path
 
 from domain.jobs.models import FineTuningJob
 from domain.runs.kinds import EXPORT
+from worker.models.catalog import BaseModel, check_adapter_folder, load_causal_lm
+from worker.models.folders import atomic_directory
 from worker.runs import FailureWords, LeasedRun, RunFailure, run_leased
 
 log = logging.getLogger("tunehouse.worker")
+
+
+def merge_adapter(base: BaseModel, adapter_dir: Path, out_dir: Path, *, dtype=None) -> Path:
+    """Merge a LoRA adapter into the base weights and save a plain model folder.
+
+    Loads the base in fp32 on the CPU unless `dtype` says otherwise (merging
+    into 4-bit weights would lose the adapter's precision). `out_dir` is
+    written atomically and replaced if it exists.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    check_adapter_folder(adapter_dir)
+    model = load_causal_lm(base, dtype=dtype or torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    # The base's tokenizer exactly as it is (no pad-token fill-in): the download
+    # should behave like the base model everywhere.
+    tokenizer = AutoTokenizer.from_pretrained(base.local_dir, trust_remote_code=False)
+    with atomic_directory(out_dir) as staging:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return out_dir
 
 
 def folder_zip(folder: Path) -> bytes:
@@ -44,7 +72,7 @@ class ExportRun(LeasedRun):
         shutil.rmtree(self._work_dir(), ignore_errors=True)
 
     def work(self) -> None:
-        from worker.base_models import merge_adapter, resolve_base_model
+        from worker.models.catalog import resolve_base_model
 
         def read():
             export = self.leases.get(self.row_id)

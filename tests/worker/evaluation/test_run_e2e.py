@@ -14,7 +14,7 @@ from domain.evaluations.schemas import TEXT_METRICS, item_columns
 from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
 from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
-from tests.worker.test_finetune_e2e import Workers, tiny_chat_jsonl
+from tests.e2e import Workers, tiny_chat_jsonl
 
 TINY = "tiny-llama"
 HEARTBEAT_TIMEOUT = 3.0
@@ -238,7 +238,7 @@ def test_cancel_a_running_evaluation_frees_the_worker(trained):
 
 
 def test_items_are_the_splits_answered_examples_in_file_order():
-    from worker.evaluations import load_items
+    from worker.evaluation.run import load_items
 
     def example(i: int, split: str, *, answered: bool = True, parts: bool = False) -> dict:
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"}]

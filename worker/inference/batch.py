@@ -34,7 +34,8 @@ from domain.inference.targets import resolve_target
 from domain.runs.kinds import BATCH
 from domain.settings import Settings
 from worker.runs import FailureWords, HandBack, LeasedRun, RunLost, run_leased
-from worker.serving import RequestError, choices_and_usage, generation_requests, prepare, shared_engine
+from worker.inference.engine import shared_engine
+from worker.inference.requests import RequestError, choices_and_usage, generation_requests, prepare
 
 log = logging.getLogger("tunehouse.worker")
 
