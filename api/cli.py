@@ -117,6 +117,13 @@ def _celery_logs_through_ours(**_kwargs) -> None:
 
 def cmd_worker(args) -> int:
     _settings(args.data_dir)
+    # Before torch (and its OpenMP runtime) loads. A worker shares the cores
+    # with the API and the other workers (two on one machine in embedded
+    # mode); OpenMP's default busy-waiting then makes every thread that waits
+    # at a barrier spin against the others: on 2 cores a tiny model's
+    # training step took 0.6-1 s instead of 15-20 ms. Passive waiting costs
+    # little when the worker has the machine to itself. Set it to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from celery.signals import setup_logging
 
     from domain.queue import ALL_QUEUES, TRAIN_QUEUE
@@ -128,7 +135,7 @@ def cmd_worker(args) -> int:
     queues = args.queues or ",".join(ALL_QUEUES)
     if TRAIN_QUEUE not in queues.split(","):
         # Inference workers keep their process between tasks: that is where
-        # the loaded base models live (worker/inference/chat.py).
+        # the loaded base models live (worker/inference/engine.py).
         app.conf.worker_max_tasks_per_child = None
     app.worker_main(
         [

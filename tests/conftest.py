@@ -14,8 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import psycopg
+# Before torch loads anywhere in this process: the suite runs model code here
+# while worker processes compute beside it, and OpenMP's busy-waiting threads
+# would spin against them (see api/cli.py's worker command).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
 import pytest
 import uvicorn
 from fastapi import FastAPI

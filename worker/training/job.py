@@ -83,18 +83,31 @@ class TrainingJobRun(LeasedRun):
         parts = [f"Step {step}/{total}: training loss {metrics['train_loss']:.4f}"]
         if metrics.get("valid_loss") is not None:
             parts.append(f"validation loss {metrics['valid_loss']:.4f}")
-        self.event(", ".join(parts), {k: metrics.get(k) for k in (*METRIC_COLUMNS, "total_steps")}, type="metrics")
         elapsed = time.time() - self._train_started
         done = max(step - self._first_step, 1)
         remaining = (total - step) * elapsed / done
-        self.try_write(  # a cancel meanwhile: the loop stops at its next check
-            "recording progress",
-            step=step,
-            total_steps=total,
-            trained_tokens=metrics.get("trained_tokens"),
-            estimated_finish=int(time.time() + remaining),
-            heartbeat_at=time.time(),
-        )
+
+        def record() -> bool:
+            # The step's metrics event and the job's progress in one commit.
+            held = self.leases.update(
+                self.job_id,
+                self.attempt,
+                step=step,
+                total_steps=total,
+                trained_tokens=metrics.get("trained_tokens"),
+                estimated_finish=int(time.time() + remaining),
+                heartbeat_at=time.time(),
+            )
+            if not held:  # cancelled meanwhile: the loop stops at its next check
+                self.session.rollback()
+                return False
+            data = {k: metrics.get(k) for k in (*METRIC_COLUMNS, "total_steps")}
+            add_event(self.session, self.job_id, ", ".join(parts), type="metrics", data=data)
+            self.session.commit()
+            return True
+
+        if not self.transaction(record, "recording progress"):
+            self._stop_requested = True
 
     def on_checkpoint(self, step: int, checkpoint_dir: Path, metrics: dict) -> None:
         key = f"jobs/{self.job_id}/checkpoints/step-{step:06d}"
@@ -174,7 +187,7 @@ class TrainingJobRun(LeasedRun):
         )
         self._train_started = time.time()
         self._first_step = job.checkpoint_step or 0
-        result = train(config, data.train, data.eval, work_dir, hooks, resume_from=resume_from)
+        result = train(config, data.train, data.eval, work_dir, hooks, resume_from=resume_from, tokenizer=tokenizer)
 
         if result.paused:
             # Every step done is in a checkpoint: the recipe saved it before pausing.

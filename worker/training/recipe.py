@@ -129,7 +129,9 @@ def train(
     work_dir: Path,
     hooks: TrainingHooks | None = None,
     resume_from: Path | None = None,
+    tokenizer=None,
 ) -> TrainingResult:
+    """`tokenizer`: the base model's, when the caller has loaded it already."""
     hooks = hooks or TrainingHooks()
     hp = config.hyperparameters
     work_dir = Path(work_dir)
@@ -142,7 +144,7 @@ def train(
     # ---- Setup: model, adapter -------------------------------------------
     device = resolve_device(config.device)
     hooks.on_message("Loading base model", {"base_model_dir": str(config.base_model_dir), "device": device})
-    tokenizer = load_tokenizer(config.base_model_dir)
+    tokenizer = load_tokenizer(config.base_model_dir) if tokenizer is None else check_chat_template(tokenizer, config.base_model_dir)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     set_seed(config.seed)  # before the adapter exists: LoRA's initial weights are random
     model, method = load_model(config.base_model_dir, hp["adapter"], device)
@@ -299,7 +301,10 @@ def set_seed(seed: int) -> None:
 def load_tokenizer(base_model_dir: Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=False)
+    return check_chat_template(AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=False), base_model_dir)
+
+
+def check_chat_template(tokenizer, base_model_dir: Path):
     if not tokenizer.chat_template:
         raise ValueError(f"the tokenizer in {base_model_dir} has no chat template; a chat model is needed")
     return tokenizer
@@ -439,16 +444,41 @@ def micro_batches(batch: list[TokenizedExample], micro_batch_size: int) -> list[
 # Training step and evaluation
 
 
+# Causal LMs whose logits are exactly lm_head(last hidden state): no logit
+# soft-capping or scaling after the head. For these the head runs on the
+# trained positions only (below); any other architecture gets full logits.
+_PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "olmo", "olmo2"})
+
+
+def _plain_head_parts(model):
+    """(decoder, lm_head) when the head can be applied to chosen positions, else None."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(inner.config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
 def summed_token_loss(model, inputs: dict, device: str) -> torch.Tensor:
-    """Sum of cross-entropy over the trained tokens of a packed/padded batch."""
+    """Sum of cross-entropy over the trained tokens of a packed/padded batch.
+
+    Only assistant tokens are trained, often a small share of a row: the
+    vocabulary projection (the largest single matmul of a small model, and
+    its logits the largest tensor) runs on those positions alone."""
     model_inputs = {key: inputs[key].to(device) for key in ("input_ids", "position_ids", "attention_mask") if key in inputs}
-    logits = model(**model_inputs, use_cache=False).logits
     # Position t predicts token t+1.
-    logits = logits[:, :-1, :].float()
     targets = inputs["labels"][:, 1:].to(device)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    parts = _plain_head_parts(model)
+    if parts is None:
+        logits = model(**model_inputs, use_cache=False).logits[:, :-1, :].float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+    decoder, head = parts
+    hidden = decoder(**model_inputs, use_cache=False).last_hidden_state[:, :-1, :]
+    trained = targets != IGNORE_INDEX
+    logits = head(hidden[trained]).float()
+    return F.cross_entropy(logits, targets[trained], reduction="sum")
 
 
 # Packed rows may be longer than max_seq_length (which bounds each example):
@@ -531,7 +561,7 @@ def save_checkpoint(
             "python": [python_rng[0], list(python_rng[1]), python_rng[2]],
         },
     }
-    model.save_pretrained(temp_dir, safe_serialization=True, save_embedding_layers=False)
+    write_peft_files(model, temp_dir)
     torch.save(training_state, temp_dir / TRAINING_STATE_FILE)
     trainer_state = {
         "step": step,
@@ -594,11 +624,21 @@ def _remove_unfinished_checkpoints(checkpoints_dir: Path) -> None:
 # Save
 
 
+def write_peft_files(model, directory: Path) -> None:
+    """PEFT's adapter_config.json and adapter_model.safetensors (and its
+    README.md) into `directory`. PEFT renders a model card from its Jinja
+    template on every save unless a README is already there (0.15 s of
+    template compilation per checkpoint); it only updates a stub in place.
+    The job's own README replaces it in the download (worker/training/artifacts.py)."""
+    (directory / "README.md").write_text("---\nlibrary_name: peft\n---\n")
+    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+
+
 def save_adapter(model, adapter_dir: Path) -> Path:
     """adapter_config.json + adapter_model.safetensors, written atomically."""
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     temp_dir = Path(tempfile.mkdtemp(prefix=".adapter-", dir=adapter_dir.parent))
-    model.save_pretrained(temp_dir, safe_serialization=True, save_embedding_layers=False)
+    write_peft_files(model, temp_dir)
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     os.rename(temp_dir, adapter_dir)
