@@ -250,7 +250,7 @@ def cmd_keys_list(args) -> int:
 
 def cmd_train(args) -> int:
     settings = _settings(args.data_dir)
-    from worker.training.job import train_from_recipe
+    from worker.training.offline import train_from_recipe
 
     try:
         train_from_recipe(

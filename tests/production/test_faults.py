@@ -336,8 +336,10 @@ def test_fifty_jobs_from_several_users_each_run_once_in_queue_order(training_wor
     for client in clients:  # each user sees their own ten, no one else's
         assert len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]) == 10
 
-    # Each job started once, in the order the queue held them (two workers
-    # take turns, so neighbours may swap, nothing more).
+    # Each job started once, in the order the queue held them. Two workers
+    # take turns and either may lose a moment forking its next pool process
+    # between taking a message and writing the job's first event, so a job
+    # may start up to two places from its queue position, nothing more.
     with psycopg.connect(stack.database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
         started = [row[0] for row in connection.execute(
             "SELECT job_id FROM fine_tuning_events WHERE message LIKE 'Attempt %%' AND job_id = ANY(%s) ORDER BY seq",
@@ -345,7 +347,7 @@ def test_fifty_jobs_from_several_users_each_run_once_in_queue_order(training_wor
         )]
     assert sorted(started) == sorted(job_ids)
     for position, job_id in enumerate(started):
-        assert abs(position - queue_order.index(job_id)) <= 1, (position, queue_order.index(job_id))
+        assert abs(position - queue_order.index(job_id)) <= 2, (position, queue_order.index(job_id))
     for client in clients:
         client.close()
 
