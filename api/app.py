@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+
+import anyio
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
@@ -21,7 +23,7 @@ from api.observability import RequestContextMiddleware, install_metrics
 from api.rate_limit import RateLimits
 from domain.runs.recovery import recover
 from domain.settings import Settings, get_settings
-from api.deps import AppState
+from api.deps import AppState, threads_for
 from api.web import install_web_ui
 
 
@@ -30,6 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # Plain-def endpoints and dependencies run in AnyIO's default thread
+        # pool: sized with the database pool, so that every request with a
+        # database turn finds a thread (api/deps.py).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads_for(state.settings)
         recovery = asyncio.create_task(_recovery_loop(state))
         yield
         recovery.cancel()
@@ -40,8 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="tunehouse", version="0.1.0", lifespan=lifespan)
     app.state.tunehouse = state
-    # Kept on app.state too so request-scoped dependencies reach them directly.
-    app.state.sessionmaker = state.sessionmaker
     # Request limits (counted in Redis with a Redis broker, else in memory), read by api/deps.py.
     app.state.rate_limits = RateLimits.from_settings(state.settings)
     install_error_handlers(app)

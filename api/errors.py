@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -190,10 +191,34 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return await _service_error(request, invalid_request(first, location=location))
 
 
-async def _database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+def database_busy() -> APIError:
+    """The answer to a request that got no turn at the database, no connection
+    or (SQLite) not the write lock within TUNEHOUSE_DB_BUSY_TIMEOUT: a quick
+    503 that says when to try again, rather than a request that hangs."""
+    return APIError(
+        503,
+        "The database is busy; try again shortly.",
+        type="server_error",
+        code="database_busy",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+    if "database is locked" in str(exc.orig):
+        # SQLite's single writer was busy for the whole busy timeout.
+        log.warning("database busy: %s", exc.orig)
+        return await _api_error(request, database_busy())
     log.warning("database unavailable: %s", exc.orig)
     body = error_body("The database is unavailable; try again shortly.", "server_error", None, "database_unavailable")
     return _response(503, body, {"Retry-After": "5"})
+
+
+async def _pool_timeout(request: Request, _exc: PoolTimeoutError) -> JSONResponse:
+    # No connection came free in time (work outside requests, which takes no
+    # turn, can still find the pool empty).
+    log.warning("database busy: no connection free in the pool")
+    return await _api_error(request, database_busy())
 
 
 def _has_nul(value: Any) -> bool:
@@ -227,6 +252,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _pool_timeout)
     app.add_exception_handler(DataError, _invalid_data)
     app.add_exception_handler(Exception, _unexpected)
     _document_validation_errors_as_400(app)

@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     broker_url: str = ""
     storage_url: str = ""
     s3_endpoint_url: str | None = None
+    # Database connections of each API process, which is also how many of its
+    # requests use the database at once: the others wait for a turn without
+    # holding a thread or a connection. The API's thread pool is sized from it
+    # (api/deps.py). Workers and the CLI keep their own small pools.
+    db_pool_size: int = 10
+    # The longest a request waits for its turn at the database, for a
+    # connection, or (SQLite) for the single write lock, in seconds; then it is
+    # answered 503 `database_busy` with Retry-After instead of hanging.
+    db_busy_timeout: float = 5.0
     max_upload_bytes: int = GIB
     # The longest an upload may wait for the next piece of its body (seconds);
     # a stalled upload then gets a 408 and its partial data is removed.
@@ -71,6 +80,8 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = str(self.data_dir / "artifacts")
+        if self.db_pool_size < 1 or not self.db_busy_timeout > 0:
+            raise ValueError("TUNEHOUSE_DB_POOL_SIZE must be at least 1 and TUNEHOUSE_DB_BUSY_TIMEOUT positive")
         if self.max_upload_bytes <= 0:
             raise ValueError("TUNEHOUSE_MAX_UPLOAD_BYTES must be positive")
         if not self.upload_idle_timeout > 0:

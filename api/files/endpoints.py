@@ -12,7 +12,7 @@ from domain.files import service
 from domain.files.repository import FileRepository
 from domain.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileList, FileObject, FileReport
 from api.pagination import LimitQuery, after_query, check_cursor, list_page
-from api.deps import CurrentUser, SessionDep, StateDep
+from api.deps import CurrentUser, CurrentUserAlone, SessionDep, StateDep
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=COMMON_ERROR_RESPONSES)
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=COMMON_ERROR_RE
 @router.post(
     "", response_model=FileObject, responses=error_responses(413), openapi_extra={"requestBody": UPLOAD_REQUEST_BODY}
 )
-async def create_file(request: Request, user: CurrentUser, state: StateDep) -> FileObject:
+async def create_file(request: Request, user: CurrentUserAlone, state: StateDep) -> FileObject:
     """Upload a JSONL file (multipart: `file`, `purpose` = fine-tune | batch).
 
     The file is validated while it streams; an invalid file is refused with
