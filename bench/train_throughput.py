@@ -1,39 +1,51 @@
-"""Training throughput: the service's trainer against a TRL reference, and the
+"""Training throughput: the service's trainer against TRL references, and the
 cost of running it as a job through the service.
 
-    .venv/bin/python bench/train_throughput.py [--quick]
+    .venv/bin/python bench/train_throughput.py [--quick] [--profile]
 
 All runs train SmolLM2-135M-Instruct (the bundled GGUF, converted once into
-bench/out/train-throughput/) with LoRA r=16, alpha=32, dropout 0.05 on all
-linear layers, batch size 4, fp32, learning rate 2e-4, on the same synthetic
-chat examples (lognormal lengths, ~90 tokens on average), for WARMUP_STEPS
-untimed steps and then 30 timed steps (--quick: 6).
+bench/out/train-throughput/) with LoRA r=16, alpha=32, dropout 0 (the
+service's default and the Unsloth + TRL recipe's) on all linear layers, batch
+size 4, learning rate 2e-4, on the same synthetic chat examples (lognormal
+lengths, ~90 tokens on average), for WARMUP_STEPS untimed steps and then 30
+timed steps (--quick: 6). OMP_WAIT_POLICY=PASSIVE is set here, as the worker
+and the tests set it: with OpenMP's default busy-waiting a 2-thread torch
+process next to other busy processes ran 30-60x slower.
 
 (a) the service's trainer, `worker.training.recipe.train`, called directly with
-    packing on (the service default). Throughput = non-padding tokens of the
-    timed steps / wall time from the end of the last warm-up step to the end of
-    the last step (read from the on_metrics hook).
+    packing on (the service default), once with compute_dtype float32 (a) and
+    once with bfloat16 (a2), what "auto" picks on a CPU whose probe finds bf16
+    faster (the report prints the probe). Throughput = non-padding tokens of
+    the timed steps / wall time from the end of the last warm-up step to the
+    end of the last step (read from the on_metrics hook).
 (b) the reference, written the way the tutorials do it: TRL SFTTrainer + a PEFT
-    LoraConfig on a conversational ({"messages": [...]}) dataset, no packing
-    (each batch padded to its longest example), loss on the whole sequence
-    (TRL's default; assistant-only loss needs a chat template with generation
-    markers, which SmolLM2's has not), TRL's defaults for the rest except bf16
-    (off: fp32 only here). TRL turns gradient checkpointing on by default; the
-    service does not on CPU, so it runs twice: (b) TRL's default, (b') without.
-    Throughput = non-padding tokens (the batches' attention masks) / wall time
-    of the timed steps (a TrainerCallback takes the times).
+    LoraConfig on a conversational ({"messages": [...]}) dataset, loss on the
+    whole sequence (TRL's default; assistant-only loss needs a chat template
+    with generation markers, which SmolLM2's has not), max_length = the
+    service's max_seq_length. Rows: (b) TRL's defaults (bf16 autocast,
+    gradient checkpointing on, each batch padded to its longest example);
+    (b2) without gradient checkpointing (the service has none on CPU); (b3)
+    with SFTConfig(packing=True) too (best-fit decreasing into max_length
+    rows, which TRL then trains padding-free: each batch's rows flattened
+    into one, the per-example mask derived from position_ids); (b4) the same
+    in fp32. Throughput = non-padding tokens / wall time of the timed steps (a
+    TrainerCallback takes the times).
 (c) the same training as a fine-tuning job: the API in this process (uvicorn),
     one `tunehouse worker` subprocess, the file uploaded and the job created
-    over HTTP with the same hyperparameters and seed (so the very same
-    batches). Compared on the trainer's own per-step tokens/s, from the job's
-    metrics (GET /v1/fine_tuning/jobs/{id}/metrics), against the same figure
-    of the direct run (a).
+    over HTTP with the same hyperparameters and seed (compute_dtype left to
+    the worker's probe). Compared on the trainer's own per-step tokens/s, from
+    the job's metrics (GET /v1/fine_tuning/jobs/{id}/metrics), against the same
+    figure of the direct run in the dtype the job used.
 
 MFU = 4 x N x tokens/s / peak, with N the base model's parameters (embeddings
-counted once: they are tied) and the peak measured here with torch.matmul on
-2048x2048 fp32 matrices (best of several runs, all cores). 4 = 2 FLOPs per
+counted once: they are tied) and the peak of the dtype the run computed in,
+measured here with torch.matmul on 2048x2048 matrices in that dtype (best of
+several runs, all cores, before and after the runs). 4 = 2 FLOPs per
 parameter per token in the forward pass + 2 for the backward pass's activation
 gradients; LoRA training computes no gradients of the frozen weights.
+
+--profile: also one step of (a) in each dtype under torch.profiler, its top
+operators by self CPU time.
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hubs: everything is local
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as workers and tests: no busy-waiting OpenMP threads
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames (gradient -> activation checkpointing)
 warnings.filterwarnings("ignore", message=".*pin_memory.*")  # Trainer's default pin_memory on a machine without GPU
@@ -67,7 +80,7 @@ import torch  # noqa: E402
 SEED = 7
 BATCH_SIZE = 4
 LEARNING_RATE = 2e-4
-LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 WARMUP_STEPS = 3
 TIMED_STEPS = {"full": 30, "quick": 6}
 CACHE_DIR = REPO / "bench" / "out" / "train-throughput"  # the converted base model, kept between runs
@@ -201,10 +214,14 @@ def count_parameters(model_dir: Path) -> int:
     return total
 
 
-def measure_matmul_peak(size: int = 2048, runs: int = 20) -> float:
-    """Best fp32 torch.matmul throughput on size x size matrices, in FLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
+DTYPES = ("float32", "bfloat16")
+
+
+def measure_matmul_peak(dtype: str = "float32", size: int = 2048, runs: int = 20) -> float:
+    """Best torch.matmul throughput in `dtype` on size x size matrices, in FLOP/s."""
+    a = torch.randn(size, size).to(getattr(torch, dtype))
+    b = torch.randn(size, size).to(getattr(torch, dtype))
+    out = torch.empty(size, size, dtype=getattr(torch, dtype))
     for _ in range(3):
         torch.matmul(a, b, out=out)
     best = math.inf
@@ -224,9 +241,11 @@ class Throughput:
     name: str
     tokens: int  # non-padding tokens of the timed steps
     seconds: float  # wall time of the timed steps
+    dtype: str = "float32"  # what the matmuls computed in: MFU is against this dtype's peak
     positions: int = 0  # token positions computed (rows x padded length), when known
     step_tokens_per_second: list[float] = field(default_factory=list)
     notes: str = ""
+    losses: list[float] = field(default_factory=list)  # training loss of every step
 
     @property
     def tokens_per_second(self) -> float:
@@ -238,9 +257,10 @@ class Throughput:
         return self.positions / self.tokens if self.positions else None
 
 
-def measure_service_trainer(setup: Setup, work_dir: Path) -> tuple[Throughput, Throughput]:
-    """(a) `train()` called directly. Returns the wall-clock figure and the
-    trainer's own per-step figure (what a job reports), over the timed steps."""
+def measure_service_trainer(setup: Setup, work_dir: Path, dtype: str) -> tuple[Throughput, Throughput, list[float]]:
+    """(a) `train()` called directly, computing in `dtype`. Returns the
+    wall-clock figure, the trainer's own per-step figure (what a job reports)
+    over the timed steps, and every step's training loss."""
     from worker.training.recipe import TrainingConfig, TrainingHooks, train
 
     rows: list[dict] = []
@@ -248,20 +268,24 @@ def measure_service_trainer(setup: Setup, work_dir: Path) -> tuple[Throughput, T
     def on_metrics(metrics: dict) -> None:
         rows.append({**metrics, "at": time.perf_counter()})
 
-    config = TrainingConfig(
-        base_model_dir=setup.model_dir, hyperparameters=dict(setup.hyperparameters), seed=SEED, device="cpu"
-    )
+    hyperparameters = {**setup.hyperparameters, "compute_dtype": dtype}
+    config = TrainingConfig(base_model_dir=setup.model_dir, hyperparameters=hyperparameters, seed=SEED, device="cpu")
     result = train(config, setup.examples, [], work_dir, TrainingHooks(on_metrics=on_metrics))
     assert result.steps == setup.total_steps, (result.steps, setup.total_steps)
+    assert result.method["compute_dtype"] == dtype, result.method
 
     timed = [row for row in rows if row["step"] > setup.warmup_steps]
     last_warmup = rows[setup.warmup_steps - 1]
     tokens = timed[-1]["trained_tokens"] - last_warmup["trained_tokens"]
     positions = service_positions(setup)[setup.warmup_steps :]
+    label = "(a)" if dtype == "float32" else "(a2)"
     wall = Throughput(
-        "(a) service trainer, packing", tokens, timed[-1]["at"] - last_warmup["at"], positions=sum(positions)
+        f"{label} service trainer, packing, {dtype}", tokens, timed[-1]["at"] - last_warmup["at"], dtype=dtype,
+        positions=sum(positions), notes=f"attention {result.method['attention']}",
     )
-    return wall, per_step_throughput("(a) direct: trainer's per-step tokens/s", rows, setup.warmup_steps)
+    per_step = per_step_throughput(f"{label} direct, {dtype}: trainer's per-step tokens/s", rows, setup.warmup_steps)
+    per_step.dtype = dtype
+    return wall, per_step, [row["train_loss"] for row in rows]
 
 
 def per_step_throughput(name: str, rows: list[dict], warmup_steps: int) -> Throughput:
@@ -280,23 +304,45 @@ def per_step_throughput(name: str, rows: list[dict], warmup_steps: int) -> Throu
 
 
 def service_positions(setup: Setup) -> list[int]:
-    """Rows x length of each step's packed batch, rebuilt the way train() builds them."""
-    from worker.training.data import pack_batch
-    from worker.training.recipe import epoch_order, load_tokenizer, packed_row_length, tokenize_and_truncate
+    """Rows x length of each step's packed batch, rebuilt the way train() builds them on CPU."""
+    from worker.training.recipe import Batching, epoch_order, load_tokenizer, tokenize_and_truncate
 
     tokenizer = load_tokenizer(setup.model_dir)
     data, _ = tokenize_and_truncate(tokenizer, setup.examples, setup.max_seq_length)
     order = epoch_order(SEED, 0, len(data))
+    batching = Batching(BATCH_SIZE, setup.max_seq_length, pad_token_id=0, packing=True, device="cpu",
+                        segment_attention=True)  # pad id: shapes only
     positions = []
     for step in range(setup.total_steps):
         batch = [data[i] for i in order[step * BATCH_SIZE : (step + 1) * BATCH_SIZE]]
-        packed = pack_batch(batch, packed_row_length(setup.max_seq_length, True), pad_token_id=0, packing=True)  # pad id: shapes only
-        positions.append(packed["input_ids"].numel())
+        positions.append(batching.inputs(batch)["input_ids"].numel())
     return positions
 
 
-def measure_trl_reference(setup: Setup, out_dir: Path, gradient_checkpointing: bool) -> Throughput:
-    """(b) TRL SFTTrainer + PEFT LoRA, no packing, TRL defaults except fp32."""
+@dataclass(frozen=True)
+class TrlRun:
+    label: str
+    bf16: bool
+    gradient_checkpointing: bool
+    packing: bool
+
+    @property
+    def name(self) -> str:
+        batches = "packing, padding-free" if self.packing else "padding"
+        checkpointing = "" if self.gradient_checkpointing else ", no grad ckpt"
+        return f"{self.label} TRL SFTTrainer, {batches}{checkpointing}, {'bfloat16' if self.bf16 else 'float32'}"
+
+
+TRL_RUNS = (
+    TrlRun("(b)", bf16=True, gradient_checkpointing=True, packing=False),  # TRL's defaults
+    TrlRun("(b2)", bf16=True, gradient_checkpointing=False, packing=False),
+    TrlRun("(b3)", bf16=True, gradient_checkpointing=False, packing=True),
+    TrlRun("(b4)", bf16=False, gradient_checkpointing=False, packing=True),
+)
+
+
+def measure_trl_reference(setup: Setup, out_dir: Path, run: TrlRun) -> Throughput:
+    """(b) TRL SFTTrainer + PEFT LoRA as `run` says; TRL's defaults otherwise."""
     from datasets import Dataset, disable_progress_bars
     from peft import LoraConfig
     from transformers import PrinterCallback, TrainerCallback
@@ -308,13 +354,23 @@ def measure_trl_reference(setup: Setup, out_dir: Path, gradient_checkpointing: b
 
     class CountingSFTTrainer(SFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
-            mask = inputs["attention_mask"]
-            step_tokens[self.state.global_step + 1] = (int(mask.sum()), mask.numel())
+            if "attention_mask" in inputs:
+                mask = inputs["attention_mask"]
+                step_tokens[self.state.global_step + 1] = (int(mask.sum()), mask.numel())
+            else:  # padding-free: the batch flattened into one row of real tokens
+                ids = inputs["input_ids"]
+                step_tokens[self.state.global_step + 1] = (ids.numel(), ids.numel())
             return super().training_step(model, inputs, num_items_in_batch)
+
+    losses: list[float] = []
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             step_ended[state.global_step] = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
 
     dataset = Dataset.from_list([{"messages": example["messages"]} for example in setup.examples])
     args = SFTConfig(
@@ -322,9 +378,12 @@ def measure_trl_reference(setup: Setup, out_dir: Path, gradient_checkpointing: b
         per_device_train_batch_size=BATCH_SIZE,
         learning_rate=LEARNING_RATE,
         max_steps=setup.total_steps,
-        max_length=setup.max_seq_length,  # the service's max_seq_length: same truncation
-        bf16=False,  # TRL's default is bf16, ~100x slower on this CPU; the service trains in fp32 here
-        gradient_checkpointing=gradient_checkpointing,
+        max_length=setup.max_seq_length,  # the service's max_seq_length: same truncation (and packed row length)
+        bf16=run.bf16,  # TRL's default is True: autocast over fp32 weights, as the service's bf16
+        use_cpu=True,  # transformers refuses bf16 on a machine without GPU unless told it trains on the CPU
+        gradient_checkpointing=run.gradient_checkpointing,  # TRL's default is True
+        packing=run.packing,  # best-fit decreasing, then padding-free batches
+        logging_steps=1,  # every step's loss, to compare bf16 with fp32
         seed=SEED,
         save_strategy="no",
         report_to="none",
@@ -352,11 +411,15 @@ def measure_trl_reference(setup: Setup, out_dir: Path, gradient_checkpointing: b
     tokens = sum(step_tokens[step][0] for step in timed)
     positions = sum(step_tokens[step][1] for step in timed)
     seconds = step_ended[setup.total_steps] - step_ended[setup.warmup_steps]
-    if gradient_checkpointing:
-        name, notes = "(b) TRL SFTTrainer, padding", "TRL defaults: gradient checkpointing on"
-    else:
-        name, notes = "(b') TRL SFTTrainer, padding, no grad ckpt", "gradient checkpointing off, as the service on CPU"
-    return Throughput(name, tokens, seconds, positions=positions, notes=f"{notes}; weights {', '.join(dtypes)}")
+    changes = [change for change, differs in (
+        ("gradient checkpointing off", not run.gradient_checkpointing),
+        ("packing=True", run.packing),
+        ("bf16=False", not run.bf16),
+    ) if differs]
+    notes = "TRL's defaults" + (" but " + ", ".join(changes) if changes else "")
+    attention = trainer.model.config._attn_implementation
+    return Throughput(run.name, tokens, seconds, dtype="bfloat16" if run.bf16 else "float32", positions=positions,
+                      notes=f"{notes}; weights {', '.join(dtypes)}; attention {attention}", losses=losses)
 
 
 def measure_service_job(setup: Setup, tmp: Path) -> tuple[Throughput, Throughput]:
@@ -429,7 +492,8 @@ def measure_service_job(setup: Setup, tmp: Path) -> tuple[Throughput, Throughput
         server.should_exit = True
         server_thread.join(timeout=30)
 
-    differing = {k: (v, used.get(k)) for k, v in setup.hyperparameters.items() if used.get(k) != v}
+    differing = {k: (v, used.get(k)) for k, v in setup.hyperparameters.items()
+                 if used.get(k) != v and k != "compute_dtype"}
     if differing:
         raise RuntimeError(f"the job resolved other hyperparameters than the direct run: {differing}")
     if len(rows) != setup.total_steps:
@@ -439,11 +503,14 @@ def measure_service_job(setup: Setup, tmp: Path) -> tuple[Throughput, Throughput
     # but event times are whole seconds.
     at = {event["data"]["step"]: event["created_at"] for event in events if event["type"] == "metrics"}
     tokens = rows[-1]["trained_tokens"] - rows[setup.warmup_steps - 1]["trained_tokens"]
+    dtype = used.get("compute_dtype", "float32")
     wall = Throughput(
-        "(c) job: wall clock (event times, 1 s resolution)",
-        tokens, max(at[setup.total_steps] - at[setup.warmup_steps], 1),
+        f"(c) job, {dtype}: wall clock (event times, 1 s resolution)",
+        tokens, max(at[setup.total_steps] - at[setup.warmup_steps], 1), dtype=dtype,
     )
-    return per_step_throughput("(c) job: trainer's per-step tokens/s", rows, setup.warmup_steps), wall
+    per_step = per_step_throughput(f"(c) job, {dtype}: trainer's per-step tokens/s", rows, setup.warmup_steps)
+    per_step.dtype = dtype
+    return per_step, wall
 
 
 def free_port() -> int:
@@ -469,26 +536,57 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
 # Report
 
 
+def profile_service_step(setup: Setup, dtype: str, rows: int = 18) -> None:
+    """One step of (a) in `dtype` (after two warm-up steps) under torch.profiler."""
+    from worker.compute import choose_compute_dtype
+    from worker.training import recipe
+
+    hp = {**setup.hyperparameters, "compute_dtype": dtype}
+    tokenizer = recipe.load_tokenizer(setup.model_dir)
+    data, _ = recipe.tokenize_and_truncate(tokenizer, setup.examples, setup.max_seq_length)
+    recipe.set_seed(SEED)
+    model, method = recipe.load_model(setup.model_dir, "lora", "cpu", choose_compute_dtype("cpu", dtype))
+    model = recipe.add_lora_adapter(model, hp)
+    head_weight = recipe.prepare_for_autocast(model) if method["autocast"] else None
+    optimizer, _ = recipe.make_optimizer(model, hp, method)
+    scheduler = recipe.make_scheduler(optimizer, hp, setup.total_steps)
+    batching = recipe.Batching(BATCH_SIZE, setup.max_seq_length, tokenizer.pad_token_id, True, "cpu",
+                               method["attention"] == recipe.ATTENTION_NAME, method["autocast"], head_weight)
+    order = recipe.epoch_order(SEED, 0, len(data))
+    for step in range(3):
+        batch = [data[i] for i in order[step * BATCH_SIZE : (step + 1) * BATCH_SIZE]]
+        if step < 2:
+            recipe.train_step(model, optimizer, scheduler, batch, batching, None)
+            continue
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            recipe.train_step(model, optimizer, scheduler, batch, batching, None)
+    print(f"\nprofile of one step of (a), {dtype} ({sum(len(e) for e in batch)} tokens):")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def print_report(
-    setup: Setup, peaks: list[float], runs: list[Throughput], direct: Throughput, job: Throughput, job_wall: Throughput
+    setup: Setup, peaks: dict[str, list[float]], probe, runs: list[Throughput], directs: dict[str, Throughput],
+    job: Throughput | None, job_wall: Throughput | None, losses: dict[str, list[float]],
 ) -> None:
-    peak = max(peaks)
+    peak = {dtype: max(values) for dtype, values in peaks.items()}
 
     def mfu(result: Throughput) -> float:
-        return MFU_FACTOR * setup.n_params * result.tokens_per_second / peak
+        return MFU_FACTOR * setup.n_params * result.tokens_per_second / peak[result.dtype]
 
     ordered = sorted(setup.lengths)
     print()
     from importlib.metadata import version
 
-    print(f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, fp32")
+    print(f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print("libraries: " + ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "trl")))
-    print(
-        f"matmul peak (fp32 2048x2048, best of 20): {peak / 1e9:.1f} GFLOP/s "
-        f"(before the runs {peaks[0] / 1e9:.1f}, after {peaks[1] / 1e9:.1f})"
-    )
-    if min(peaks) < 0.85 * peak:
-        print("WARNING: the two peak measurements differ by more than 15%: the machine was busy; figures are unreliable")
+    for dtype, values in peaks.items():
+        print(
+            f"matmul peak ({dtype} 2048x2048, best of 20): {peak[dtype] / 1e9:.1f} GFLOP/s "
+            f"(before the runs {values[0] / 1e9:.1f}, after {values[1] / 1e9:.1f})"
+        )
+        if min(values) < 0.85 * peak[dtype]:
+            print(f"WARNING: the {dtype} peaks differ by more than 15%: the machine was busy; figures are unreliable")
+    print(f"compute dtype probe (worker/compute.py, what 'auto' picks): {probe.dtype}: {probe.reason}")
     print(f"model: SmolLM2-135M-Instruct (bundled), N = {setup.n_params:,} parameters")
     print(
         f"data: {len(setup.examples)} synthetic chats; tokens per example mean {statistics.mean(ordered):.1f}, "
@@ -498,37 +596,72 @@ def print_report(
     print(
         f"training: {setup.warmup_steps} warm-up + {setup.timed_steps} timed steps, batch size {BATCH_SIZE}, "
         f"LoRA r={LORA['lora_r']} alpha={LORA['lora_alpha']} dropout={LORA['lora_dropout']} all-linear, "
-        f"lr {LEARNING_RATE}, fp32"
+        f"lr {LEARNING_RATE}"
     )
     print(
-        f"MFU = {MFU_FACTOR} x N x tokens/s / matmul peak ({MFU_FACTOR}: 2 FLOPs/param/token forward + 2 for the "
-        "activation gradients; LoRA computes no weight gradients of the frozen base)"
+        f"MFU = {MFU_FACTOR} x N x tokens/s / matmul peak of the run's dtype ({MFU_FACTOR}: 2 FLOPs/param/token "
+        "forward + 2 for the activation gradients; LoRA computes no weight gradients of the frozen base)"
     )
     print()
-    header = f"{'run':<52} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'MFU':>6} {'positions/token':>16}"
+    header = f"{'run':<62} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'MFU':>6} {'positions/token':>16}"
     print(header)
     print("-" * len(header))
-    for result in [*runs, direct, job, job_wall]:
+    for result in [*runs, *directs.values(), *([job, job_wall] if job else [])]:
         padding = f"{result.padding_overhead:.2f}" if result.padding_overhead else "-"
         print(
-            f"{result.name:<52} {result.tokens:>7} {result.seconds:>8.1f} {result.tokens_per_second:>9.1f} "
+            f"{result.name:<62} {result.tokens:>7} {result.seconds:>8.1f} {result.tokens_per_second:>9.1f} "
             f"{mfu(result):>6.1%} {padding:>16}"
         )
     print("tokens: non-padding tokens of the timed steps; positions/token: token positions computed")
     print("(rows x padded length) per non-padding token, 1.00 = no padding")
     print()
-    service = runs[0]
-    for reference in runs[1:]:
-        label = reference.name.split(" ", 1)[0]
+    services = [run for run in runs if run.name.startswith("(a")]
+    references = [run for run in runs if run.name.startswith("(b")]
+    for service in services:
+        label = service.name.split(" ", 1)[0]
+        for reference in references:
+            other = reference.name.split(" ", 1)[0]
+            print(
+                f"ratio {label} / {other}: {service.tokens_per_second / reference.tokens_per_second:.2f}  "
+                f"[{other}: {reference.notes}]"
+            )
+    best_service = max(services, key=lambda run: run.tokens_per_second)
+    best_reference = max(references, key=lambda run: run.tokens_per_second)
+    print(
+        f"best service row / best TRL row: {best_service.tokens_per_second / best_reference.tokens_per_second:.2f} "
+        f"({best_service.name.split(' ', 1)[0]} / {best_reference.name.split(' ', 1)[0]})"
+    )
+    for dtype in DTYPES:
+        same = [run for run in references if run.dtype == dtype]
+        mine = [run for run in services if run.dtype == dtype]
+        if same and mine:
+            best = max(same, key=lambda run: run.tokens_per_second)
+            print(f"  {dtype}: service / best TRL row in {dtype}: {mine[0].tokens_per_second / best.tokens_per_second:.2f}")
+    if set(losses) == set(DTYPES):
+        differences = [b - a for a, b in zip(losses["float32"], losses["bfloat16"])]
         print(
-            f"ratio (a) / {label}: {service.tokens_per_second / reference.tokens_per_second:.2f}  "
-            f"[{label}: {reference.notes}]"
+            f"training loss, bf16 - fp32, same seed and batches, per step: mean {statistics.mean(differences):+.4f}, "
+            f"largest {max(differences, key=abs):+.4f} (fp32 loss {losses['float32'][0]:.4f} -> {losses['float32'][-1]:.4f}, "
+            f"bf16 {losses['bfloat16'][0]:.4f} -> {losses['bfloat16'][-1]:.4f})"
         )
+        print("  fp32: " + " ".join(f"{loss:.3f}" for loss in losses["float32"]))
+        print("  bf16: " + " ".join(f"{loss:.3f}" for loss in losses["bfloat16"]))
+    packed = {run.dtype: run.losses for run in references if "packing" in run.name and run.losses}
+    if set(packed) == set(DTYPES):
+        differences = [b - a for a, b in zip(packed["float32"], packed["bfloat16"])]
+        print(
+            f"the same for TRL (packing rows, bf16=True vs False, same seed and batches): mean "
+            f"{statistics.mean(differences):+.4f}, largest {max(differences, key=abs):+.4f} over {len(differences)} steps"
+        )
+    if job is None or job_wall is None:
+        return
+    direct = directs[job.dtype]
+    service = next(run for run in services if run.dtype == job.dtype)
     overhead = 1 - job.tokens_per_second / direct.tokens_per_second
-    print(f"service overhead, 1 - job / direct, on the trainer's per-step tokens/s: {overhead:+.1%}")
+    print(f"service overhead ({job.dtype}), 1 - job / direct, on the trainer's per-step tokens/s: {overhead:+.1%}")
     median_overhead = 1 - statistics.median(job.step_tokens_per_second) / statistics.median(direct.step_tokens_per_second)
     print(f"  on the median step instead (robust to a step slowed by something else on the machine): {median_overhead:+.1%}")
-    print(f"  with the time between steps (job wall clock vs (a)): {1 - job_wall.tokens_per_second / service.tokens_per_second:+.1%}")
+    print(f"  with the time between steps (job wall clock vs direct): {1 - job_wall.tokens_per_second / service.tokens_per_second:+.1%}")
     print("  per-step tokens/s of the timed steps (same batches in both):")
     print("    direct: " + " ".join(f"{rate:.0f}" for rate in direct.step_tokens_per_second))
     print("    job:    " + " ".join(f"{rate:.0f}" for rate in job.step_tokens_per_second))
@@ -539,31 +672,44 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help=f"{TIMED_STEPS['quick']} timed steps instead of {TIMED_STEPS['full']}"
     )
+    parser.add_argument("--profile", action="store_true", help="also profile one step of (a) in each dtype")
+    parser.add_argument("--no-job", action="store_true", help="leave out (c), the run as a job through the API")
     args = parser.parse_args()
 
     from transformers.utils import logging as transformers_logging
+
+    from worker.compute import choose_compute_dtype
 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
 
     setup = prepare(args.quick)
-    peaks = [measure_matmul_peak()]
-    print(f"matmul peak: {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
+    peaks = {dtype: [measure_matmul_peak(dtype)] for dtype in DTYPES}
+    print("matmul peaks: " + ", ".join(f"{d} {v[0] / 1e9:.1f} GFLOP/s" for d, v in peaks.items()), flush=True)
+    probe = choose_compute_dtype("cpu")
+    runs, directs, losses = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="tunehouse-bench-train-") as tmp_name:
         tmp = Path(tmp_name)
-        print("(a) service trainer ...", flush=True)
-        service, direct = measure_service_trainer(setup, tmp / "direct")
-        print(f"    {service.tokens_per_second:.1f} tokens/s", flush=True)
-        runs = [service]
-        for gradient_checkpointing in (True, False):
-            print(f"(b) TRL reference, gradient checkpointing {'on' if gradient_checkpointing else 'off'} ...", flush=True)
-            runs.append(measure_trl_reference(setup, tmp / f"trl-{gradient_checkpointing}", gradient_checkpointing))
+        for dtype in DTYPES:
+            print(f"(a) service trainer, {dtype} ...", flush=True)
+            service, directs[dtype], losses[dtype] = measure_service_trainer(setup, tmp / f"direct-{dtype}", dtype)
+            runs.append(service)
+            print(f"    {service.tokens_per_second:.1f} tokens/s", flush=True)
+        for trl_run in TRL_RUNS:
+            print(f"{trl_run.name} ...", flush=True)
+            runs.append(measure_trl_reference(setup, tmp / f"trl-{len(runs)}", trl_run))
             print(f"    {runs[-1].tokens_per_second:.1f} tokens/s", flush=True)
-        print("(c) job through the API ...", flush=True)
-        job, job_wall = measure_service_job(setup, tmp)
-        print(f"    {job.tokens_per_second:.1f} tokens/s", flush=True)
-    peaks.append(measure_matmul_peak())
-    print_report(setup, peaks, runs, direct, job, job_wall)
+        job = job_wall = None
+        if not args.no_job:
+            print("(c) job through the API ...", flush=True)
+            job, job_wall = measure_service_job(setup, tmp)
+            print(f"    {job.tokens_per_second:.1f} tokens/s", flush=True)
+    for dtype in DTYPES:
+        peaks[dtype].append(measure_matmul_peak(dtype))
+    print_report(setup, peaks, probe, runs, directs, job, job_wall, losses)
+    if args.profile:
+        for dtype in DTYPES:
+            profile_service_step(setup, dtype)
 
 
 if __name__ == "__main__":

@@ -51,24 +51,37 @@ def matmul_gflops(dtype_name: str, size: int = PROBE_SIZE, seconds: float = PROB
             return 2 * size**3 * runs / elapsed / 1e9
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
+def cpu_matmul_gflops() -> tuple[float, float]:
+    """(fp32, bf16) GFLOP/s of this CPU: the probe, run once per process."""
+    return round(matmul_gflops("float32"), 1), round(matmul_gflops("bfloat16"), 1)
+
+
+SETTINGS = ("auto", "float32", "bfloat16")
+
+
+@functools.lru_cache(maxsize=8)
 def choose_compute_dtype(device: str, setting: str = "auto") -> ComputeChoice:
     """The dtype to compute in on `device`: `setting` when it names one
-    ("float32" / "bfloat16"), else the measured fastest."""
-    if setting in ("float32", "bfloat16"):
-        return ComputeChoice(device, setting, f"set to {setting}")
-    if setting != "auto":
+    ("float32" / "bfloat16"), else the measured fastest. On CPU the probe
+    runs either way (once per process), so its figures are always recorded."""
+    if setting not in SETTINGS:
         raise ValueError(f"unknown compute dtype setting {setting!r}: use auto, float32 or bfloat16")
     if device.startswith("cuda"):
+        if setting != "auto":
+            return ComputeChoice("cuda", setting, f"set to {setting}")
         import torch
 
         if torch.cuda.is_bf16_supported():
             return ComputeChoice("cuda", "bfloat16", "CUDA with bf16 support")
         return ComputeChoice("cuda", "float32", "CUDA without bf16 support")
-    fp32 = matmul_gflops("float32")
-    bf16 = matmul_gflops("bfloat16")
+    fp32, bf16 = cpu_matmul_gflops()
+    figures = f"{PROBE_SIZE}x{PROBE_SIZE} matmuls: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
+    if setting != "auto":
+        return ComputeChoice("cpu", setting, f"set to {setting} (this CPU's probe: {figures})", fp32, bf16)
     if bf16 >= BF16_MIN_SPEEDUP * fp32:
-        reason = f"bf16 matmuls measured {bf16 / fp32:.1f}x faster than fp32 on this CPU"
-        return ComputeChoice("cpu", "bfloat16", reason, round(fp32, 1), round(bf16, 1))
-    reason = f"bf16 matmuls measured {bf16 / fp32:.2f}x the speed of fp32 on this CPU (not faster)"
-    return ComputeChoice("cpu", "float32", reason, round(fp32, 1), round(bf16, 1))
+        reason = f"bf16 measured {bf16 / fp32:.1f}x faster than fp32 on this CPU ({figures})"
+        return ComputeChoice("cpu", "bfloat16", reason, fp32, bf16)
+    reason = (f"bf16 measured {bf16 / fp32:.2f}x the speed of fp32 on this CPU, under the "
+              f"{BF16_MIN_SPEEDUP}x that would pay for its rounding ({figures})")
+    return ComputeChoice("cpu", "float32", reason, fp32, bf16)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -161,20 +162,24 @@ def truncate(example: TokenizedExample, max_seq_length: int) -> tuple[TokenizedE
 
 def pack_batch(
     examples: list[TokenizedExample], max_seq_length: int, pad_token_id: int, packing: bool
-) -> dict[str, torch.Tensor | int]:
+) -> dict[str, Any]:
     """The model inputs for one (micro-)batch.
 
     packing=True ("padding-free batching"): examples share rows of at most
     `max_seq_length` tokens (first-fit decreasing); position_ids restart at 0
     for each example and for the padding tail, and there is no attention_mask:
-    transformers then derives a block-diagonal causal mask from the restarting
-    position_ids, so no example attends to another.
+    transformers' sdpa attention then derives a block-diagonal causal mask
+    from the restarting position_ids, and the recipe's segment attention
+    (worker/training/attention.py) reads `segments`, so no example attends
+    to another.
 
     packing=False: one example per row, right-padded, with an attention_mask.
 
     Returns input_ids, labels, position_ids ([rows, length] tensors), an
-    attention_mask when packing=False, and the ints num_tokens (non-padding)
-    and num_trained_tokens.
+    attention_mask when packing=False, segments (per row, the (start, end)
+    of each example in it, in order from 0: what worker/training/attention.py
+    needs to attend within each example), and the ints num_tokens
+    (non-padding) and num_trained_tokens.
     """
     if not examples:
         raise ValueError("pack_batch needs at least one example")
@@ -191,10 +196,13 @@ def pack_batch(
     labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), length), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    segments: list[tuple[tuple[int, int], ...]] = []
     for row_index, row in enumerate(rows):
         offset = 0
+        row_segments = []
         for example in row:
             size = len(example)
+            row_segments.append((offset, offset + size))
             input_ids[row_index, offset : offset + size] = torch.tensor(example.input_ids)
             labels[row_index, offset : offset + size] = torch.tensor(example.labels)
             position_ids[row_index, offset : offset + size] = torch.arange(size)
@@ -202,10 +210,12 @@ def pack_batch(
             offset += size
         # The padding tail is one more "sequence" of its own, starting at 0.
         position_ids[row_index, offset:] = torch.arange(length - offset)
+        segments.append(tuple(row_segments))
 
-    batch: dict[str, torch.Tensor | int] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if not packing:
         batch["attention_mask"] = attention_mask
+    batch["segments"] = segments
     batch["num_tokens"] = sum(len(example) for example in examples)
     batch["num_trained_tokens"] = sum(example.trained_tokens for example in examples)
     return batch

@@ -30,6 +30,7 @@ from domain.jobs.training_metrics import METRIC_COLUMNS, metrics_by_step, metric
 from domain.queue_client import TaskQueue
 from domain.runs.kinds import EVALUATION, JOB
 from domain.runs.leases import send_to_worker
+from worker.compute import choose_compute_dtype
 from worker.runs import FailureWords, HandBack, LeasedRun, run_leased
 from worker.training.artifacts import adapter_zip, build_recipe
 from worker.training.data import dataset_stats, load_split_data
@@ -161,7 +162,12 @@ class TrainingJobRun(LeasedRun):
         if job.hyperparameters:  # a resumed attempt keeps what the first one resolved
             resolved = job.hyperparameters
         else:
-            resolved = resolve(job.requested_hyperparameters, stats, model_max_length=base.max_length, device=device)
+            # The dtype this machine computes fastest in: a matmul probe, once per worker process.
+            compute = choose_compute_dtype(device)
+            resolved = resolve(
+                job.requested_hyperparameters, stats, model_max_length=base.max_length, device=device,
+                measured_compute_dtype=(compute.dtype, compute.reason),
+            )
         environment = environment_info(device)
         recipe = build_recipe(
             job, base, resolved, data_summary, {"training": training_file, "validation": validation_file},

@@ -13,13 +13,19 @@ The math, so a run can be reproduced without this service:
 - data order: each epoch a permutation of the training examples drawn from a
   torch.Generator seeded from (seed, epoch);
 - total_steps = n_epochs * ceil(n_train / batch_size); learning rate schedule
-  transformers.get_scheduler(lr_scheduler, warmup = ceil(warmup_ratio * total_steps)).
+  transformers.get_scheduler(lr_scheduler, warmup = ceil(warmup_ratio * total_steps));
+- precision: matmuls in `compute_dtype` (worker/compute.py measures which one
+  the machine computes faster); on CPU in bf16 by autocast over fp32 weights,
+  the LoRA weights and the AdamW state always fp32;
+- attention: each example attends only within itself, packed or padded (on
+  CPU by cutting rows at example boundaries, worker/training/attention.py).
 
 The worker's job runner and the `tunehouse train` command both call `train()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -36,6 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from worker.compute import ComputeChoice, choose_compute_dtype
+from worker.training.attention import ATTENTION_NAME, register_segment_attention, segment_attention_supported
 from worker.training.data import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -47,7 +55,9 @@ from worker.training.data import (
 TRAINING_STATE_FILE = "training_state.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
 TRAINING_STATE_VERSION = 1
-ATTENTION = "sdpa"  # packing relies on it: transformers builds the per-example mask from position_ids
+# Attention where segment attention (worker/training/attention.py) does not
+# apply: transformers builds the per-example mask of packed rows from position_ids.
+ATTENTION = "sdpa"
 
 
 # --------------------------------------------------------------------------
@@ -146,10 +156,12 @@ def train(
     hooks.on_message("Loading base model", {"base_model_dir": str(config.base_model_dir), "device": device})
     tokenizer = load_tokenizer(config.base_model_dir) if tokenizer is None else check_chat_template(tokenizer, config.base_model_dir)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    compute = choose_compute_dtype(device, hp.get("compute_dtype") or "auto")
     set_seed(config.seed)  # before the adapter exists: LoRA's initial weights are random
-    model, method = load_model(config.base_model_dir, hp["adapter"], device)
+    model, method = load_model(config.base_model_dir, hp["adapter"], device, compute)
     model = add_lora_adapter(model, hp)
     method["target_modules"] = lora_target_module_names(model)
+    head_weight = prepare_for_autocast(model) if method["autocast"] else None
 
     # ---- Data --------------------------------------------------------------
     max_seq_length = int(hp["max_seq_length"])
@@ -174,7 +186,16 @@ def train(
     batch_size = int(hp["batch_size"])
     accumulation_steps = int(hp.get("gradient_accumulation_steps") or 1)
     micro_batch_size = math.ceil(batch_size / accumulation_steps)
-    packing = bool(hp.get("packing", False))
+    batching = Batching(
+        micro_batch_size=micro_batch_size,
+        max_seq_length=max_seq_length,
+        pad_token_id=pad_token_id,
+        packing=bool(hp.get("packing", False)),
+        device=device,
+        segment_attention=method["attention"] == ATTENTION_NAME,
+        autocast=method["autocast"],
+        head_weight=head_weight,
+    )
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
     total_steps = n_epochs * steps_per_epoch
     optimizer, method["optimizer"] = make_optimizer(model, hp, method)
@@ -226,10 +247,7 @@ def train(
                 batch = [train_data[i] for i in order[batch_index * batch_size : (batch_index + 1) * batch_size]]
                 learning_rate = scheduler.get_last_lr()[0]
                 started = time.perf_counter()
-                train_loss, batch_tokens = train_step(
-                    model, optimizer, scheduler, batch, micro_batch_size, max_seq_length,
-                    pad_token_id, packing, device, hp.get("max_grad_norm"),
-                )
+                train_loss, batch_tokens = train_step(model, optimizer, scheduler, batch, batching, hp.get("max_grad_norm"))
                 seconds = time.perf_counter() - started
                 step += 1
                 trained_tokens += batch_tokens
@@ -244,9 +262,7 @@ def train(
                 }
                 if eval_data and (step == total_steps or (eval_interval and step % eval_interval == 0)):
                     hooks.on_message("Evaluating", {"step": step, "eval_examples": len(eval_data)})
-                    metrics["valid_loss"] = evaluate(
-                        model, eval_data, micro_batch_size, max_seq_length, pad_token_id, packing, device, stop_if_asked
-                    )
+                    metrics["valid_loss"] = evaluate(model, eval_data, batching, stop_if_asked)
                 hooks.on_metrics(metrics)
                 last_metrics = metrics
 
@@ -310,21 +326,37 @@ def check_chat_template(tokenizer, base_model_dir: Path):
     return tokenizer
 
 
-def load_model(base_model_dir: Path, adapter: str, device: str) -> tuple[torch.nn.Module, dict]:
+def load_model(base_model_dir: Path, adapter: str, device: str, compute: ComputeChoice) -> tuple[torch.nn.Module, dict]:
     """The base model, frozen, ready for an adapter; and the method record.
 
-    CPU: fp32 weights (bf16 matmuls are very slow on CPUs). CUDA: bf16 weights,
-    or for qlora 4-bit NF4 with double quantization and bf16 compute; gradient
-    checkpointing on CUDA, where memory is what limits the batch.
+    `compute` (worker/compute.py) says which dtype the matmuls run in. CUDA:
+    the weights in that dtype (bf16 where the GPU has it), or for qlora 4-bit
+    NF4 with double quantization computing in it; gradient checkpointing,
+    where memory is what limits the batch. CPU: fp32 weights; with bf16
+    compute, the forward and backward passes run under bf16 autocast (matmuls
+    in bf16; norms, softmax, losses, the residual stream, the LoRA weights
+    and the optimizer state stay fp32). qlora on CPU computes in fp32.
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
     if adapter not in ("lora", "qlora"):
         raise ValueError(f"adapter must be 'lora' or 'qlora', got {adapter!r}")
     on_cuda = device == "cuda"
-    dtype = torch.bfloat16 if on_cuda else torch.float32
+    if adapter == "qlora" and not on_cuda and compute.dtype != "float32":
+        compute = ComputeChoice(
+            "cpu", "float32", "qlora on CPU computes in fp32 (bitsandbytes' 4-bit CPU path); "
+            f"not {compute.dtype} ({compute.reason})", compute.fp32_gflops, compute.bf16_gflops,
+        )
+    compute_dtype = getattr(torch, compute.dtype)
+    dtype = compute_dtype if on_cuda else torch.float32
+    autocast = not on_cuda and compute_dtype == torch.bfloat16
     gradient_checkpointing = on_cuda
-    safe_loading = dict(trust_remote_code=False, use_safetensors=True, attn_implementation=ATTENTION)
+    # Segment attention on CPU, where the masked blocks of dense attention over
+    # packed rows are most of a step's attention time; CUDA keeps sdpa's kernels.
+    attention = ATTENTION
+    if not on_cuda and segment_attention_supported(AutoConfig.from_pretrained(base_model_dir, trust_remote_code=False)):
+        attention = register_segment_attention()
+    safe_loading = dict(trust_remote_code=False, use_safetensors=True, attn_implementation=attention)
     quantization = None
 
     if adapter == "qlora":
@@ -334,10 +366,11 @@ def load_model(base_model_dir: Path, adapter: str, device: str) -> tuple[torch.n
             "load_in_4bit": True,
             "bnb_4bit_quant_type": "nf4",
             "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": "bfloat16" if on_cuda else "float32",
+            "bnb_4bit_compute_dtype": compute.dtype,
         }
         quantization_config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
         )
         device_map = {"": torch.cuda.current_device() if on_cuda else "cpu"}
         try:
@@ -366,11 +399,84 @@ def load_model(base_model_dir: Path, adapter: str, device: str) -> tuple[torch.n
     method = {
         "adapter": adapter,
         "device": device,
-        "dtype": "bfloat16" if on_cuda else "float32",
+        "dtype": str(dtype).removeprefix("torch."),  # the base model's weights as loaded
+        "compute_dtype": compute.dtype,
+        "compute": compute.as_dict(),  # why, and the probe's GFLOP/s on CPU
+        "autocast": autocast,
+        "attention": attention,
         "quantization": quantization,
         "gradient_checkpointing": gradient_checkpointing,
     }
     return model, method
+
+
+def prepare_for_autocast(model) -> torch.Tensor | None:
+    """bf16 autocast on CPU, sound and without recomputing what does not
+    change: LoRA updates added in fp32, the frozen weights stored in bf16
+    once, LoRA inputs not cast up and back. Returns the output layer's weight
+    in bf16, for summed_token_loss."""
+    lora_sums_in_fp32(model)
+    frozen_linear_weights_to(model, torch.bfloat16)
+    lora_inputs_uncast(model)
+    return frozen_head_weight(model, torch.bfloat16)
+
+
+def _output_to_fp32(module, inputs, output):
+    return output.float()
+
+
+def lora_sums_in_fp32(model) -> None:
+    """Each LoRA layer's frozen base output in fp32, so that the LoRA update
+    is added to it in fp32. Under plain autocast both are bf16 and so is their
+    sum: an update below bf16's resolution (8 bits: 1/256 of the output),
+    which is what LoRA's first steps make, is rounded away in the forward
+    pass, and on SmolLM2 the training loss drifted up to 0.15 above fp32's
+    within 12 steps; with the sum in fp32 it stays within 0.01 (bench/README.md).
+    The matmuls stay bf16; what follows them (rotary embedding, attention,
+    the residual stream) is fp32 anyway, except the MLP's gate * up product."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.get_base_layer().register_forward_hook(_output_to_fp32)
+
+
+def frozen_linear_weights_to(model, dtype: torch.dtype) -> None:
+    """Stores the frozen weights of linear layers in `dtype` (bf16 under bf16
+    autocast). Autocast casts every fp32 weight to bf16 again on every
+    forward pass: the same numbers, recomputed each step (a sixth of a CPU
+    step for SmolLM2-135M). Embeddings, norms, the output layer (tied to the
+    embeddings) and every trainable weight keep their dtype."""
+    head = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad:
+            module.weight.data = module.weight.data.to(dtype)
+
+
+def frozen_head_weight(model, dtype: torch.dtype) -> torch.Tensor | None:
+    """The output layer's weight in `dtype`, once, when it is frozen and
+    plain: under autocast the head would convert it on every forward pass
+    (49152 x 576 for SmolLM2, as long as the head's own matmul on a CPU). A
+    copy, since the weight is tied to the input embeddings, which stay fp32."""
+    parts = _plain_head_parts(model)
+    if parts is None:
+        return None
+    head = parts[1]
+    if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    return head.weight.detach().to(dtype)
+
+
+def lora_inputs_uncast(model) -> None:
+    """Under autocast, PEFT's LoRA layers cast a bf16 input (the attention
+    output, the MLP's product) up to their fp32 weights' dtype, and autocast
+    casts it straight back to bf16 for the matmul: the same numbers, two
+    copies per layer and their backward. Turned off (PEFT's documented switch)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def add_lora_adapter(model, hp: dict):
@@ -459,51 +565,86 @@ def _plain_head_parts(model):
     return (decoder, head) if decoder is not None and head is not None else None
 
 
-def summed_token_loss(model, inputs: dict, device: str) -> torch.Tensor:
+@dataclass(frozen=True)
+class Batching:
+    """How examples become model inputs, and the forward pass's context."""
+
+    micro_batch_size: int
+    max_seq_length: int
+    pad_token_id: int
+    packing: bool
+    device: str
+    segment_attention: bool = False  # the model attends within segments (worker/training/attention.py)
+    autocast: bool = False  # bf16 autocast on CPU
+    head_weight: torch.Tensor | None = None  # the frozen output layer's weight in the autocast dtype
+
+    def inputs(self, micro_batch: list[TokenizedExample]) -> dict:
+        return pack_batch(micro_batch, self.row_length(micro_batch), self.pad_token_id, self.packing)
+
+    def row_length(self, micro_batch: list[TokenizedExample]) -> int:
+        """The longest row pack_batch may make. Segment attention costs the same
+        however examples share rows: one row holds the whole micro-batch, with
+        no padding at all. Dense attention over a packed row grows with the
+        square of its length: rows stay near PACKED_ROW_TOKENS."""
+        if not self.packing:
+            return self.max_seq_length
+        if self.segment_attention:
+            return max(self.max_seq_length, sum(len(example) for example in micro_batch))
+        return max(self.max_seq_length, PACKED_ROW_TOKENS)
+
+    def forward_context(self):
+        if self.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def summed_token_loss(model, inputs: dict, batching: Batching) -> torch.Tensor:
     """Sum of cross-entropy over the trained tokens of a packed/padded batch.
 
     Only assistant tokens are trained, often a small share of a row: the
     vocabulary projection (the largest single matmul of a small model, and
     its logits the largest tensor) runs on those positions alone."""
-    model_inputs = {key: inputs[key].to(device) for key in ("input_ids", "position_ids", "attention_mask") if key in inputs}
+    device = batching.device
+    keys = ("input_ids", "position_ids") if batching.segment_attention else ("input_ids", "position_ids", "attention_mask")
+    model_inputs: dict[str, Any] = {key: inputs[key].to(device) for key in keys if key in inputs}
+    if batching.segment_attention:
+        model_inputs["segments"] = inputs["segments"]
     # Position t predicts token t+1.
     targets = inputs["labels"][:, 1:].to(device)
     parts = _plain_head_parts(model)
-    if parts is None:
-        logits = model(**model_inputs, use_cache=False).logits[:, :-1, :].float()
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-    decoder, head = parts
-    hidden = decoder(**model_inputs, use_cache=False).last_hidden_state[:, :-1, :]
-    trained = targets != IGNORE_INDEX
-    logits = head(hidden[trained]).float()
+    with batching.forward_context():
+        if parts is None:
+            logits = model(**model_inputs, use_cache=False).logits[:, :-1, :].float()
+            return F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+        decoder, head = parts
+        hidden = decoder(**model_inputs, use_cache=False).last_hidden_state[:, :-1, :]
+        trained = targets != IGNORE_INDEX
+        if batching.head_weight is not None:
+            logits = F.linear(hidden[trained], batching.head_weight).float()
+        else:
+            logits = head(hidden[trained]).float()
     return F.cross_entropy(logits, targets[trained], reduction="sum")
 
 
-# Packed rows may be longer than max_seq_length (which bounds each example):
-# fewer, fuller rows mean less padding. Not much longer, though: attention in a
-# packed row is computed densely under a block-diagonal mask, so its cost grows
-# with the square of the row length.
+# With dense attention (sdpa), packed rows may be longer than max_seq_length
+# (which bounds each example): fewer, fuller rows mean less padding. Not much
+# longer, though: attention in a packed row is then computed densely under a
+# block-diagonal mask, so its cost grows with the square of the row length.
 PACKED_ROW_TOKENS = 1024
 
 
-def packed_row_length(max_seq_length: int, packing: bool) -> int:
-    return max(max_seq_length, PACKED_ROW_TOKENS) if packing else max_seq_length
-
-
-def train_step(
-    model, optimizer, scheduler, batch, micro_batch_size, max_seq_length, pad_token_id, packing, device, max_grad_norm
-) -> tuple[float, int]:
+def train_step(model, optimizer, scheduler, batch, batching: Batching, max_grad_norm) -> tuple[float, int]:
     """One optimizer step over `batch`; returns (loss per trained token, non-padding tokens)."""
     model.train()
     # Each micro-batch's summed loss is divided by the WHOLE batch's trained
     # tokens, so accumulated gradients equal those of one big batch.
     batch_trained_tokens = max(sum(example.trained_tokens for example in batch), 1)
     loss_sum, num_tokens = 0.0, 0
-    for micro_batch in micro_batches(batch, micro_batch_size):
-        inputs = pack_batch(micro_batch, packed_row_length(max_seq_length, packing), pad_token_id, packing)
-        token_loss = summed_token_loss(model, inputs, device)
+    for micro_batch in micro_batches(batch, batching.micro_batch_size):
+        inputs = batching.inputs(micro_batch)
+        token_loss = summed_token_loss(model, inputs, batching)
         (token_loss / batch_trained_tokens).backward()
         loss_sum += token_loss.item()
         num_tokens += inputs["num_tokens"]
@@ -516,14 +657,14 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model, eval_data, micro_batch_size, max_seq_length, pad_token_id, packing, device, stop_if_asked) -> float:
+def evaluate(model, eval_data, batching: Batching, stop_if_asked) -> float:
     """Mean loss per trained token over all evaluation examples."""
     model.eval()
     loss_sum, trained = 0.0, 0
-    for micro_batch in micro_batches(eval_data, micro_batch_size):
+    for micro_batch in micro_batches(eval_data, batching.micro_batch_size):
         stop_if_asked()
-        inputs = pack_batch(micro_batch, packed_row_length(max_seq_length, packing), pad_token_id, packing)
-        loss_sum += summed_token_loss(model, inputs, device).item()
+        inputs = batching.inputs(micro_batch)
+        loss_sum += summed_token_loss(model, inputs, batching).item()
         trained += inputs["num_trained_tokens"]
     model.train()
     return loss_sum / max(trained, 1)

@@ -312,7 +312,7 @@ def test_the_openapi_schema_types_every_hyperparameter(anonymous):
     top, extra = schemas["Hyperparameters"], schemas["ExtraHyperparameters"]
     assert list(top["properties"]) == ["n_epochs", "batch_size", "learning_rate_multiplier", "extra"]
     assert top["additionalProperties"] is False and extra["additionalProperties"] is False
-    assert len(extra["properties"]) == 14
+    assert len(extra["properties"]) == 15
     auto = {"type": "string", "const": "auto"}
     for schema, name in [(top, n) for n in list(top["properties"])[:3]] + [(extra, n) for n in extra["properties"]]:
         field = schema["properties"][name]
@@ -320,7 +320,8 @@ def test_the_openapi_schema_types_every_hyperparameter(anonymous):
         assert {"type": "null"} in field["anyOf"], name  # null: choose for me
         assert all("type" in v for v in field["anyOf"]), name  # nothing left untyped
         assert (auto in field["anyOf"]) == (name in {"n_epochs", "batch_size", "learning_rate_multiplier", "adapter",
-                                                     "max_seq_length", "checkpoint_interval", "eval_interval"}), name
+                                                     "max_seq_length", "checkpoint_interval", "eval_interval",
+                                                     "compute_dtype"}), name
 
     assert bounds(top, "n_epochs") == {"type": "integer", "minimum": 1, "maximum": 100}
     assert bounds(top, "batch_size") == {"type": "integer", "minimum": 1, "maximum": 256}

@@ -71,7 +71,7 @@ def test_every_hyperparameter_accepts_a_good_value():
                       "lora_dropout": 0, "target_modules": "all-linear", "max_seq_length": 16,
                       "warmup_ratio": 0.5, "lr_scheduler": "constant_with_warmup",
                       "weight_decay": 1, "gradient_accumulation_steps": 256, "packing": True,
-                      "checkpoint_interval": 1, "eval_interval": 1}}
+                      "compute_dtype": "bfloat16", "checkpoint_interval": 1, "eval_interval": 1}}
     assert list(parse_hyperparameters(good)) == list(HYPERPARAMETER_NAMES)
 
 
@@ -86,6 +86,7 @@ BAD_VALUES = [
     ("learning_rate", 0), ("learning_rate", 1.5), ("learning_rate", "auto"),
     ("learning_rate", "0.001"), ("learning_rate", -math.inf),
     ("adapter", "full"), ("adapter", "QLoRA"), ("adapter", 4),
+    ("compute_dtype", "float16"), ("compute_dtype", "bf16"), ("compute_dtype", True),
     ("lora_r", 0), ("lora_r", 513), ("lora_r", 8.0), ("lora_r", True), ("lora_r", "auto"),
     ("lora_alpha", 0), ("lora_alpha", 4097), ("lora_alpha", math.nan), ("lora_alpha", False),
     ("lora_dropout", 1), ("lora_dropout", -0.01), ("lora_dropout", math.nan),
@@ -186,7 +187,7 @@ def test_every_name_resolved_in_order_with_origins_and_reasons():
     origins = {name: entry["origin"] for name, entry in resolved.items()}
     assert [n for n, o in origins.items() if o == "auto"] == [
         "n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate", "adapter",
-        "max_seq_length", "checkpoint_interval", "eval_interval"]
+        "max_seq_length", "compute_dtype", "checkpoint_interval", "eval_interval"]
 
 
 def test_defaults():
@@ -196,7 +197,7 @@ def test_defaults():
                                    "warmup_ratio", "lr_scheduler", "weight_decay",
                                    "gradient_accumulation_steps", "packing",
                                    "learning_rate_multiplier", "learning_rate")} == {
-        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear",
+        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear",
         "warmup_ratio": 0.03, "lr_scheduler": "linear", "weight_decay": 0.0,
         "gradient_accumulation_steps": 1, "packing": True,
         "learning_rate_multiplier": 1.0, "learning_rate": 2e-4}
@@ -204,6 +205,7 @@ def test_defaults():
     assert resolved["learning_rate_multiplier"]["reason"] == "OpenAI default"
     assert resolved["learning_rate"]["reason"] == "2e-4 (the usual LoRA/QLoRA rate) × multiplier 1.0"
     assert resolved["packing"]["reason"].startswith("padding-free batching")
+    assert "Unsloth + TRL SFTTrainer recipe" in resolved["lora_dropout"]["reason"]
 
 
 def test_user_values_pass_through_unchanged_with_no_reason():
@@ -211,10 +213,10 @@ def test_user_values_pass_through_unchanged_with_no_reason():
            "extra": {"adapter": "lora", "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.1,
                      "target_modules": ["q_proj", "k_proj"], "max_seq_length": 1000,
                      "warmup_ratio": 0.1, "lr_scheduler": "cosine", "weight_decay": 0.01,
-                     "gradient_accumulation_steps": 4, "packing": False,
+                     "gradient_accumulation_steps": 4, "packing": False, "compute_dtype": "float32",
                      "checkpoint_interval": 50, "eval_interval": 25}}
     requested = parse_hyperparameters(raw)
-    resolved = run(requested)
+    resolved = run(requested, measured_compute_dtype=("bfloat16", "measured faster"))
     for name, given in requested.items():
         assert resolved[name] == {"value": given, "origin": "user", "reason": None}, name
     # The only thing left to choose is the learning rate, from the user's multiplier.
@@ -314,11 +316,31 @@ def test_adapter_by_device():
     cuda, cpu = run(device="cuda")["adapter"], run(device="cpu")["adapter"]
     assert cuda == {"value": "qlora", "origin": "auto", "reason": "4-bit NF4 QLoRA: the CUDA default"}
     assert cpu == {"value": "lora", "origin": "auto",
-                   "reason": "no CUDA: LoRA in fp32; 4-bit on CPU is ~20x slower"}
+                   "reason": "no CUDA: LoRA on full-precision weights; 4-bit on CPU is ~20x slower"}
     assert value("adapter", device="cuda:1") == "qlora"
     assert value("adapter", {"adapter": "qlora"}, device="cpu") == "qlora"  # the user's choice stands
     with pytest.raises(ValueError):
         run(device="mps")
+
+
+def test_compute_dtype_measured_by_the_worker_forced_by_the_user():
+    # The worker passes its probe's choice; it is recorded with the probe's reason.
+    measured = run(device="cpu", measured_compute_dtype=("bfloat16", "bf16 measured 4.4x faster"))
+    assert measured["compute_dtype"] == {"value": "bfloat16", "origin": "auto", "reason": "bf16 measured 4.4x faster"}
+    # A value the user sets wins over the measurement, either way.
+    for forced in ("float32", "bfloat16"):
+        resolved = run({"compute_dtype": forced}, device="cpu", measured_compute_dtype=("bfloat16", "faster"))
+        assert resolved["compute_dtype"] == {"value": forced, "origin": "user", "reason": None}
+    # "auto" in the request means "measure".
+    assert parse_hyperparameters({"extra": {"compute_dtype": "auto"}}) == {}
+    assert parse_error({"extra": {"compute_dtype": "float16"}}).message == \
+        'compute_dtype must be "auto" or one of "float32", "bfloat16", got "float16"'
+    # A preview (the API cannot measure) says what it assumes.
+    assert value("compute_dtype", device="cuda") == "bfloat16"
+    preview = run(device="cpu")["compute_dtype"]
+    assert preview["value"] == "float32" and preview["origin"] == "auto" and "measures" in preview["reason"]
+    with pytest.raises(ValueError):
+        run(device="cpu", measured_compute_dtype=("float16", "?"))
 
 
 @pytest.mark.parametrize("p99,model_max,device,expected", [

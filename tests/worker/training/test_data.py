@@ -219,8 +219,12 @@ def test_pack_batch_packs_rows_first_fit_decreasing(tokenizer):
         end = start + len(example)
         assert batch["labels"][row, start:end].tolist() == example.labels
         assert batch["position_ids"][row, start:end].tolist() == list(range(len(example)))
+        assert (start, end) in batch["segments"][row]
         seen.add((row, start))
     assert len(seen) == len(examples)
+    assert sum(len(row) for row in batch["segments"]) == len(examples)
+    for row_segments in batch["segments"]:  # each row's examples from 0, one after another
+        assert [start for start, _ in row_segments] == [0] + [end for _, end in row_segments[:-1]]
     # Padding: pad tokens, no labels, positions restarting at 0.
     for row in range(rows):
         used = sum(len(e) for e in examples if find_in_rows(batch, e)[0] == row)
@@ -243,6 +247,7 @@ def test_pack_batch_without_packing_pads_each_example(tokenizer):
         assert batch["labels"][row, :size].tolist() == example.labels
         assert batch["labels"][row, size:].tolist() == [IGNORE_INDEX] * (width - size)
         assert batch["attention_mask"][row].tolist() == [1] * size + [0] * (width - size)
+        assert batch["segments"][row] == ((0, size),)
     assert batch["num_tokens"] == sum(len(e) for e in examples)
 
 
@@ -281,6 +286,44 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer, tiny_model, one_
     later = next(e for e in examples if find_in_rows(batch, e)[1] > 0)
     row, start = find_in_rows(batch, later)
     assert not torch.allclose(mixed[row, start : start + len(later)], logits_alone(tiny_model, later), atol=1e-3)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_segment_attention_gives_each_example_its_logits_alone(tokenizer, tiny_model, tiny_model_dir, one_thread,
+                                                              packing):
+    """worker/training/attention.py: each example attends within its own
+    segment of the row, without a mask; the same logits as running it alone,
+    packed or padded, and the padding after the last example stays finite."""
+    from worker.training.attention import register_segment_attention, segment_attention_supported
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation=register_segment_attention()
+    ).eval()
+    assert segment_attention_supported(model.config)
+    examples = varied_examples(tokenizer)
+    batch = pack_batch(examples, sum(sorted(len(e) for e in examples)[-3:]), tokenizer.pad_token_id, packing=packing)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       segments=batch["segments"], use_cache=False).logits
+        with pytest.raises(ValueError, match="segments"):  # never silently attends across examples
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    assert torch.isfinite(logits).all()
+    for example in examples:
+        row, start = find_in_rows(batch, example)
+        torch.testing.assert_close(logits[row, start : start + len(example)], logits_alone(tiny_model, example),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_segment_attention_only_for_plain_causal_architectures():
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    from worker.training.attention import segment_attention_supported
+
+    assert segment_attention_supported(LlamaConfig())
+    assert segment_attention_supported(MistralConfig(sliding_window=None))
+    assert not segment_attention_supported(MistralConfig(sliding_window=4096))
+    assert segment_attention_supported(Qwen2Config(use_sliding_window=False))
+    assert not segment_attention_supported(Gemma2Config())  # soft-capping, sliding layers
 
 
 def test_packing_needs_the_cache_off(tokenizer, tiny_model):

@@ -119,6 +119,10 @@ def test_a_job_trains_and_publishes_everything(client, tiny_model_dir, tmp_path)
     assert recipe["base_model"]["revision"].startswith("local-sha256:")
     assert {"torch", "transformers", "peft", "python"} <= set(recipe["environment"])
     assert recipe["method"]["adapter"] == "lora"
+    # The dtype the worker's probe chose: a hyperparameter with its reason, and in the method record.
+    assert details["compute_dtype"]["origin"] == "auto" and "GFLOP/s" in details["compute_dtype"]["reason"]
+    assert recipe["method"]["compute_dtype"] == job["hyperparameters"]["compute_dtype"]
+    assert recipe["method"]["compute"]["fp32_gflops"] > 0 and recipe["method"]["compute"]["bf16_gflops"] > 0
     assert yaml.safe_load(client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe", params={"format": "yaml"}).text) == recipe
 
     # The adapter zip loads with PEFT and changes the base model's outputs.
@@ -149,11 +153,15 @@ def test_a_validation_file_replaces_the_test_split(client):
     validation_id = upload(client, tiny_chat_jsonl(10)).json()["id"]
     response = client.post(
         "/v1/fine_tuning/jobs",
-        json={"model": TINY, "training_file": train_id, "validation_file": validation_id, "hyperparameters": {"n_epochs": 1, "batch_size": 8}},
+        json={"model": TINY, "training_file": train_id, "validation_file": validation_id,
+              "hyperparameters": {"n_epochs": 1, "batch_size": 8, "extra": {"compute_dtype": "bfloat16"}}},
     )
     job = wait_until_done(client, response.json()["id"])
     assert job["status"] == "succeeded", job["error"]
     recipe = client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe").json()
+    # A forced compute dtype is used whatever the probe found, and recorded as the user's.
+    assert job["hyperparameter_details"]["compute_dtype"] == {"value": "bfloat16", "origin": "user", "reason": None}
+    assert recipe["method"]["compute_dtype"] == "bfloat16" and recipe["method"]["autocast"] is True
     assert recipe["data"]["eval_source"] == "validation file" and recipe["data"]["eval_examples"] == 10
     assert recipe["data"]["validation_file"]["id"] == validation_id
     metrics = client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
