@@ -48,6 +48,13 @@ def test_bad_upload_limit_is_refused(monkeypatch, value):
         Settings(data_dir=Path("/tmp/x"))
 
 
+@pytest.mark.parametrize(("name", "value"), [("DB_POOL_SIZE", "0"), ("DB_BUSY_TIMEOUT", "0"), ("DB_BUSY_TIMEOUT", "-1")])
+def test_bad_database_pool_settings_are_refused(monkeypatch, name, value):
+    monkeypatch.setenv(f"TUNEHOUSE_{name}", value)
+    with pytest.raises(ValidationError):
+        Settings(data_dir=Path("/tmp/x"))
+
+
 def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypatch):
     """as_env() is derived from the fields: a settings object with a
     non-default value in every field comes back equal from its environment.
@@ -59,6 +66,8 @@ def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypa
         "broker_url": "redis://:secret@redis:6379/3",
         "storage_url": "s3://bucket/prefix",
         "s3_endpoint_url": "http://minio:9000",
+        "db_pool_size": 3,
+        "db_busy_timeout": 1.5,
         "max_upload_bytes": 12345,
         "upload_idle_timeout": 2.5,
         "base_models": {"org/model": "hf:org/model@abc123", "local": "path:/models/local"},
