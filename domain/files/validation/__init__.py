@@ -5,14 +5,18 @@ as they arrive and ``finish()`` gives the verdict. The modules:
 
 - ``lines``: the streaming line reader (size limit per line) and strict JSON
   object parsing;
+- ``typed``: the fast path, typed msgspec decoders that parse and check a
+  line in C; a line they decline goes to ``lines`` and ``rules``, which give
+  the verdict and the message;
 - ``rules``: what one line of a fine-tune (chat) file or a batch file must be;
 - ``fine_tune_report``: the numbers and warnings of a valid fine-tune file;
 - ``result``: the verdict (``ValidationResult``), its errors and message;
 - ``validators``: ``FineTuneValidator``, ``BatchValidator``, ``validator_for``.
 
 The held-out TEST split lives in ``domain/files/split.py``, shared with the
-trainer and evaluations. Only the standard library is used, so the API
-process stays light. Import from the modules: this package re-exports
-nothing (domain/files/split.py reads lines with ``lines`` without loading the
+trainer and evaluations. Only the standard library and msgspec (a small C
+extension, for the fast path) are used, so the API process stays light.
+Import from the modules: this package re-exports nothing
+(domain/files/split.py reads lines with ``lines`` without loading the
 validators).
 """

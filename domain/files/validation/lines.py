@@ -10,7 +10,9 @@ agree on line numbers. Standard library only.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
+from itertools import count
 
 MAX_LINE_BYTES = 8 * 1024 * 1024
 
@@ -40,6 +42,50 @@ class LineReader:
         return len(self._partial)
 
     def feed(self, chunk: bytes) -> Iterator[tuple[int, bytes | None]]:
+        """``(line_no, line)`` for each line that ``chunk`` completes."""
+        first = self.line_count + 1
+        return zip(count(first), self.feed_lines(chunk))
+
+    def feed_lines(self, chunk: bytes) -> list[bytes | None]:
+        """The lines that ``chunk`` completes, in order, numbered from the
+        ``line_count`` before the call plus one (each line counts once)."""
+        if len(chunk) > MAX_LINE_BYTES:  # may hold an over-long line: one line at a time
+            return [line for _, line in self._feed_each(chunk)]
+        newline = chunk.find(b"\n")
+        if newline < 0:  # no line ends here
+            if self._discarding:
+                return []
+            too_long = self._keep_partial(chunk, 0)
+            return [] if too_long is None else [None]
+        # Cut in C. The first piece ends the line begun in an earlier chunk (if
+        # any), the last one begins a line that a later chunk ends.
+        pieces = chunk.split(b"\n")
+        rest = pieces.pop()
+        if self._discarding:  # the first piece ends an over-long line, already counted
+            self._discarding = False
+            del pieces[0]
+            lines = []
+        elif self._partial:
+            lines = [self._complete_partial(chunk, 0, newline)[1]]
+            del pieces[0]
+        else:
+            lines = []
+        if pieces:
+            if b"\r" in chunk:  # CRLF: drop one CR before each LF
+                pieces = [piece[:-1] if piece[-1:] == b"\r" else piece for piece in pieces]
+            if self.line_count == 0 and pieces[0].startswith(_BOM):
+                pieces[0] = pieces[0][len(_BOM):]
+            self.line_count += len(pieces)
+            if lines:
+                lines += pieces
+            else:
+                lines = pieces
+        if rest:
+            self._partial += rest  # fits: the chunk is at most MAX_LINE_BYTES
+        return lines
+
+    def _feed_each(self, chunk: bytes) -> Iterator[tuple[int, bytes | None]]:
+        """``feed()`` one line at a time, for a chunk that may hold an over-long line."""
         start = self._skip_long_line_rest(chunk) if self._discarding else 0
         find = chunk.find
         newline = find(b"\n", start)
@@ -47,7 +93,7 @@ class LineReader:
             yield self._complete_partial(chunk, start, newline)
             start = newline + 1
             newline = find(b"\n", start)
-        while newline >= 0:  # the hot loop: whole lines inside this chunk
+        while newline >= 0:
             yield self._line(chunk[start:newline])
             start = newline + 1
             newline = find(b"\n", start)
@@ -134,6 +180,8 @@ def parse_object(line: bytes) -> dict:
         raise LineProblem(f"invalid JSON: {error.msg} at column {error.pos + 1}") from None
     except RecursionError:
         raise LineProblem("invalid JSON: nested too deeply") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
+        raise LineProblem(f"invalid JSON: a number has more than {sys.get_int_max_str_digits()} digits") from None
     if type(value) is not dict:
         raise LineProblem(f"expected a JSON object, got {json_type(value)}")
     return value

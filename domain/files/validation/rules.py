@@ -68,7 +68,7 @@ def fine_tune_problem(example: dict) -> str | None:
     if split is not _MISSING and split != "TRAIN" and split != "TEST":
         return f"'split' must be \"TRAIN\" or \"TEST\", got {_show(split)}"
     if "tools" in example:
-        problem = _tools_problem(example["tools"])
+        problem = tools_problem(example["tools"])
         if problem:
             return problem
     if "parallel_tool_calls" in example and type(example["parallel_tool_calls"]) is not bool:
@@ -112,7 +112,7 @@ def _message_problem(message) -> str | None:
     if has_tool_calls:
         if role != "assistant":
             return "'tool_calls' is only allowed on assistant messages"
-        problem = _tool_calls_problem(message["tool_calls"])
+        problem = tool_calls_problem(message["tool_calls"])
         if problem:
             return problem
     # An assistant message that calls tools needs no text.
@@ -153,7 +153,7 @@ def _optional_message_keys_problem(message: dict, role: str) -> str | None:
     return None
 
 
-def _tool_calls_problem(tool_calls) -> str | None:
+def tool_calls_problem(tool_calls) -> str | None:
     if type(tool_calls) is not list or not tool_calls:
         return "'tool_calls' must be a non-empty list"
     for index, call in enumerate(tool_calls, 1):
@@ -178,7 +178,7 @@ def _tool_call_problem(call) -> str | None:
             or _string_problem(function, "arguments", "function.arguments"))
 
 
-def _tools_problem(tools) -> str | None:
+def tools_problem(tools) -> str | None:
     if type(tools) is not list:
         return f"'tools' must be a list, got {json_type(tools)}"
     for index, tool in enumerate(tools, 1):
@@ -226,7 +226,7 @@ def batch_request_problem(line_no: int, request: dict,
         return f"'method' must be \"{_BATCH_METHOD}\", got {_show(request['method'])}"
     if request["url"] != _BATCH_URL:
         return f"'url' must be \"{_BATCH_URL}\", got {_show(request['url'])}"
-    return _batch_body_problem(request["body"])
+    return batch_body_problem(request["body"])
 
 
 def _custom_id_problem(line_no: int, custom_id, first_line_by_custom_id: dict[str, int]) -> str | None:
@@ -239,7 +239,7 @@ def _custom_id_problem(line_no: int, custom_id, first_line_by_custom_id: dict[st
     return None
 
 
-def _batch_body_problem(body) -> str | None:
+def batch_body_problem(body) -> str | None:
     if type(body) is not dict:
         return f"'body' must be an object, got {json_type(body)}"
     problem = _string_problem(body, "model", "body.model")
