@@ -115,6 +115,12 @@ def _celery_logs_through_ours(**_kwargs) -> None:
         process_logger.setLevel(logging.ERROR)  # Celery's level for it (its INFO lines are noise)
 
 
+# Tasks an inference worker takes at once by default: each is a thread that
+# waits on the decode loop, so this bounds concurrent chat users per worker,
+# not compute (the loop's batch budget does that).
+INFERENCE_TASKS = 32
+
+
 def cmd_worker(args) -> int:
     _settings(args.data_dir)
     # Before torch (and its OpenMP runtime) loads. A worker shares the cores
@@ -133,17 +139,24 @@ def cmd_worker(args) -> int:
     preload_ml_stack()
 
     queues = args.queues or ",".join(ALL_QUEUES)
-    if TRAIN_QUEUE not in queues.split(","):
-        # Inference workers keep their process between tasks: that is where
-        # the loaded base models live (worker/inference/engine.py).
+    if TRAIN_QUEUE in queues.split(","):
+        # Training: one fresh pool process per job (worker_max_tasks_per_child=1),
+        # one job per process.
+        pool, concurrency = "prefork", args.concurrency or 1
+    else:
+        # Inference: one process that keeps the loaded base models
+        # (worker/inference/engine.py) and runs many tasks at once in threads
+        # (chat requests, batches, evaluations), all of them feeding one
+        # decode loop (worker/inference/loop.py), which owns the models.
         app.conf.worker_max_tasks_per_child = None
+        pool, concurrency = "threads", args.concurrency or INFERENCE_TASKS
     app.worker_main(
         [
             "worker",
             "--loglevel=INFO",
             f"--queues={queues}",
-            f"--concurrency={args.concurrency}",
-            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
             f"--hostname=tunehouse-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
@@ -283,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--queues", help="comma-separated: train, inference, default (default: all; a worker without 'train' keeps models loaded)"
     )
-    worker.add_argument("--concurrency", type=int, default=1, help="processes; 1 per GPU")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"training worker: processes, 1 per GPU (default 1); inference worker: requests, batches and "
+        f"evaluations taken at once, in threads of one process sharing its models (default {INFERENCE_TASKS})",
+    )
     worker.set_defaults(func=cmd_worker)
 
     migrate = commands.add_parser(

@@ -57,8 +57,12 @@ class Settings(BaseSettings):
     inference_queue_timeout: float = 60.0
     inference_idle_timeout: float = 300.0
     max_completion_tokens: int = 4096
-    # Rows per padded generation batch in batches and evaluations.
-    inference_batch_size: int = 16
+    # Rows an inference worker decodes together (chat, batches and evaluations
+    # share them); 0: measured for the model on the device (worker/inference/budget.py).
+    inference_batch_size: int = 0
+    # The dtype inference computes in: "auto" (bf16 where the device is
+    # measurably faster at it, else fp32: worker/compute.py), "float32" or "bfloat16".
+    inference_dtype: str = "auto"
     # The built web UI (web/dist); unset means the one in this source tree.
     web_dist: Path | None = None
     # Abuse limits (api/rate_limit.py), counted in the Redis broker and shared by
@@ -86,10 +90,15 @@ class Settings(BaseSettings):
             raise ValueError("TUNEHOUSE_MAX_UPLOAD_BYTES must be positive")
         if not self.upload_idle_timeout > 0:
             raise ValueError("TUNEHOUSE_UPLOAD_IDLE_TIMEOUT must be positive")
-        if min(self.inference_queue_timeout, self.inference_idle_timeout) <= 0 or min(
-            self.max_completion_tokens, self.inference_batch_size
-        ) < 1:
-            raise ValueError("the TUNEHOUSE_INFERENCE_* timeouts and sizes must be positive")
+        if (
+            min(self.inference_queue_timeout, self.inference_idle_timeout) <= 0
+            or self.max_completion_tokens < 1
+            or self.inference_batch_size < 0
+        ):
+            raise ValueError("the TUNEHOUSE_INFERENCE_* timeouts and sizes must be positive (the batch size 0: measured)")
+        self.inference_dtype = self.inference_dtype.strip().lower()
+        if self.inference_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError("TUNEHOUSE_INFERENCE_DTYPE must be 'auto', 'float32' or 'bfloat16'")
         if self.storage_attempts < 1 or self.storage_retry_delay < 0:
             raise ValueError("TUNEHOUSE_STORAGE_ATTEMPTS must be at least 1 and TUNEHOUSE_STORAGE_RETRY_DELAY not negative")
         if self.heartbeat_timeout <= 0 or self.max_job_attempts < 1:

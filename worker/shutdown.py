@@ -3,10 +3,13 @@ training job save a checkpoint and go back to the queue, instead of the
 worker waiting hours for it to finish (Celery's warm shutdown) or losing the
 steps since the last checkpoint (a kill).
 
-Celery's warm shutdown tells only the parent process; the task runs in a pool
-child. The parent marks its shutdown with a file named after itself in the
-work dir, and the child looks for its parent's file between training steps.
-The name holds the host name too: containers on one volume share pid numbers.
+Celery's warm shutdown tells only the parent process; on a training worker
+the task runs in a pool child. The parent marks its shutdown with a file
+named after itself in the work dir, and the child looks for its parent's file
+between training steps. An inference worker runs its tasks in threads of the
+worker process itself (Celery's threads pool), so a task there looks for its
+own process's file. The name holds the host name too: containers on one
+volume share pid numbers.
 """
 
 import os
@@ -34,5 +37,6 @@ def clear(settings: Settings) -> None:
 
 
 def requested(settings: Settings) -> bool:
-    """In a pool child: is the worker that runs us shutting down?"""
-    return _flag(settings, os.getppid()).exists()
+    """In a task: is the worker that runs us shutting down? The worker is the
+    parent of a prefork pool child, or this very process in a threads pool."""
+    return _flag(settings, os.getppid()).exists() or _flag(settings, os.getpid()).exists()

@@ -1,7 +1,8 @@
 """Celery tasks. Heavy imports (torch, transformers) happen inside the tasks
 that need them, so the worker's parent process never touches CUDA; each task
 runs in a fresh child process on training workers (worker_max_tasks_per_child=1);
-inference workers keep their child process, and its loaded models, between tasks."""
+inference workers run their tasks in threads of one process, which keeps the
+loaded models and one decode loop for all of them (worker/inference/loop.py)."""
 
 import json
 import logging
@@ -11,13 +12,16 @@ import time
 from contextlib import contextmanager
 
 from celery import current_task
+from celery.exceptions import Reject
 
 from domain.observability.logs import log_context
 from domain.settings import get_settings
 from domain.storage import storage_from_url
+from worker import shutdown
 from worker.celery_app import app
 
 log = logging.getLogger("tunehouse.worker")
+SHUTDOWN_REQUEUE_PAUSE_SECONDS = 1.0
 
 
 @contextmanager
@@ -68,9 +72,22 @@ def chat(request: dict) -> None:
         run_chat_request(request)
 
 
+def _not_while_shutting_down(what: str) -> None:
+    """An inference worker runs its tasks in threads and goes on taking
+    messages for a moment after SIGTERM; a leased task it takes then would
+    claim its row only to hand it back at once (and be sent back to this same
+    worker). Instead the message goes back to the queue unclaimed, for
+    another worker, after a pause that keeps this one from spinning on it."""
+    if shutdown.requested(get_settings()):
+        log.info("%s: this worker is shutting down; the message goes back to the queue", what)
+        time.sleep(SHUTDOWN_REQUEUE_PAUSE_SECONDS)
+        raise Reject(f"{what}: the worker is shutting down", requeue=True)
+
+
 @app.task(name="tunehouse.batch")
 def batch(batch_id: str) -> None:
     with _task_context(batch_id=batch_id):
+        _not_while_shutting_down(f"batch {batch_id}")
         from worker.inference.batch import run_batch
 
         run_batch(batch_id)
@@ -79,6 +96,7 @@ def batch(batch_id: str) -> None:
 @app.task(name="tunehouse.evaluate")
 def evaluate(evaluation_id: str) -> None:
     with _task_context(evaluation_id=evaluation_id):
+        _not_while_shutting_down(f"evaluation {evaluation_id}")
         from worker.evaluation.run import run_evaluation
 
         run_evaluation(evaluation_id)

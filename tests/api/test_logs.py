@@ -224,10 +224,13 @@ def json_lines(stderr: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_worker_and_its_pool_processes_log_json_lines(tmp_path):
+@pytest.mark.parametrize(("queues", "forks"), [("train,default", True), ("default", False)])
+def test_worker_and_its_pool_processes_log_json_lines(tmp_path, queues, forks):
+    """A worker with the train queue runs tasks in forked pool processes; one
+    without it (inference) in threads of its own process. Both log JSON."""
     settings = Settings(data_dir=tmp_path, log_format="json")
     worker = subprocess.Popen(
-        [*TUNEHOUSE, "worker", "--queues", "default"],
+        [*TUNEHOUSE, "worker", "--queues", queues],
         env=clean_env(tmp_path, **settings.as_env()),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -245,11 +248,11 @@ def test_worker_and_its_pool_processes_log_json_lines(tmp_path):
     finally:
         stderr = stop(worker, signal.SIGTERM)
     assert worker.returncode == 0, stderr
-    assert pool_pid != worker.pid  # the task ran in a forked pool process
+    assert (pool_pid != worker.pid) is forks  # a forked pool process, or a thread of the worker's
 
     entries = json_lines(stderr)
     assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in entries)
-    # Logged inside the task, in the pool process: JSON, with the task's ids.
+    # Logged inside the task: JSON, with the task's ids.
     [answer] = [e for e in entries if e["message"] == f"ping {nonce} answered by pid {pool_pid}"]
     assert answer["logger"] == "tunehouse.worker" and answer["task_id"]
     # Celery's own lines go through the same handler, in both processes.

@@ -55,6 +55,13 @@ def test_bad_database_pool_settings_are_refused(monkeypatch, name, value):
         Settings(data_dir=Path("/tmp/x"))
 
 
+@pytest.mark.parametrize(("name", "value"), [("INFERENCE_DTYPE", "float16"), ("INFERENCE_BATCH_SIZE", "-1")])
+def test_bad_inference_settings_are_refused(monkeypatch, name, value):
+    monkeypatch.setenv(f"TUNEHOUSE_{name}", value)
+    with pytest.raises(ValidationError):
+        Settings(data_dir=Path("/tmp/x"))
+
+
 def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypatch):
     """as_env() is derived from the fields: a settings object with a
     non-default value in every field comes back equal from its environment.
@@ -80,6 +87,7 @@ def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypa
         "inference_idle_timeout": 45.5,
         "max_completion_tokens": 99,
         "inference_batch_size": 3,
+        "inference_dtype": "bfloat16",
         "web_dist": web_dist,
         "auth_failures_per_minute": 0,
         "rate_limit_per_minute": 7,

@@ -1,6 +1,8 @@
 """One evaluation on an inference worker: claim it, read the file's items,
-run every model on them in padded batches, score the outputs, and publish
-the per-model metrics and the combined per-item predictions.
+run every model on them through the worker's decode loop (each item's row
+joins the running batch when there is room, beside whatever else the worker
+serves: worker/inference/loop.py), score the outputs, and publish the
+per-model metrics and the combined per-item predictions.
 
 Items: the file's examples in the evaluation's split (the same deterministic
 split training used); the last assistant message is the reference answer,
@@ -35,6 +37,12 @@ from worker.runs import FailureWords, HandBack, LeasedRun, RunFailure, RunLost, 
 
 log = logging.getLogger("tunehouse.worker")
 
+# While its items generate, the run looks for a cancel or a shutdown this often,
+# and records its progress this often, or each time a batch's worth of items is done.
+CHECK_SECONDS = 0.5
+PROGRESS_SECONDS = 1.0
+# Items fed to the decode loop ahead of what it runs, in batch budgets.
+LOOKAHEAD_BUDGETS = 2
 
 
 # ----------------------------------------------------------------------- items
@@ -106,7 +114,7 @@ class EvaluationRun(LeasedRun):
         generic_what="The evaluation failed",
         bad_data_code="invalid_evaluation_data",
         bad_data_what="The evaluation data",
-        out_of_memory="The evaluation ran out of memory. Lower max_tokens or TUNEHOUSE_INFERENCE_BATCH_SIZE.",
+        out_of_memory="The evaluation ran out of memory. Lower max_tokens or set TUNEHOUSE_INFERENCE_BATCH_SIZE.",
     )
 
     @property
@@ -192,85 +200,105 @@ class EvaluationRun(LeasedRun):
     ) -> list[dict]:
         """Every item's record for one model: output, finish reason, scores, loss."""
         from worker.evaluation.scores import item_scores
-        from worker.inference.generation import GenerationCancelled, GenerationRequest, generate, reference_losses, render_prompt
         from worker.inference.engine import context_length
-        from worker.inference.requests import prepare
+        from worker.inference.requests import acquired
 
         self._check_stop(model_index)
-        done_before = model_index * len(items)
-        loaded, adapter = prepare(engine, target.as_dict())
-        context = context_length(loaded.model)
-        text_metrics = [m for m in metrics if m != PERPLEXITY]
-        batch_size = self.settings.inference_batch_size
-        records: list[dict] = []
-        for start in range(0, len(items), batch_size):
-            self._check_stop(model_index)
-            chunk = items[start : start + batch_size]
-            requests, fits = [], []
-            for item in chunk:
-                prompt_ids = render_prompt(loaded.tokenizer, item.prompt)
-                room = context - len(prompt_ids)
-                fits.append(room >= 1)
-                if room >= 1:
-                    requests.append(
-                        GenerationRequest(
-                            prompt_ids=prompt_ids,
-                            adapter=adapter,
-                            max_new_tokens=min(params["max_tokens"], room),
-                            temperature=params["temperature"],
-                            # Per item, so an output does not depend on its batch.
-                            seed=None if params["temperature"] == 0 else (params["seed"] + item.index) % 2**63,
-                        )
-                    )
-            try:
-                generated = iter(
-                    generate(
-                        loaded.model,
-                        loaded.tokenizer,
-                        requests,
-                        eos_ids=loaded.eos_ids,
-                        device=loaded.device,
-                        should_stop=self.should_stop,
-                    )
-                    if requests
-                    else []
-                )
-            except GenerationCancelled as exc:
-                raise RunLost from exc
-            losses: list[tuple[float, int] | None] = [None] * len(chunk)
+        with acquired(engine, target.as_dict()) as (loaded, adapter):
+            context = context_length(loaded.model)
+            outputs = self._generate(engine.loop, loaded, adapter, items, params, context, model_index)
+            losses: list[tuple[float, int] | None] = [None] * len(items)
             if PERPLEXITY in metrics:
-                scored = [k for k, fit in enumerate(chunk) if fits[k]]
-                if scored:
-                    values = reference_losses(
-                        loaded.model,
-                        loaded.tokenizer,
-                        [(chunk[k].prompt, chunk[k].reference) for k in scored],
-                        adapter=adapter,
-                        device=loaded.device,
-                        batch_size=len(scored),
-                    )
-                    for k, value in zip(scored, values, strict=True):
-                        losses[k] = value
-            for k, item in enumerate(chunk):
-                if fits[k]:
-                    result = next(generated)
-                    output, finish_reason, tokens = result.text, result.finish_reason, len(result.token_ids)
-                else:  # the prompt alone fills the context: nothing can be generated
-                    output, finish_reason, tokens = "", "prompt_too_long", 0
-                record = {
-                    "item": item.index,
-                    "attempt": self.attempt,
-                    "output": output,
-                    "finish_reason": finish_reason,
-                    "output_tokens": tokens,
-                    "scores": item_scores(output, item.reference, text_metrics) if text_metrics else {},
-                }
-                if PERPLEXITY in metrics:
-                    loss, count = losses[k] if losses[k] is not None else (None, 0)
-                    record["loss_sum"], record["loss_tokens"] = _finite(loss), count
-                records.append(record)
-            self.write("recording progress", items_done=done_before + len(records))
+                self._check_stop(model_index)
+                losses = self._reference_losses(engine.loop, loaded, adapter, items, outputs, model_index)
+        text_metrics = [m for m in metrics if m != PERPLEXITY]
+        records: list[dict] = []
+        for item, (output, finish_reason, tokens), loss in zip(items, outputs, losses, strict=True):
+            record = {
+                "item": item.index,
+                "attempt": self.attempt,
+                "output": output,
+                "finish_reason": finish_reason,
+                "output_tokens": tokens,
+                "scores": item_scores(output, item.reference, text_metrics) if text_metrics else {},
+            }
+            if PERPLEXITY in metrics:
+                loss_sum, count = loss if loss is not None else (None, 0)
+                record["loss_sum"], record["loss_tokens"] = _finite(loss_sum), count
+            records.append(record)
         return records
+
+    def _generate(self, loop, loaded, adapter, items: list[Item], params: dict, context: int, model_index: int):
+        """(output, finish reason, output tokens) of every item, through the decode loop."""
+        from worker.inference.generation import GenerationRequest
+        from worker.inference.loop import Feeder
+        from worker.inference.requests import prompt_ids
+
+        outputs: list[tuple[str, str, int] | None] = [None] * len(items)
+        requests: list[tuple[int, GenerationRequest]] = []
+        for k, item in enumerate(items):
+            prompt = prompt_ids(loaded, item.prompt)
+            room = context - len(prompt)
+            if room < 1:  # the prompt alone fills the context: nothing can be generated
+                outputs[k] = ("", "prompt_too_long", 0)
+                continue
+            requests.append((k, GenerationRequest(
+                prompt_ids=prompt,
+                adapter=adapter,
+                max_new_tokens=min(params["max_tokens"], room),
+                temperature=params["temperature"],
+                # Per item, so an output does not depend on its batch.
+                seed=None if params["temperature"] == 0 else (params["seed"] + item.index) % 2**63,
+            )))
+        done_before = model_index * len(items)
+        done = len(items) - len(requests)
+        max_rows = loop.budget(loaded).max_rows
+        written = done
+        last_check = last_progress = time.monotonic()
+        with Feeder(loop, loaded, requests, rows_of=lambda pair: [pair[1]],
+                    lookahead_rows=LOOKAHEAD_BUDGETS * max_rows) as feeder:
+            while feeder.pending:
+                ended = feeder.ended(CHECK_SECONDS)
+                for submission in ended:
+                    [result] = submission.results()
+                    outputs[submission.tag[0]] = (result.text, result.finish_reason, len(result.token_ids))
+                    done += 1
+                now = time.monotonic()
+                if now - last_check >= CHECK_SECONDS:
+                    last_check = now
+                    self._check_stop(model_index)
+                if ended and (now - last_progress >= PROGRESS_SECONDS or done - written >= max_rows or not feeder.pending):
+                    last_progress, written = now, done
+                    self.write("recording progress", items_done=done_before + done)
+        return outputs
+
+    def _reference_losses(
+        self, loop, loaded, adapter, items: list[Item], outputs, model_index: int
+    ) -> list[tuple[float, int] | None]:
+        """Each item's summed loss on its reference, run on the loop's thread a
+        prefill's worth at a time (the decoding rows wait no longer than that)."""
+        from worker.inference.generation import reference_losses
+
+        scored = [k for k, output in enumerate(outputs) if output[1] != "prompt_too_long"]
+        losses: list[tuple[float, int] | None] = [None] * len(items)
+        budget = loop.budget(loaded)
+
+        def run(chunk: list[int]) -> list[tuple[float, int]]:
+            with loaded.tokenizer_lock:
+                return reference_losses(
+                    loaded.model, loaded.tokenizer, [(items[k].prompt, items[k].reference) for k in chunk],
+                    adapter=adapter, device=loaded.device, batch_size=len(chunk),
+                )
+
+        # Rough size: a reference costs about a prompt's worth of tokens again.
+        per_item = max(1, sum(len(str(items[k].prompt)) + len(items[k].reference) for k in scored) // (3 * max(1, len(scored))))
+        step = max(1, budget.prefill_tokens // per_item)
+        for start in range(0, len(scored), step):
+            self._check_stop(model_index)
+            chunk = scored[start : start + step]
+            for k, value in zip(chunk, loop.call(lambda chunk=chunk: run(chunk)), strict=True):
+                losses[k] = value
+        return losses
 
     def _predictions(self, models: list[str], metrics: list[str], items: list[Item]) -> tuple[str, str]:
         """The combined predictions, as JSONL and as CSV (same columns; in the

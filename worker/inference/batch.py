@@ -1,21 +1,26 @@
 """One batch on an inference worker: claim it, answer every input line, write
 the output and error files, record all of it.
 
-Lines are grouped by base model, so each base is loaded once per batch; the
-lines of one base run together in padded generation batches whatever their
-adapter (PEFT mixed-adapter batches), sorted by prompt length to waste little
-on padding. Each answered chunk is committed (results + request_counts in one
+Lines are grouped by base model, so each base is loaded once per batch. The
+lines of one base are fed to the worker's decode loop (loop.py), ordered by
+adapter and then prompt length, a few batches' worth ahead of what it runs:
+each line joins the running batch as soon as there is room, whatever its
+adapter, beside any chat request or other batch the worker serves, and
+leaves it when done, so the batch stays full until the last lines. Grouping by
+adapter makes runs of one adapter where the lines allow it. Answered lines
+are committed every STORE_SECONDS (results + request_counts in one
 transaction, fenced by the attempt), so a worker that dies loses at most the
-chunk it was running: the next attempt skips lines already answered, and no
-line is answered or written twice. A request that cannot run (unknown model,
-bad parameter, prompt too long) becomes a line in the error file; it never
-fails the batch.
+lines of the last moments: the next attempt skips lines already answered,
+and no line is answered or written twice. A request that cannot run (unknown
+model, bad parameter, prompt too long) becomes a line in the error file; it
+never fails the batch.
 """
 
 import json
 import logging
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
@@ -35,7 +40,15 @@ from domain.runs.kinds import BATCH
 from domain.settings import Settings
 from worker.runs import FailureWords, HandBack, LeasedRun, RunLost, run_leased
 from worker.inference.engine import shared_engine
-from worker.inference.requests import RequestError, choices_and_usage, generation_requests, prepare
+from worker.inference.loop import Feeder
+from worker.inference.requests import RequestError, acquired, choices_and_usage, generation_requests, prompt_ids
+
+# Answered lines are committed at least this often (and when the batch stops).
+STORE_SECONDS = 1.0
+# While its lines generate, the batch looks for a cancel or a shutdown this often.
+CHECK_SECONDS = 0.5
+# Rows fed to the decode loop ahead of what it runs, in batch budgets.
+LOOKAHEAD_BUDGETS = 2
 
 log = logging.getLogger("tunehouse.worker")
 
@@ -104,20 +117,6 @@ def request_params(request: ChatCompletionRequest) -> dict:
     }
 
 
-def chunks_of(lines: list[PendingLine], max_rows: int) -> list[list[PendingLine]]:
-    """Consecutive lines whose rows (n per line) fit in one padded batch."""
-    chunks, current, rows = [], [], 0
-    for line in lines:
-        if current and rows + len(line.rows) > max_rows:
-            chunks.append(current)
-            current, rows = [], 0
-        current.append(line)
-        rows += len(line.rows)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 class BatchRun(LeasedRun):
     kind = BATCH
     words = FailureWords(
@@ -125,7 +124,7 @@ class BatchRun(LeasedRun):
         generic_what="The batch failed",
         bad_data_code="invalid_batch_data",
         bad_data_what="The batch's input file",
-        out_of_memory="The batch ran out of memory. Lower max_tokens or TUNEHOUSE_INFERENCE_BATCH_SIZE.",
+        out_of_memory="The batch ran out of memory. Lower max_tokens or set TUNEHOUSE_INFERENCE_BATCH_SIZE.",
     )
 
     @property
@@ -194,34 +193,61 @@ class BatchRun(LeasedRun):
             self._answer_base(base_id, base_lines)
 
     def _answer_base(self, base_id: str, lines: list[PendingLine]) -> None:
-        from worker.inference.generation import generate, render_prompt
-
         engine = shared_engine()
         ready: list[PendingLine] = []
         refused: list[tuple[int, bool, dict]] = []
-        for line in lines:
+        with ExitStack() as held:
+            models: dict[str | None, tuple | RequestError] = {}  # job id -> (loaded, adapter), held to the end
+            for line in lines:
+                target = line.target.as_dict()
+                try:
+                    if target["job_id"] not in models:
+                        try:
+                            models[target["job_id"]] = held.enter_context(acquired(engine, target))
+                        except RequestError as error:
+                            models[target["job_id"]] = error
+                    model = models[target["job_id"]]
+                    if isinstance(model, RequestError):
+                        raise model
+                    loaded, adapter = model
+                    line.prompt_ids = prompt_ids(loaded, [m.for_template() for m in line.request.messages])
+                    line.rows = generation_requests(loaded, adapter, line.prompt_ids, request_params(line.request),
+                                                    self.settings.max_completion_tokens)
+                    ready.append(line)
+                except RequestError as error:
+                    refused.append((line.line_number, True, error_record(line.custom_id, error.status, error.message,
+                                                                         param=error.param, code=error.code)))
+            if refused:
+                self._store(refused)
+            if ready:
+                # Runs of one adapter, and in them similar prompt lengths (less padding per prefill).
+                ready.sort(key=lambda line: (line.rows[0].adapter or "", len(line.prompt_ids)))
+                self._generate(engine.loop, loaded, ready)
+
+    def _generate(self, loop, loaded, lines: list[PendingLine]) -> None:
+        """Every line through the decode loop; answers committed as they come."""
+        answered: list[tuple[int, bool, dict]] = []
+        last_store = last_check = time.monotonic()
+        with Feeder(loop, loaded, lines, rows_of=lambda line: line.rows,
+                    lookahead_rows=LOOKAHEAD_BUDGETS * loop.budget(loaded).max_rows) as feeder:
             try:
-                loaded, adapter = prepare(engine, line.target.as_dict())
-                line.prompt_ids = render_prompt(loaded.tokenizer, [m.for_template() for m in line.request.messages])
-                line.rows = generation_requests(loaded, adapter, line.prompt_ids, request_params(line.request),
-                                                self.settings.max_completion_tokens)
-                ready.append(line)
-            except RequestError as error:
-                refused.append((line.line_number, True, error_record(line.custom_id, error.status, error.message,
-                                                                     param=error.param, code=error.code)))
-        if refused:
-            self._store(refused)
-        loaded = engine.base(base_id)
-        ready.sort(key=lambda line: len(line.prompt_ids))
-        for chunk in chunks_of(ready, self.settings.inference_batch_size):
-            self._check_still_running()
-            rows = [row for line in chunk for row in line.rows]
-            results = generate(loaded.model, loaded.tokenizer, rows, eos_ids=loaded.eos_ids, device=loaded.device)
-            created, records, offset = int(time.time()), [], 0
-            for line in chunk:
-                records.append((line.line_number, False, success_record(line, results[offset : offset + len(line.rows)], created)))
-                offset += len(line.rows)
-            self._store(records)
+                while feeder.pending:
+                    ended = feeder.ended(CHECK_SECONDS)
+                    created = int(time.time())
+                    for submission in ended:
+                        answered.append((submission.tag.line_number, False,
+                                         success_record(submission.tag, submission.results(), created)))
+                    now = time.monotonic()
+                    if answered and (now - last_store >= STORE_SECONDS or not feeder.pending):
+                        self._store(answered)
+                        answered, last_store = [], now
+                    if now - last_check >= CHECK_SECONDS:
+                        last_check = now
+                        self._check_still_running()
+            except (_Stop, HandBack):
+                if answered:  # what is answered is kept (cancelled: in the output; handed back: not redone)
+                    self._store(answered)
+                raise
 
     def _finalize(self, batch: Batch) -> None:
         status = self._status()

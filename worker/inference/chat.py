@@ -1,26 +1,32 @@
 """A chat request on an inference worker: the request travels whole in its
-message; the answer goes back, piece by piece, on the request's stream
-(domain/inference/streams.py), which the API relays to the client."""
+message; its rows (one per choice) join the worker's decode loop (loop.py)
+beside whatever else it runs, ahead of batch lines; the answer goes back,
+piece by piece, on the request's stream (domain/inference/streams.py), which
+the API relays to the client. This task's thread publishes; the loop's thread
+never waits on the broker."""
 
 import logging
+import threading
 import time
 
 from domain.inference.streams import streams_for
 from domain.settings import get_settings
 from worker.inference.engine import shared_engine
-from worker.inference.generation import generate, render_prompt
-from worker.inference.requests import RequestError, choices_and_usage, generation_requests, prepare
+from worker.inference.loop import INTERACTIVE
+from worker.inference.requests import RequestError, acquired, choices_and_usage, generation_requests, prompt_ids
 
 log = logging.getLogger("tunehouse.worker")
 
 _streams = None
+_streams_lock = threading.Lock()
 
 
 def _shared_streams():
     global _streams
-    if _streams is None:
-        _streams = streams_for(get_settings())
-    return _streams
+    with _streams_lock:  # tasks run in threads of one process
+        if _streams is None:
+            _streams = streams_for(get_settings())
+        return _streams
 
 
 def run_chat_request(request: dict) -> None:
@@ -32,16 +38,19 @@ def run_chat_request(request: dict) -> None:
         return
     streams.publish(request_id, {"type": "started"})
     try:
-        loaded, adapter = prepare(shared_engine(), request["target"])
-        prompt_ids = render_prompt(loaded.tokenizer, request["messages"])
-        rows = generation_requests(loaded, adapter, prompt_ids, request, settings.max_completion_tokens)
-
-        def on_text(index: int, text: str) -> None:
-            if text:
-                streams.publish(request_id, {"type": "delta", "index": index, "text": text})
-
-        results = generate(loaded.model, loaded.tokenizer, rows, eos_ids=loaded.eos_ids, device=loaded.device, on_text=on_text)
-        choices, usage = choices_and_usage(prompt_ids, results)
+        engine = shared_engine()
+        with acquired(engine, request["target"]) as (loaded, adapter):
+            prompt = prompt_ids(loaded, request["messages"])
+            rows = generation_requests(loaded, adapter, prompt, request, settings.max_completion_tokens)
+            submission = engine.loop.submit(loaded, rows, priority=INTERACTIVE, streams=True)
+            try:
+                for index, text in submission.texts():
+                    if text:
+                        streams.publish(request_id, {"type": "delta", "index": index, "text": text})
+                results = submission.results()
+            finally:
+                submission.cancel()  # a no-op once done; else (the stream failed) its rows stop
+        choices, usage = choices_and_usage(prompt, results)
         streams.publish(request_id, {"type": "done", "choices": choices, "usage": usage})
     except RequestError as error:
         streams.publish(request_id, error.as_event())

@@ -10,7 +10,16 @@ memory serves the base and every fine-tune of it, even within one batch
 Adapters come from the artifact store, where training jobs put them under
 jobs/{job_id}/adapter/, and are cached on local disk in the work dir.
 
-Not thread-safe: a worker process serves one task at a time (`shared_engine`).
+Weights are loaded in the dtype the device computes fastest in
+(worker/compute.py: bf16 where a probe shows the CPU faster at it, or on a GPU
+that supports it), or the one TUNEHOUSE_INFERENCE_DTYPE names.
+
+Many tasks of a worker process use one engine at once (Celery's threads pool):
+they `acquire` a model, which loads base and adapter on the decode loop's
+thread (loop.py: the only thread that runs or changes models) and pins them,
+so that neither is evicted while their rows run; then they submit rows to
+`loop`. The methods `base` and `adapter` are for that thread, or for a caller
+that uses the engine alone.
 """
 
 from __future__ import annotations
@@ -19,7 +28,10 @@ import gc
 import hashlib
 import logging
 import re
-from collections import OrderedDict
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +42,10 @@ from domain.settings import Settings, get_settings
 from domain.storage import Storage, storage_from_url
 from worker.models.catalog import BaseModelError, check_adapter_folder, load_causal_lm, load_tokenizer, resolve_base_model
 from worker.models.folders import atomic_directory, exclusive_lock
+from worker.inference.budget import Budget, budget_for
 from worker.inference.generation import end_of_turn_ids
+from worker.inference.lora import adapter_weights_in_float32, unsupported
+from worker.inference.loop import DecodeLoop
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +57,10 @@ class AdapterNotFound(Exception):
     """The artifact store holds no adapter for the job (unknown job, or one that never finished training)."""
 
 
+class AdapterNotSupported(Exception):
+    """The job's adapter is of a kind the engine cannot serve (lora.unsupported)."""
+
+
 @dataclass
 class LoadedBase:
     base_id: str
@@ -49,7 +68,12 @@ class LoadedBase:
     tokenizer: Any
     eos_ids: set[int]
     device: str
+    dtype: Any = torch.float32
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # job id -> adapter name, LRU first
+    # Tasks that use the base (key None) or an adapter now: never evicted while pinned.
+    pins: Counter = field(default_factory=Counter)
+    budget: Budget | None = None  # measured on first use (budget.py)
+    tokenizer_lock: Any = field(default_factory=threading.RLock)  # one tokenizer, many task threads
 
 
 def adapter_name(job_id: str) -> str:
@@ -83,6 +107,80 @@ class InferenceEngine:
         self.max_adapters_per_base = max_adapters_per_base
         self.adapters_dir = settings.work_dir / "inference" / "adapters"
         self._bases: OrderedDict[str, LoadedBase] = OrderedDict()  # least recently used first
+        self._compute = None  # worker.compute.ComputeChoice, on the first load
+        self._lock = threading.RLock()  # the engine's tables: bases, adapters, pins
+        self._unpinned = threading.Condition(self._lock)
+        self._download_locks: dict[str, threading.Lock] = {}
+        self._loop: DecodeLoop | None = None
+
+    # ------------------------------------------------------------ the decode loop
+
+    @property
+    def loop(self) -> DecodeLoop:
+        """The one decode loop of this engine (its thread starts on first use)."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = DecodeLoop(self.budget, name="decode-loop")
+            return self._loop
+
+    @contextmanager
+    def acquire(self, base_id: str, job_id: str | None) -> Iterator[tuple[LoadedBase, str | None]]:
+        """(loaded base, adapter name or None), pinned until the block ends.
+        The adapter's files are fetched in the calling thread; loading runs on
+        the loop's thread. Waits while the base must wait for another one,
+        still in use, to be unloaded."""
+        if job_id is not None:
+            self._local_adapter_folder(job_id)
+        while True:
+            acquired = self.loop.call(lambda: self._attach(base_id, job_id))
+            if acquired is not None:
+                break
+            with self._unpinned:
+                self._unpinned.wait(timeout=1.0)
+        loaded, name = acquired
+        try:
+            yield loaded, name
+        finally:
+            with self._unpinned:
+                loaded.pins[name] -= 1
+                if loaded.pins[name] <= 0:
+                    del loaded.pins[name]
+                self._unpinned.notify_all()
+
+    def _attach(self, base_id: str, job_id: str | None) -> tuple[LoadedBase, str | None] | None:
+        with self._lock:
+            if base_id not in self._bases and len(self._bases) >= self.max_bases and all(
+                loaded.pins for loaded in self._bases.values()
+            ):
+                return None  # no base can make room now
+            loaded = self.base(base_id)
+            name = self.adapter(loaded, job_id) if job_id is not None else None
+            loaded.pins[name] += 1
+            return loaded, name
+
+    def budget(self, loaded: LoadedBase) -> Budget:
+        """How many rows decode together on this base, and how many prompt
+        tokens a prefill step runs (budget.py); measured once."""
+        if loaded.budget is None:
+            loaded.budget = budget_for(
+                loaded.model,
+                loaded.device,
+                model_id=loaded.base_id,
+                dtype=str(loaded.dtype).removeprefix("torch."),
+                cache_file=self.settings.work_dir / "inference" / "budgets.json",
+                max_rows=self.settings.inference_batch_size,
+            )
+        return loaded.budget
+
+    @property
+    def compute(self):
+        """The dtype choice for this engine's device (worker/compute.py)."""
+        if self._compute is None:
+            from worker.compute import choose_compute_dtype
+
+            self._compute = choose_compute_dtype(self.device, self.settings.inference_dtype)
+            log.info("inference computes in %s on %s: %s", self._compute.dtype, self.device, self._compute.reason)
+        return self._compute
 
     # ------------------------------------------------------------ base models
 
@@ -99,21 +197,27 @@ class InferenceEngine:
             self._evict_base()
         base_model = resolve_base_model(base_id, source, self.settings.work_dir)
         tokenizer = load_tokenizer(base_model)
-        model = load_causal_lm(base_model, dtype=torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        dtype = getattr(torch, self.compute.dtype)
+        model = load_causal_lm(base_model, dtype=dtype)
         model.to(self.device).eval()
-        log.info("loaded base model %s on %s", base_id, self.device)
+        log.info("loaded base model %s on %s in %s", base_id, self.device, self.compute.dtype)
         loaded = LoadedBase(
             base_id=base_id,
             model=model,
             tokenizer=tokenizer,
             eos_ids=end_of_turn_ids(tokenizer, model),
             device=self.device,
+            dtype=dtype,
         )
         self._bases[base_id] = loaded
         return loaded
 
     def _evict_base(self) -> None:
-        base_id, _ = self._bases.popitem(last=False)
+        unpinned = [base_id for base_id, loaded in self._bases.items() if not loaded.pins]
+        if not unpinned:
+            raise RuntimeError("every loaded base model is in use")
+        base_id = unpinned[0]  # the least recently used
+        del self._bases[base_id]
         log.info("unloading base model %s", base_id)
         gc.collect()
         if self.device.startswith("cuda"):
@@ -125,6 +229,7 @@ class InferenceEngine:
         """The name of job `job_id`'s adapter on loaded.model, loading it if needed."""
         if job_id in loaded.adapters:
             loaded.adapters.move_to_end(job_id)
+            self._evict_adapters(loaded, job_id)  # any left over the limit while they were in use
             return loaded.adapters[job_id]
         folder = self._local_adapter_folder(job_id)
         name = adapter_name(job_id)
@@ -136,15 +241,32 @@ class InferenceEngine:
             loaded.model = PeftModel.from_pretrained(
                 loaded.model, folder, adapter_name=name, torch_device=loaded.device
             )
+        reason = unsupported(loaded.model, name)
+        if reason is not None:
+            if len(loaded.model.peft_config) > 1:
+                loaded.model.delete_adapter(name)
+            else:  # PEFT keeps at least one adapter: back to the plain model
+                loaded.model = loaded.model.unload()
+            raise AdapterNotSupported(f"The fine-tune's adapter cannot be served: {reason}.")
+        adapter_weights_in_float32(loaded.model)
         loaded.model.eval()
         loaded.adapters[job_id] = name
         log.info("loaded adapter of %s on %s as %s", job_id, loaded.base_id, name)
         # Evicted after loading the new one: PEFT keeps at least one adapter on a PeftModel.
-        while len(loaded.adapters) > self.max_adapters_per_base:
-            evicted_job_id, evicted_name = loaded.adapters.popitem(last=False)
+        self._evict_adapters(loaded, job_id)
+        return name
+
+    def _evict_adapters(self, loaded: LoadedBase, keep: str) -> None:
+        """Least recently used first, down to the limit; an adapter in use is
+        not evicted (there may be more than the limit while they are)."""
+        for evicted_job_id, evicted_name in list(loaded.adapters.items()):
+            if len(loaded.adapters) <= self.max_adapters_per_base:
+                return
+            if evicted_name in loaded.pins or evicted_job_id == keep:
+                continue
+            del loaded.adapters[evicted_job_id]
             loaded.model.delete_adapter(evicted_name)
             log.info("unloaded adapter of %s from %s", evicted_job_id, loaded.base_id)
-        return name
 
     def _local_adapter_folder(self, job_id: str) -> Path:
         """The job's adapter on local disk, downloaded from the artifact store once."""
@@ -153,8 +275,11 @@ class InferenceEngine:
         folder = self.adapters_dir / job_id
         prefix = f"jobs/{job_id}/adapter"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
-        # Two worker processes on one machine must not replace a folder the other is reading.
-        with exclusive_lock(folder.with_name(f"{job_id}.lock")):
+        with self._lock:
+            download_lock = self._download_locks.setdefault(job_id, threading.Lock())
+        # Two worker processes on one machine must not replace a folder the other is reading
+        # (the file lock); nor two threads of one process (the file lock is the process's).
+        with download_lock, exclusive_lock(folder.with_name(f"{job_id}.lock")):
             if not _is_complete_adapter(folder):
                 keys = self.storage.list_keys(prefix)
                 if not keys:
@@ -186,16 +311,18 @@ def _default_device(worker_device: str) -> str:
 # and the base models it loaded stay in memory: the first request for a base
 # pays for loading it, later ones only attach their fine-tune's adapter.
 _engine = None
+_engine_lock = threading.Lock()
 
 
 def shared_engine() -> InferenceEngine:
     """The engine every inference task of this process shares."""
     global _engine
-    if _engine is None:
-        settings = get_settings()
-        storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-        _engine = InferenceEngine(settings, storage)
-    return _engine
+    with _engine_lock:
+        if _engine is None:
+            settings = get_settings()
+            storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+            _engine = InferenceEngine(settings, storage)
+        return _engine
 
 
 def context_length(model) -> int:

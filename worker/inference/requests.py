@@ -4,8 +4,12 @@ and the results turned back into choices and usage. What cannot run is a
 RequestError with the HTTP status it deserves, which travels back to the
 API in the request's stream or into a batch's error file."""
 
-from worker.inference.engine import AdapterNotFound, context_length
-from worker.inference.generation import GenerationRequest
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from worker.inference.engine import AdapterNotFound, AdapterNotSupported, context_length
+from worker.inference.generation import GenerationRequest, render_prompt
+
 
 class RequestError(Exception):
     """A request that cannot run, with the HTTP status it deserves."""
@@ -18,17 +22,25 @@ class RequestError(Exception):
         return {"type": "error", "status": self.status, "message": self.message, "param": self.param, "code": self.code}
 
 
-def prepare(engine, target: dict):
-    """(loaded base, adapter name or None) for a target from domain/inference/targets.py."""
-    loaded = engine.base(target["base_id"])
-    if target["job_id"] is None:
-        return loaded, None
+@contextmanager
+def acquired(engine, target: dict) -> Iterator[tuple]:
+    """(loaded base, adapter name or None) for a target from
+    domain/inference/targets.py, kept loaded until the block ends."""
     try:
-        return loaded, engine.adapter(loaded, target["job_id"])
+        with engine.acquire(target["base_id"], target["job_id"]) as (loaded, adapter):
+            yield loaded, adapter
     except AdapterNotFound as exc:
         raise RequestError(
             404, f"The model '{target['model']}' has no adapter files any more.", param="model", code="model_not_found"
         ) from exc
+    except AdapterNotSupported as exc:
+        raise RequestError(400, f"The model '{target['model']}': {exc}", param="model", code="model_not_supported") from exc
+
+
+def prompt_ids(loaded, messages: list[dict]) -> list[int]:
+    """The rendered prompt (many task threads share one tokenizer)."""
+    with loaded.tokenizer_lock:
+        return render_prompt(loaded.tokenizer, messages)
 
 
 def generation_requests(loaded, adapter, prompt_ids: list[int], params: dict, max_tokens_cap: int) -> list:

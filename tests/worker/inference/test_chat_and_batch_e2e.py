@@ -6,6 +6,7 @@ parts (PostgreSQL, Redis, S3 over HTTP)."""
 
 import io
 import json
+import time
 import zipfile
 
 import pytest
@@ -28,7 +29,7 @@ def inference(request, tmp_path_factory, tiny_model_dir):
     # Small generation batches: a batch of a few dozen lines runs in several
     # chunks, so there is a moment to kill its worker in the middle.
     common = dict(data_dir=tmp, base_models={TINY: f"path:{tiny_model_dir}"}, heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                  inference_batch_size=4)
+                  inference_batch_size=4, inference_dtype="float32")
     if request.param == "sqlite-local":
         with running_service(request.param, Settings(**common)) as service:
             yield from _with_workers(service)
@@ -238,3 +239,39 @@ def test_cancelling_a_running_batch_keeps_what_is_done(inference, sdk):
     done = ended.request_counts.completed
     assert 0 < done < 60
     assert len(read_jsonl(sdk, ended.output_file_id)) == done
+
+
+def test_a_chat_is_answered_while_another_streams(inference, sdk):
+    """Both run in the one inference worker at once (its decode loop), not one after the other."""
+    _, _, _, tuned, _ = inference
+    long_stream = sdk.chat.completions.create(model=TINY, messages=PROMPT, max_tokens=2000, temperature=0, stream=True)
+    chunks = iter(long_stream)
+    next(chunk for chunk in chunks if chunk.choices and chunk.choices[0].delta.content)  # it is generating
+    short = sdk.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=4, temperature=0)
+    assert short.choices[0].finish_reason in ("stop", "length")
+    rest = list(chunks)  # the long answer was still being written when the short one was done
+    assert rest and rest[-1].choices[0].finish_reason == "length"
+
+
+def test_a_stopped_inference_worker_hands_its_batch_back(inference, sdk):
+    """SIGTERM (Celery's warm shutdown) to a worker running tasks in threads:
+    the batch keeps what is answered, goes back to the queue, and another
+    worker finishes it; no line is lost or answered twice."""
+    _, workers, _, tuned, _ = inference
+    lines = [
+        {"custom_id": f"t-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": [TINY, tuned][i % 2], "messages": [{"role": "user", "content": f"Spell {i}"}],
+                  "max_tokens": 48, "temperature": 0}}
+        for i in range(40)
+    ]
+    batch = run_batch(sdk, lines)
+    wait_for(lambda: sdk.batches.retrieve(batch.id).request_counts.completed > 0, 120, "a first answer", interval=0.05)
+    worker = workers.processes[1]
+    stopped_at = time.monotonic()
+    workers.stop(worker, timeout=60)
+    assert time.monotonic() - stopped_at < 30, "the warm shutdown waited for the whole batch"
+    workers.processes[1] = workers.start("inference")
+    ended = wait_for_batch(sdk, batch.id)
+    assert ended.status == "completed"
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (40, 0)
+    assert set(read_jsonl(sdk, ended.output_file_id)) == {f"t-{i}" for i in range(40)}

@@ -28,7 +28,8 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def settings(tmp_path, tiny_model_dir) -> Settings:
-    return Settings(data_dir=tmp_path, base_models={"tiny": f"path:{tiny_model_dir}"}, worker_device="cpu")
+    return Settings(data_dir=tmp_path, base_models={"tiny": f"path:{tiny_model_dir}"}, worker_device="cpu",
+                    inference_dtype="float32")
 
 
 @pytest.fixture
@@ -145,3 +146,71 @@ def test_the_device_follows_the_argument_then_the_settings(settings, storage):
     assert InferenceEngine(settings, storage).device == "cpu"
     settings.worker_device = "auto"
     assert InferenceEngine(settings, storage).device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_weights_are_loaded_in_the_dtype_set_and_adapters_stay_in_fp32(settings, storage):
+    settings.inference_dtype = "bfloat16"
+    engine = InferenceEngine(settings, storage)
+    with engine.acquire("tiny", JOB_A) as (loaded, name):
+        assert loaded.dtype == torch.bfloat16 and engine.compute.dtype == "bfloat16"
+        assert {p.dtype for n, p in loaded.model.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+        # Tiny LoRA matmuls are far cheaper in fp32 on a CPU; the update is added in bf16.
+        assert {p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n} == {torch.float32}
+        request = GenerationRequest(render_prompt(loaded.tokenizer, PROMPT), adapter=name, max_new_tokens=4, temperature=0)
+        submission = engine.loop.submit(loaded, [request])
+        assert submission.wait(60) and len(submission.results()[0].token_ids) == 4
+
+
+def test_acquire_loads_on_the_loop_thread_and_pins_what_it_returns(settings, storage):
+    engine = InferenceEngine(settings, storage, max_adapters_per_base=1)
+    with engine.acquire("tiny", JOB_A) as (loaded, name_a):
+        assert name_a == adapter_name(JOB_A) and loaded.pins == {name_a: 1}
+        # A second fine-tune goes beyond the limit of one adapter: A is in use, so it stays.
+        with engine.acquire("tiny", JOB_B) as (same, name_b):
+            assert same is loaded and set(loaded.model.peft_config) == {name_a, name_b}
+            assert loaded.pins == {name_a: 1, name_b: 1}
+        with engine.acquire("tiny", None) as (_, none):
+            assert none is None and loaded.pins == {name_a: 1, None: 1}
+    assert not loaded.pins
+    with engine.acquire("tiny", JOB_B):  # A, no longer in use, is evicted now
+        assert set(loaded.model.peft_config) == {adapter_name(JOB_B)}
+    with pytest.raises(AdapterNotFound):
+        with engine.acquire("tiny", "ftjob-missing"):
+            pass
+
+
+def test_a_base_in_use_is_not_unloaded_for_another(settings, storage, tiny_model_dir):
+    import threading
+
+    settings.base_models = {"tiny": f"path:{tiny_model_dir}", "tiny-again": f"path:{tiny_model_dir}"}
+    engine = InferenceEngine(settings, storage, max_bases=1)
+    got_second = threading.Event()
+
+    def use_the_other() -> None:
+        with engine.acquire("tiny-again", None):
+            got_second.set()
+
+    with engine.acquire("tiny", None) as (first, _):
+        thread = threading.Thread(target=use_the_other)
+        thread.start()
+        assert not got_second.wait(1.5), "the second base was loaded while the first was in use"
+    thread.join(30)
+    assert got_second.is_set()
+    assert engine.base("tiny") is not first  # unloaded for the other, then loaded again
+
+
+def test_the_budget_is_measured_once_and_kept_on_disk(settings, storage):
+    engine = InferenceEngine(settings, storage)
+    loaded = engine.base("tiny")
+    budget = engine.budget(loaded)
+    assert budget.max_rows >= 1 and budget.prefill_tokens >= 64 and budget.how == "measured"
+    assert engine.budget(loaded) is budget
+    kept = settings.work_dir / "inference" / "budgets.json"
+    assert kept.is_file() and "tiny|float32|" in kept.read_text()
+    again = InferenceEngine(settings, storage)
+    remembered = again.budget(again.base("tiny"))
+    assert (remembered.max_rows, remembered.prefill_tokens) == (budget.max_rows, budget.prefill_tokens)
+    assert remembered.how.startswith("measured ")
+    settings.inference_batch_size = 3
+    fixed = InferenceEngine(settings, storage)
+    assert fixed.budget(fixed.base("tiny")).max_rows == 3

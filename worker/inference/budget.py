@@ -1,0 +1,223 @@
+"""How many rows decode together and how many prompt tokens a prefill step
+runs: measured for the model on this device, not fixed.
+
+A decode step reads every weight once whatever the number of rows, so more
+rows per step give more tokens per second, until the step becomes bound by
+compute rather than by reading weights; beyond that point more rows only make
+every row slower. Where that point lies depends on the device and the model
+(on a 2-core CPU, SmolLM2-135M went from 125 to 186 tokens/s between 16 and
+64 rows). So each loaded base model is measured once: decode steps at growing
+numbers of rows over a synthetic KV cache, and prefills of growing numbers of
+prompt tokens; the budget is the smallest size that reaches KNEE of the best
+throughput measured, and no step longer than MAX_STEP_SECONDS (a streamed
+chat's tokens arrive one step apart). The figures are kept on disk per model,
+dtype, device and thread count, so a worker that restarts does not measure again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ROW_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+PREFILL_LADDER = (64, 128, 256, 512, 1024, 2048, 4096)
+PROBE_CONTEXT = 128  # tokens already in the cache of each row in the decode probe
+PROBE_PROMPT = 128  # tokens per prompt in the prefill probe
+# The smallest size reaching this share of the best throughput: beyond it, a
+# few per cent more throughput would cost every row a much slower step.
+KNEE = 0.95
+# A step longer than this makes streamed text arrive in visible jerks.
+MAX_STEP_SECONDS = 0.5
+TIMED_STEPS = 3
+# Share of the memory free at load time that KV caches may take.
+KV_MEMORY_SHARE = 0.5
+# Part of the key of kept figures: a changed probe measures again.
+PROBE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_rows: int  # rows decoded together (chat requests may exceed it by interactive_margin)
+    prefill_tokens: int  # prompt tokens run per prefill step
+    kv_tokens: int | None = None  # KV cache tokens that fit in memory; None = not limited
+    how: str = "measured"
+    figures: dict = field(default_factory=dict, compare=False)  # the measurements, for the log
+
+    @property
+    def interactive_margin(self) -> int:
+        return max(4, self.max_rows // 4)
+
+
+def _timed(function, repeats: int) -> float:
+    """The fastest of `repeats` runs, in seconds: on a shared machine the
+    others are slowed by neighbours, not by the work."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _knee(rates: dict[int, float]) -> int:
+    best = max(rates.values())
+    return min(size for size, rate in rates.items() if rate >= KNEE * best)
+
+
+def _kv_bytes_per_token(cache) -> int:
+    total = 0
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            total += layer.keys[0].numel() * layer.keys.element_size() + layer.values[0].numel() * layer.values.element_size()
+    return total // max(1, cache.get_seq_length())
+
+
+def _free_memory_bytes(device: str) -> int | None:
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info()
+        return free
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
+    """Time decode steps and prefills of `model` (its base weights, adapters left out)."""
+    from transformers import DynamicCache
+
+    from worker.inference.batching import _cache_argument, new_cache
+    from worker.inference.lora import forward_with_adapters
+
+    cache_argument = _cache_argument(model)
+
+    def forward(**inputs):
+        return forward_with_adapters(model, [None] * inputs["input_ids"].shape[0], **inputs)
+
+    vocabulary = int(model.config.vocab_size)
+    generator = torch.Generator().manual_seed(0)
+
+    def random_ids(rows: int, length: int) -> torch.Tensor:
+        return torch.randint(0, vocabulary, (rows, length), generator=generator).to(device)
+
+    figures: dict = {}
+    with torch.inference_mode():
+        one_row = DynamicCache(config=model.config)
+        forward(input_ids=random_ids(1, PROBE_CONTEXT), use_cache=True, logits_to_keep=1, **{cache_argument: one_row})
+        per_token = _kv_bytes_per_token(one_row)
+        free = _free_memory_bytes(device)
+        kv_tokens = int(free * KV_MEMORY_SHARE / per_token) if free and per_token else None
+        figures.update(kv_bytes_per_token=per_token, kv_tokens=kv_tokens)
+
+        if max_rows is None:
+            rates: dict[int, float] = {}
+            for rows in ROW_LADDER:
+                if kv_tokens is not None and rows * (PROBE_CONTEXT + 2 * TIMED_STEPS) * 4 > kv_tokens:
+                    break
+                cache = new_cache(model)  # the kind the decode loop uses
+                for layer, source in zip(cache.layers, one_row.layers, strict=True):
+                    layer.update(source.keys.expand(rows, -1, -1, -1), source.values.expand(rows, -1, -1, -1))
+                mask = torch.ones(rows, PROBE_CONTEXT, dtype=torch.long, device=device)
+
+                def step() -> None:
+                    nonlocal mask
+                    mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=-1)
+                    forward(input_ids=random_ids(rows, 1), attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                          use_cache=True, logits_to_keep=1, **{cache_argument: cache})
+
+                step()  # warm-up: first-call costs are not the device's speed
+                seconds = _timed(step, TIMED_STEPS)
+                del cache
+                if seconds > MAX_STEP_SECONDS and rates:
+                    break
+                rates[rows] = rows / seconds
+            max_rows = _knee(rates)
+            figures["decode_tokens_per_second"] = {rows: round(rate, 1) for rows, rate in rates.items()}
+
+        prefill_rates: dict[int, float] = {}
+        for tokens in PREFILL_LADDER:
+            rows = max(1, tokens // PROBE_PROMPT)
+            ids = random_ids(rows, tokens // rows)
+
+            def prefill() -> None:
+                forward(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+            if not prefill_rates:
+                prefill()  # warm-up
+            seconds = _timed(prefill, 2)
+            if seconds > MAX_STEP_SECONDS and prefill_rates:
+                break
+            prefill_rates[tokens] = tokens / seconds
+        figures["prefill_tokens_per_second"] = {size: round(rate, 1) for size, rate in prefill_rates.items()}
+    return Budget(max_rows=max_rows, prefill_tokens=_knee(prefill_rates), kv_tokens=kv_tokens, figures=figures)
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def budget_for(model, device: str, *, model_id: str, dtype: str, cache_file: Path, max_rows: int = 0) -> Budget:
+    """The model's budget: measured once per model, dtype, device and thread
+    count and kept in `cache_file`; `max_rows` > 0 sets the rows instead
+    (TUNEHOUSE_INFERENCE_BATCH_SIZE)."""
+    key = (f"{model_id}|{dtype}|{_device_name(device)}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+           f"|probe={PROBE_VERSION}")
+    if max_rows:
+        key += f"|rows={max_rows}"
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        entry = known[key]
+        budget = Budget(entry["max_rows"], entry["prefill_tokens"], entry.get("kv_tokens"),
+                        how=f"measured {entry.get('measured_at', 'earlier')}", figures=entry.get("figures", {}))
+        log.info("inference budget of %s (%s): %s", model_id, dtype, _describe(budget))
+        return budget
+    started = time.perf_counter()
+    budget = measure(model, device, max_rows=max_rows or None)
+    if max_rows:
+        budget = Budget(max_rows, budget.prefill_tokens, budget.kv_tokens, how="rows set, prefill measured",
+                        figures=budget.figures)
+    log.info("inference budget of %s (%s), measured in %.1f s: %s", model_id, dtype, time.perf_counter() - started,
+             _describe(budget))
+    entry = {**asdict(budget), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            known = json.loads(cache_file.read_text())  # another process may have written meanwhile
+        except (OSError, ValueError):
+            known = {}
+        known[key] = entry
+        staging = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        staging.write_text(json.dumps(known, indent=1))
+        os.replace(staging, cache_file)
+    except OSError:
+        log.warning("could not keep the inference budget in %s", cache_file, exc_info=True)
+    return budget
+
+
+def _describe(budget: Budget) -> str:
+    return (f"{budget.max_rows} rows per step, {budget.prefill_tokens} prompt tokens per prefill step, "
+            f"KV room for {budget.kv_tokens} tokens ({budget.how}; {budget.figures})")
