@@ -128,8 +128,11 @@ def test_a_queued_job_is_cancelled_from_its_page(page, site):
     page.get_by_test_id("cancel-job").click()
     expect(page.get_by_test_id("status-chip")).to_have_text("cancelled")
     expect(page.get_by_test_id("cancel-job")).to_have_count(0)
-    # The list shows it too, and stops polling.
-    page.get_by_role("link", name="Jobs", exact=True).click()
+    # The list shows it too, and stops polling. The cancel marked the cached
+    # list stale, so it is fetched once when it mounts: wait for that fetch
+    # (which may start after the cached row already shows "cancelled").
+    with page.expect_response(lambda r: r.request.method == "GET" and "/v1/fine_tuning/jobs?" in r.url):
+        page.get_by_role("link", name="Jobs", exact=True).click()
     expect(job_row.get_by_test_id("status-chip")).to_have_text("cancelled")
     polls = api_requests(page, "/v1/fine_tuning/jobs")
     page.wait_for_timeout(4500)
