@@ -41,7 +41,7 @@ TIMED_STEPS = 3
 # Share of the memory free at load time that KV caches may take.
 KV_MEMORY_SHARE = 0.5
 # Part of the key of kept figures: a changed probe measures again.
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: decode attention (attention.py)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from domain.settings import Settings, get_settings
 from domain.storage import Storage, storage_from_url
 from worker.models.catalog import BaseModelError, check_adapter_folder, load_causal_lm, load_tokenizer, resolve_base_model
 from worker.models.folders import atomic_directory, exclusive_lock
+from worker.inference.attention import use_decode_attention
 from worker.inference.budget import Budget, budget_for
 from worker.inference.generation import end_of_turn_ids
 from worker.inference.lora import adapter_weights_in_float32, unsupported
@@ -200,7 +201,9 @@ class InferenceEngine:
         dtype = getattr(torch, self.compute.dtype)
         model = load_causal_lm(base_model, dtype=dtype)
         model.to(self.device).eval()
-        log.info("loaded base model %s on %s in %s", base_id, self.device, self.compute.dtype)
+        decode_attention = use_decode_attention(model, self.device)
+        log.info("loaded base model %s on %s in %s%s", base_id, self.device, self.compute.dtype,
+                 ", decode attention" if decode_attention else "")
         loaded = LoadedBase(
             base_id=base_id,
             model=model,

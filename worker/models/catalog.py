@@ -254,3 +254,19 @@ def check_adapter_folder(adapter_dir: Path) -> None:
         raise BaseModelError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise BaseModelError(f"{adapter_dir} has no adapter_model.safetensors; tunehouse loads safetensors only")
+
+
+# Decoder-only architectures whose every attention layer is plain causal
+# self-attention, rotary positions applied before the attention function: the
+# ones the service's own attention functions serve (worker/training/attention.py,
+# worker/inference/attention.py).
+_PLAIN_CAUSAL_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "gemma"})
+
+
+def has_plain_causal_attention(config) -> bool:
+    """No sliding windows, soft-capping, attention sinks or non-causal layers."""
+    if getattr(config, "model_type", None) not in _PLAIN_CAUSAL_MODEL_TYPES:
+        return False
+    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        return False
+    return all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or [])

@@ -26,22 +26,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from worker.models.catalog import has_plain_causal_attention
+
 ATTENTION_NAME = "tunehouse_segments"
 # (start, end) of each example in each row: segments[row] = ((0, 87), (87, 190), ...).
 Segments = Sequence[Sequence[tuple[int, int]]]
 
-# Decoder-only architectures whose every attention layer is plain causal
-# self-attention (rotary positions applied before the attention function).
-_SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "gemma"})
-
-
-def segment_attention_supported(config) -> bool:
-    if getattr(config, "model_type", None) not in _SUPPORTED_MODEL_TYPES:
-        return False
-    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
-        return False
-    layer_types = getattr(config, "layer_types", None) or []
-    return all(kind == "full_attention" for kind in layer_types)
+# Whether a model's every attention layer is plain causal self-attention
+# (the architectures this function serves).
+segment_attention_supported = has_plain_causal_attention
 
 
 def segment_attention(
