@@ -337,17 +337,22 @@ def test_fifty_jobs_from_several_users_each_run_once_in_queue_order(training_wor
         assert len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]) == 10
 
     # Each job started once, in the order the queue held them. Two workers
-    # take turns and either may lose a moment forking its next pool process
-    # between taking a message and writing the job's first event, so a job
-    # may start up to two places from its queue position, nothing more.
+    # take turns, and either may lose a moment forking its next pool process
+    # between taking a message and writing the job's first event, while the
+    # other runs a few one-second jobs: so a job may start a few places from
+    # its queue position (3 was seen on a loaded CI machine), and neighbours
+    # often swap, but on average a job is at most 1.5 places off. Any other
+    # order fails: a random order is ~17 places off on average, a reversed
+    # one ~25.
     with psycopg.connect(stack.database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
         started = [row[0] for row in connection.execute(
             "SELECT job_id FROM fine_tuning_events WHERE message LIKE 'Attempt %%' AND job_id = ANY(%s) ORDER BY seq",
             (job_ids,),
         )]
     assert sorted(started) == sorted(job_ids)
-    for position, job_id in enumerate(started):
-        assert abs(position - queue_order.index(job_id)) <= 2, (position, queue_order.index(job_id))
+    displacements = [abs(position - queue_order.index(job_id)) for position, job_id in enumerate(started)]
+    assert max(displacements) <= 4, displacements
+    assert sum(displacements) / len(displacements) <= 1.5, displacements
     for client in clients:
         client.close()
 
