@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from batch_inference import wait_until  # this folder is on sys.path when a script here runs
+
 if not os.environ.get("PYTHONPATH"):  # else PYTHONPATH names the tree to measure
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,16 +60,6 @@ def chat_lines(n: int, test: int) -> bytes:
             "split": "TEST" if i < test else "TRAIN",
         })
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-def wait(condition, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(POLL)
-    raise TimeoutError("gave up waiting")
 
 
 def main() -> None:
@@ -92,8 +84,9 @@ def main() -> None:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            wait(lambda: _healthy(base), 120)
-            key = wait(lambda: (tmp / "data" / "admin-key").exists() and (tmp / "data" / "admin-key").read_text().strip())
+            wait_until(lambda: _healthy(base), 120, "the service", POLL)
+            key = wait_until(lambda: (tmp / "data" / "admin-key").exists() and (tmp / "data" / "admin-key").read_text().strip(),
+                             300, "the admin key", POLL)
             client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
             file_id = client.post(
                 "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", chat_lines(12, 4), "application/jsonl")}
@@ -129,7 +122,7 @@ def _one_job(client: httpx.Client, file_id: str, artifacts: Path) -> dict:
         current = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
         return current if current["status"] in ("succeeded", "failed", "cancelled") else None
 
-    finished = wait(done)
+    finished = wait_until(done, 300, "the job to end", POLL)
     assert finished["status"] == "succeeded", finished["error"]
     job_seconds = time.monotonic() - started
 
@@ -137,7 +130,7 @@ def _one_job(client: httpx.Client, file_id: str, artifacts: Path) -> dict:
         current = client.get(f"/v1/evaluations/{finished['evaluation_id']}").json()
         return current if current["status"] in ("succeeded", "failed", "cancelled") else None
 
-    evaluation = wait(evaluated)
+    evaluation = wait_until(evaluated, 300, "its evaluation to end", POLL)
     assert evaluation["status"] == "succeeded", evaluation
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     objects = sum(1 for path in (artifacts / "jobs" / job["id"]).rglob("*") if path.is_file())

@@ -276,6 +276,17 @@ def anonymous(service) -> Iterator[httpx.Client]:
 # ------------------------------------------------------------------------ models
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a module's tests, as before afterwards."""
+    import torch  # here: the API tests never load it
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     from tests.tiny_model import save_smollm2_tokenizer

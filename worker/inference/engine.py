@@ -130,8 +130,8 @@ class InferenceEngine:
         The adapter's files are fetched in the calling thread; loading runs on
         the loop's thread. Waits while the base must wait for another one,
         still in use, to be unloaded."""
-        if job_id is not None:
-            self._local_adapter_folder(job_id)
+        if job_id is not None and not self._attached(base_id, job_id):
+            self._local_adapter_folder(job_id)  # on disk, not on the loop's thread
         while True:
             acquired = self.loop.call(lambda: self._attach(base_id, job_id))
             if acquired is not None:
@@ -147,6 +147,11 @@ class InferenceEngine:
                 if loaded.pins[name] <= 0:
                     del loaded.pins[name]
                 self._unpinned.notify_all()
+
+    def _attached(self, base_id: str, job_id: str) -> bool:
+        with self._lock:
+            loaded = self._bases.get(base_id)
+            return loaded is not None and job_id in loaded.adapters
 
     def _attach(self, base_id: str, job_id: str | None) -> tuple[LoadedBase, str | None] | None:
         with self._lock:

@@ -199,14 +199,19 @@ def test_a_batch_mixing_base_and_fine_tune_answers_every_line(inference, sdk):
     assert sdk.files.retrieve(batch.output_file_id).purpose == "batch_output"
 
 
+def chat_lines(prefix: str, models: list[str], text: str, count: int, **parameters) -> list[dict]:
+    """`count` batch lines "{prefix}-{i}", the models taken in turn, asking "{text} {i}"."""
+    return [
+        {"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": models[i % len(models)], "messages": [{"role": "user", "content": f"{text} {i}"}],
+                  **parameters}}
+        for i in range(count)
+    ]
+
+
 def test_a_killed_inference_worker_loses_and_repeats_no_line(inference, sdk):
     _, workers, _, tuned, _ = inference
-    lines = [
-        {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": [TINY, tuned][i % 2], "messages": [{"role": "user", "content": f"Count to {i}"}],
-                  "max_tokens": 48, "temperature": 0}}
-        for i in range(40)
-    ]
+    lines = chat_lines("line", [TINY, tuned], "Count to", 40, max_tokens=48, temperature=0)
     batch = run_batch(sdk, lines)
 
     def partly_done():
@@ -226,11 +231,7 @@ def test_a_killed_inference_worker_loses_and_repeats_no_line(inference, sdk):
 
 def test_cancelling_a_running_batch_keeps_what_is_done(inference, sdk):
     _, _, _, tuned, _ = inference
-    lines = [
-        {"custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": tuned, "messages": [{"role": "user", "content": f"Tell {i}"}], "max_tokens": 64}}
-        for i in range(60)
-    ]
+    lines = chat_lines("c", [tuned], "Tell", 60, max_tokens=64)
     batch = run_batch(sdk, lines)
     wait_for(lambda: sdk.batches.retrieve(batch.id).request_counts.completed > 0, 120, "a first answered chunk", interval=0.05)
     assert sdk.batches.cancel(batch.id).status in ("cancelling", "cancelled")
@@ -258,12 +259,7 @@ def test_a_stopped_inference_worker_hands_its_batch_back(inference, sdk):
     the batch keeps what is answered, goes back to the queue, and another
     worker finishes it; no line is lost or answered twice."""
     _, workers, _, tuned, _ = inference
-    lines = [
-        {"custom_id": f"t-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": [TINY, tuned][i % 2], "messages": [{"role": "user", "content": f"Spell {i}"}],
-                  "max_tokens": 48, "temperature": 0}}
-        for i in range(40)
-    ]
+    lines = chat_lines("t", [TINY, tuned], "Spell", 40, max_tokens=48, temperature=0)
     batch = run_batch(sdk, lines)
     wait_for(lambda: sdk.batches.retrieve(batch.id).request_counts.completed > 0, 120, "a first answer", interval=0.05)
     worker = workers.processes[1]

@@ -95,11 +95,8 @@ def run_training(model_dir, work_dir, *, seed=0, train_examples=TRAIN_EXAMPLES, 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
