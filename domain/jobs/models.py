@@ -48,6 +48,15 @@ class FineTuningJob(LeaseColumns, Base):
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # The evaluation made automatically when the job succeeded (base vs fine-tune).
     evaluation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Pause (OpenAI's POST .../pause): asked while a worker runs the job; the
+    # worker saves a checkpoint of its step and hands the job back as "paused".
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Lineage: the fine-tune (or checkpoint model) this job continues, by the
+    # name the user gave, its job and, for a checkpoint, its step. `model`
+    # stays the root base model's public id.
+    parent_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    parent_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    parent_checkpoint_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class FineTuningEvent(Base):
