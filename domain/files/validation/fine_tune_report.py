@@ -1,5 +1,9 @@
 """The report of a valid fine-tune file: examples, split, roles, lengths,
-duplicates and warnings, from numbers kept compact however large the file."""
+duplicates and warnings, from numbers kept compact however large the file.
+
+``ExampleStats`` holds what every format's report shares (split, duplicates,
+estimated tokens); ``FineTuneStats`` is the chat report, the other formats'
+are in format_reports.py."""
 
 from __future__ import annotations
 
@@ -17,22 +21,17 @@ MAX_TRACKED_SYSTEM_PROMPTS = 10_000
 MAX_DUPLICATE_EXAMPLES = 10
 
 
-class FineTuneStats:
-    """Numbers about valid fine-tune examples, kept compact for huge files."""
+class ExampleStats:
+    """What the reports of every format share: per-example characters and
+    estimated tokens, the split counts, duplicate lines and their warnings.
+    Kept compact for huge files."""
+
+    format = ""  # formats.py: the report's "format"
 
     def __init__(self) -> None:
         # One entry per example; 'I' (4 bytes) is plenty since a line is at most 8 MiB.
-        self.messages = array("I")
         self.characters = array("I")
         self.tokens = array("I")
-        self.role_counts = dict.fromkeys(("system", "user", "assistant", "tool"), 0)
-        self.assistant_weight_0 = 0
-        self.examples_with_weight_0 = 0
-        self.examples_with_system_prompt = 0
-        self.system_prompt_hashes: set[int] = set()
-        self.system_prompts_capped = False
-        self.examples_with_tools = 0
-        self.not_ending_with_assistant = 0
         self.long_examples = 0
         self.explicit_train = self.explicit_test = self.unsplit = 0
         self.first_lines = FirstLineIndex()
@@ -41,83 +40,37 @@ class FineTuneStats:
 
     @property
     def examples(self) -> int:
-        return len(self.messages)
+        return len(self.tokens)
 
-    def add(self, line_no: int, line: bytes, summary: tuple) -> None:
-        """Count one valid example, given its ``summarize()`` tuple."""
-        self.add_many((line_no,), (line,), (summary,))
-
-    def add_many(self, line_numbers: Sequence[int], lines: Sequence[bytes],
-                 summaries: Sequence[tuple]) -> None:
-        """Count valid examples, in file order: their line numbers, their
-        lines and their ``summarize()`` tuples (or the same tuples from the
-        fast path, typed.fine_tune_summary). Column by column, in C where it can."""
-        if not summaries:
-            return
-        (messages, characters, tokens, system, user, assistant, tool, weight_0, system_prompts,
-         uses_tools, ends_with_assistant, split) = zip(*summaries)
-        count = len(summaries)
-        self.messages.extend(messages)
+    def _add_examples(self, line_numbers: Sequence[int], lines: Sequence[bytes], characters: Sequence[int],
+                      tokens: Sequence[int], split: Sequence[str | None]) -> None:
+        """Counts what every format counts of examples, in file order."""
         self.characters.extend(characters)
         self.tokens.extend(tokens)
-        role_counts = self.role_counts
-        role_counts["system"] += sum(system)
-        role_counts["user"] += sum(user)
-        role_counts["assistant"] += sum(assistant)
-        role_counts["tool"] += sum(tool)
         self.long_examples += sum(map(LONG_EXAMPLE_TOKENS.__lt__, tokens))
-        self.examples_with_tools += sum(uses_tools)
-        self.not_ending_with_assistant += count - sum(ends_with_assistant)
-        self.assistant_weight_0 += sum(weight_0)
-        self.examples_with_weight_0 += count - weight_0.count(0)
         self.unsplit += split.count(None)
         self.explicit_test += split.count("TEST")
         self.explicit_train += split.count("TRAIN")
-        self._add_system_prompts(list(filter(None, system_prompts)))  # a system prompt is never empty
         for line_no, first_line in self.first_lines.add_many(map(hash, lines), line_numbers):
             self.duplicate_count += 1
             if len(self.duplicate_examples) < MAX_DUPLICATE_EXAMPLES:
                 self.duplicate_examples.append({"line": line_no, "duplicate_of": first_line})
 
-    def _add_system_prompts(self, prompts: list[str]) -> None:
-        if not prompts:
-            return
-        self.examples_with_system_prompt += len(prompts)
-        seen = self.system_prompt_hashes
-        digests = set(map(hash, prompts))
-        if len(seen) + len(digests) <= MAX_TRACKED_SYSTEM_PROMPTS:
-            seen |= digests  # the cap cannot be reached: the same as adding one by one
-            return
-        for digest in map(hash, prompts):
-            if len(seen) < MAX_TRACKED_SYSTEM_PROMPTS:
-                seen.add(digest)
-            elif digest not in seen:
-                self.system_prompts_capped = True
+    def _report_head(self, lines: int, blank_lines: int, seed: int) -> dict:
+        """The keys every format's report begins with."""
+        return {"purpose": "fine-tune", "format": self.format, "lines": lines, "blank_lines": blank_lines,
+                "examples": self.examples, "split": self._split_report(seed)}
 
-    def report(self, lines: int, blank_lines: int, seed: int) -> dict:
+    def _token_report(self, method: str) -> dict:
         token_counts = _value_counts(self.tokens)
         token_summary = _number_summary(self.tokens, token_counts)
         token_summary["total"] = sum(self.tokens)
         token_summary["histogram"] = _length_histogram(self.tokens, token_counts)
-        token_summary["method"] = "characters / 4, plus 4 per message"
-        split = self._split_report(seed)
-        return {
-            "purpose": "fine-tune",
-            "lines": lines,
-            "blank_lines": blank_lines,
-            "examples": self.examples,
-            "split": split,
-            "messages_per_example": _number_summary(self.messages, _value_counts(self.messages)),
-            "roles": dict(self.role_counts),
-            "assistant_messages_weight_0": self.assistant_weight_0,
-            "examples_with_system_prompt": self.examples_with_system_prompt,
-            "distinct_system_prompts": len(self.system_prompt_hashes),
-            "characters": _number_summary(self.characters, _value_counts(self.characters)),
-            "estimated_tokens": token_summary,
-            "examples_with_tools": self.examples_with_tools,
-            "duplicates": {"count": self.duplicate_count, "examples": list(self.duplicate_examples)},
-            "warnings": self._warnings(split),
-        }
+        token_summary["method"] = method
+        return token_summary
+
+    def _duplicates_report(self) -> dict:
+        return {"count": self.duplicate_count, "examples": list(self.duplicate_examples)}
 
     def _split_report(self, seed: int) -> dict:
         drawn_test = TestDraw.test_size(self.unsplit)
@@ -151,7 +104,7 @@ class FineTuneStats:
         other = f"the other {self.unsplit} {'was' if self.unsplit == 1 else 'were'}"
         return f"{chose}; {other} split by {draw}"
 
-    def _warnings(self, split: dict) -> list[str]:
+    def _duplicate_and_length_warnings(self) -> list[str]:
         warnings = []
         if self.duplicate_count:
             first = self.duplicate_examples[0]
@@ -165,12 +118,96 @@ class FineTuneStats:
                 f"{plural(self.long_examples, 'example')} "
                 f"{'is' if self.long_examples == 1 else 'are'} longer than "
                 f"{LONG_EXAMPLE_TOKENS} estimated tokens and may be truncated")
-        warnings += self._system_prompt_warnings()
-        if split["test"] == 0:
-            warnings.append(
-                "no TEST examples: \"split\": \"TRAIN\" keys leave too few lines for the seeded "
+        return warnings
+
+    @staticmethod
+    def _no_test_warning(split: dict) -> list[str]:
+        if split["test"]:
+            return []
+        return ["no TEST examples: \"split\": \"TRAIN\" keys leave too few lines for the seeded "
                 "draw, so there is nothing to evaluate on; add \"split\": \"TEST\" to some lines "
-                "(or remove \"split\" from some lines to let the draw choose)")
+                "(or remove \"split\" from some lines to let the draw choose)"]
+
+
+class FineTuneStats(ExampleStats):
+    """Numbers about valid chat examples, kept compact for huge files."""
+
+    format = "chat"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages = array("I")
+        self.role_counts = dict.fromkeys(("system", "user", "assistant", "tool"), 0)
+        self.assistant_weight_0 = 0
+        self.examples_with_weight_0 = 0
+        self.examples_with_system_prompt = 0
+        self.system_prompt_hashes: set[int] = set()
+        self.system_prompts_capped = False
+        self.examples_with_tools = 0
+        self.not_ending_with_assistant = 0
+
+    def add(self, line_no: int, line: bytes, summary: tuple) -> None:
+        """Count one valid example, given its ``summarize()`` tuple."""
+        self.add_many((line_no,), (line,), (summary,))
+
+    def add_many(self, line_numbers: Sequence[int], lines: Sequence[bytes],
+                 summaries: Sequence[tuple]) -> None:
+        """Count valid examples, in file order: their line numbers, their
+        lines and their ``summarize()`` tuples (or the same tuples from the
+        fast path, typed.fine_tune_summary). Column by column, in C where it can."""
+        if not summaries:
+            return
+        (messages, characters, tokens, system, user, assistant, tool, weight_0, system_prompts,
+         uses_tools, ends_with_assistant, split) = zip(*summaries)
+        count = len(summaries)
+        self.messages.extend(messages)
+        role_counts = self.role_counts
+        role_counts["system"] += sum(system)
+        role_counts["user"] += sum(user)
+        role_counts["assistant"] += sum(assistant)
+        role_counts["tool"] += sum(tool)
+        self.examples_with_tools += sum(uses_tools)
+        self.not_ending_with_assistant += count - sum(ends_with_assistant)
+        self.assistant_weight_0 += sum(weight_0)
+        self.examples_with_weight_0 += count - weight_0.count(0)
+        self._add_system_prompts(list(filter(None, system_prompts)))  # a system prompt is never empty
+        self._add_examples(line_numbers, lines, characters, tokens, split)
+
+    def _add_system_prompts(self, prompts: list[str]) -> None:
+        if not prompts:
+            return
+        self.examples_with_system_prompt += len(prompts)
+        seen = self.system_prompt_hashes
+        digests = set(map(hash, prompts))
+        if len(seen) + len(digests) <= MAX_TRACKED_SYSTEM_PROMPTS:
+            seen |= digests  # the cap cannot be reached: the same as adding one by one
+            return
+        for digest in map(hash, prompts):
+            if len(seen) < MAX_TRACKED_SYSTEM_PROMPTS:
+                seen.add(digest)
+            elif digest not in seen:
+                self.system_prompts_capped = True
+
+    def report(self, lines: int, blank_lines: int, seed: int) -> dict:
+        report = self._report_head(lines, blank_lines, seed)
+        return {
+            **report,
+            "messages_per_example": _number_summary(self.messages, _value_counts(self.messages)),
+            "roles": dict(self.role_counts),
+            "assistant_messages_weight_0": self.assistant_weight_0,
+            "examples_with_system_prompt": self.examples_with_system_prompt,
+            "distinct_system_prompts": len(self.system_prompt_hashes),
+            "characters": _number_summary(self.characters, _value_counts(self.characters)),
+            "estimated_tokens": self._token_report("characters / 4, plus 4 per message"),
+            "examples_with_tools": self.examples_with_tools,
+            "duplicates": self._duplicates_report(),
+            "warnings": self._warnings(report["split"]),
+        }
+
+    def _warnings(self, split: dict) -> list[str]:
+        warnings = self._duplicate_and_length_warnings()
+        warnings += self._system_prompt_warnings()
+        warnings += self._no_test_warning(split)
         if self.not_ending_with_assistant:
             warnings.append(
                 f"{plural(self.not_ending_with_assistant, 'example')} "
@@ -361,3 +398,10 @@ def _kth_key(counts: Counter, k: int) -> tuple[int, int]:
             return key, k
         k -= counts[key]
     raise ValueError("k is larger than the number of values")
+
+
+def length_summary(values: array) -> dict:
+    """min, mean, max, p95 and total of per-example lengths."""
+    summary = _number_summary(values, _value_counts(values))
+    summary["total"] = sum(values)
+    return summary

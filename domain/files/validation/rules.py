@@ -1,18 +1,26 @@
-"""The rules one line must follow: an OpenAI chat fine-tuning example, or an
-OpenAI Batch API request (chat completions). Each rule gives the first problem
-of a line as the reason shown to the user, or None."""
+"""The rules one line must follow: a fine-tune example in one of the four
+formats (domain/files/validation/formats.py: OpenAI chat, OpenAI preference
+pairs, prompt/completion, text), or an OpenAI Batch API request (chat
+completions). Each rule gives the first problem of a line as the reason shown
+to the user, or None."""
 
 from __future__ import annotations
 
 import json
 
 from domain.files.validation.lines import json_type
+from domain.files.validation.result import plural
 
 _MISSING = object()  # marks an absent key where null is a value of its own
 
 _ROLES = frozenset(("system", "user", "assistant", "tool"))
 _ROLE_NAMES = "system, user, assistant or tool"
 _EXAMPLE_KEYS = frozenset(("messages", "tools", "parallel_tool_calls", "split"))
+_TEXT_KEYS = frozenset(("text", "split"))
+_PROMPT_COMPLETION_KEYS = frozenset(("prompt", "completion", "split"))
+_PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+_PREFERENCE_KEY_SET = frozenset((*_PREFERENCE_KEYS, "split"))
+_PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
 _MESSAGE_KEYS = frozenset(("role", "content", "name", "weight", "tool_calls", "tool_call_id"))
 _BATCH_KEYS = ("custom_id", "method", "url", "body")
 _BATCH_KEY_SET = frozenset(_BATCH_KEYS)
@@ -64,16 +72,25 @@ def fine_tune_problem(example: dict) -> str | None:
         return "missing 'messages'"
     if type(messages) is not list or not messages:
         return "'messages' must be a non-empty list"
+    return _split_problem(example) or _tools_keys_problem(example) or _messages_problem(messages)
+
+
+def _split_problem(example: dict) -> str | None:
     split = example.get("split", _MISSING)
     if split is not _MISSING and split != "TRAIN" and split != "TEST":
         return f"'split' must be \"TRAIN\" or \"TEST\", got {_show(split)}"
-    if "tools" in example:
-        problem = tools_problem(example["tools"])
+    return None
+
+
+def _tools_keys_problem(obj: dict) -> str | None:
+    """'tools' and 'parallel_tool_calls' of a chat example or a preference input."""
+    if "tools" in obj:
+        problem = tools_problem(obj["tools"])
         if problem:
             return problem
-    if "parallel_tool_calls" in example and type(example["parallel_tool_calls"]) is not bool:
-        return f"'parallel_tool_calls' must be true or false, got {_show(example['parallel_tool_calls'])}"
-    return _messages_problem(messages)
+    if "parallel_tool_calls" in obj and type(obj["parallel_tool_calls"]) is not bool:
+        return f"'parallel_tool_calls' must be true or false, got {_show(obj['parallel_tool_calls'])}"
+    return None
 
 
 def _messages_problem(messages: list) -> str | None:
@@ -204,6 +221,95 @@ def _tool_problem(tool) -> str | None:
     if "parameters" in function and type(function["parameters"]) is not dict:
         return "'function.parameters' must be an object"
     return None
+
+
+# --------------------------------------------------------------------------
+# The other fine-tune formats: text, prompt/completion, preference pairs
+
+
+def text_problem(example: dict) -> str | None:
+    """The first problem with one ``{"text": ...}`` line, or None."""
+    if not _TEXT_KEYS.issuperset(example):
+        return _unknown_key(example, _TEXT_KEYS)
+    problem = _string_problem(example, "text")
+    if problem:
+        return problem
+    if not example["text"].strip():
+        return "empty 'text'"
+    return _split_problem(example)
+
+
+def prompt_completion_problem(example: dict) -> str | None:
+    """The first problem with one ``{"prompt": ..., "completion": ...}`` line,
+    or None. The prompt may be empty (the completion is then trained as it
+    stands); the completion may not, it is all that is trained."""
+    if not _PROMPT_COMPLETION_KEYS.issuperset(example):
+        return _unknown_key(example, _PROMPT_COMPLETION_KEYS)
+    problem = _string_problem(example, "prompt") or _string_problem(example, "completion")
+    if problem:
+        return problem
+    if not example["completion"].strip():
+        return "empty 'completion': it is what the model is trained on"
+    return _split_problem(example)
+
+
+def preference_problem(example: dict) -> str | None:
+    """The first problem with one OpenAI preference line (``input``,
+    ``preferred_output``, ``non_preferred_output``), or None."""
+    if not _PREFERENCE_KEY_SET.issuperset(example):
+        return _unknown_key(example, _PREFERENCE_KEY_SET)
+    for key in _PREFERENCE_KEYS:
+        if key not in example:
+            return f"missing '{key}'"
+    problem = _split_problem(example) or _preference_input_problem(example["input"])
+    if problem:
+        return problem
+    for key in _PREFERENCE_KEYS[1:]:
+        problem = _preference_output_problem(example[key])
+        if problem:
+            return f"'{key}': {problem}"
+    if example["preferred_output"] == example["non_preferred_output"]:
+        return "'preferred_output' and 'non_preferred_output' are identical; a pair needs two different answers"
+    return None
+
+
+def _preference_input_problem(value) -> str | None:
+    if type(value) is not dict:
+        return f"'input' must be an object, got {json_type(value)}"
+    if not _PREFERENCE_INPUT_KEYS.issuperset(value):
+        return f"'input': {_unknown_key(value, _PREFERENCE_INPUT_KEYS)}"
+    messages = value.get("messages", _MISSING)
+    if messages is _MISSING:
+        return "missing 'input.messages'"
+    if type(messages) is not list or not messages:
+        return "'input.messages' must be a non-empty list"
+    problem = _tools_keys_problem(value)
+    if problem:
+        return f"input: {problem}"
+    for index, message in enumerate(messages, 1):
+        problem = _message_problem(message)
+        if problem is None and "weight" in message:
+            problem = "'weight' is not used in preference files"
+        if problem:
+            return f"input message {index}: {problem}"
+    if messages[-1]["role"] == "assistant":
+        return ("input message {0}: the last input message is from the assistant; the outputs are "
+                "the answer to the input, so it must end with a user, system or tool message").format(len(messages))
+    return None
+
+
+def _preference_output_problem(output) -> str | None:
+    if type(output) is not list:
+        return f"must be a list holding one assistant message, got {json_type(output)}"
+    if len(output) != 1:
+        return f"must hold exactly one assistant message, got {plural(len(output), 'message')}"
+    message = output[0]
+    problem = _message_problem(message)
+    if problem is None and message["role"] != "assistant":
+        problem = f"role must be 'assistant', got {_quote(message['role'])}"
+    if problem is None and "weight" in message:
+        problem = "'weight' is not used in preference files"
+    return f"message 1: {problem}" if problem else None
 
 
 # --------------------------------------------------------------------------

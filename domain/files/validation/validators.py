@@ -16,13 +16,30 @@ from itertools import count
 
 from domain.files.split import DEFAULT_SPLIT_SEED
 from domain.files.validation.fine_tune_report import FineTuneStats, summarize
+from domain.files.validation.format_reports import (
+    PreferenceStats, PromptCompletionStats, TextStats, summarize_preference, summarize_prompt_completion,
+    summarize_text,
+)
+from domain.files.validation.formats import (
+    CHAT, FORMAT_NAMES, PREFERENCE, PROMPT_COMPLETION, TEXT, UNKNOWN_FORMAT, detect_format,
+)
 from domain.files.validation.lines import TOO_LONG, LineProblem, LineReader, parse_object
 from domain.files.validation.result import ErrorLog, ValidationResult, plural
-from domain.files.validation.rules import batch_request_problem, fine_tune_problem
+from domain.files.validation.rules import (
+    batch_request_problem, fine_tune_problem, preference_problem, prompt_completion_problem, text_problem,
+)
 from domain.files.validation.typed import batch_request, fine_tune_summary
 
 MIN_EXAMPLES = 10
 MAX_TRACKED_MODELS = 100
+
+# Per fine-tune format: the line rule, the summary of a valid line, the report's numbers.
+_FORMATS = {
+    CHAT: (fine_tune_problem, summarize, FineTuneStats),
+    TEXT: (text_problem, summarize_text, TextStats),
+    PROMPT_COMPLETION: (prompt_completion_problem, summarize_prompt_completion, PromptCompletionStats),
+    PREFERENCE: (preference_problem, summarize_preference, PreferenceStats),
+}
 
 
 class _JsonlValidator:
@@ -112,37 +129,76 @@ class _JsonlValidator:
 
 
 class FineTuneValidator(_JsonlValidator):
-    """Validates a chat fine-tuning file (OpenAI format) as it streams in."""
+    """Validates a fine-tuning file as it streams in: OpenAI chat, OpenAI
+    preference pairs, prompt/completion or text lines (formats.py), one
+    format a file. The first line whose keys name a format sets the file's;
+    a line of another format is refused, naming that first line.
+
+    Chat lines go through the fast path (typed.py) while the file is chat (or
+    its format is not known yet); the other formats through the Python rules."""
 
     purpose = "fine-tune"
 
     def __init__(self, split_seed: int = DEFAULT_SPLIT_SEED) -> None:
         super().__init__()
         self.split_seed = split_seed
-        self._stats = FineTuneStats()
+        self.format: str | None = None
+        self._format_line = 0
+        self._stats = None
+
+    def _set_format(self, format_: str, line_no: int) -> None:
+        self.format, self._format_line = format_, line_no
+        self._stats = _FORMATS[format_][2]()
+
+    def _other_format(self, format_: str) -> str:
+        return (f"a {FORMAT_NAMES[format_]} line, but the file's first example (line {self._format_line}) "
+                f"is {FORMAT_NAMES[self.format]}; a file holds one format")
 
     def _take_lines(self, first: int, lines: list[bytes | None]) -> None:
-        summaries = list(map(fine_tune_summary, lines))
-        if all(summaries):  # the usual chunk: every line valid on the fast path (None: declined)
-            self._stats.add_many(range(first, first + len(lines)), lines, summaries)
-            return
+        if self.format is None or self.format == CHAT:
+            summaries = list(map(fine_tune_summary, lines))
+            if all(summaries):  # the usual chunk: every line valid on the fast path (None: declined)
+                if self.format is None:
+                    self._set_format(CHAT, first)
+                self._stats.add_many(range(first, first + len(lines)), lines, summaries)
+                return
+        else:
+            summaries = [None] * len(lines)
         numbers, valid_lines, valid = [], [], []
         for line_no, line, summary in zip(count(first), lines, summaries):
             if summary is None:
                 example = self._take_line(line_no, line)
                 if example is None:
                     continue
-                summary = summarize(example)
-            numbers.append(line_no)
-            valid_lines.append(line)
-            valid.append(summary)
-        self._stats.add_many(numbers, valid_lines, valid)
+                summary = _FORMATS[self.format][1](example)
+            elif self.format is None:
+                self._set_format(CHAT, line_no)
+            elif self.format != CHAT:  # a valid chat line in a file of another format
+                self._errors.add(line_no, self._other_format(CHAT))
+                continue
+            if self.format == CHAT:
+                numbers.append(line_no)
+                valid_lines.append(line)
+                valid.append(summary)
+            else:
+                self._stats.add(line_no, line, summary)
+        if valid:
+            self._stats.add_many(numbers, valid_lines, valid)
 
     def _line_problem(self, line_no: int, example: dict) -> str | None:
-        return fine_tune_problem(example)
+        format_ = detect_format(example)
+        if format_ is None:
+            if self.format is None:
+                return UNKNOWN_FORMAT
+            format_ = self.format  # its rule names the missing key
+        elif self.format is None:
+            self._set_format(format_, line_no)
+        elif format_ != self.format:
+            return self._other_format(format_)
+        return _FORMATS[format_][0](example)
 
     def _file_problem(self) -> str | None:
-        examples = self._stats.examples
+        examples = self._stats.examples if self._stats is not None else 0
         if examples < MIN_EXAMPLES:
             return f"the file has {plural(examples, 'example')}; at least {MIN_EXAMPLES} are needed"
         return None

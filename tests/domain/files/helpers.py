@@ -77,3 +77,17 @@ def request(custom_id="req-1", model="gpt-4o-mini", **overrides) -> dict:
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": model, "messages": [{"role": "user", "content": "Hello"}],
                      "max_tokens": 100}, **overrides}
+
+
+def text_line(i: int = 0, **extra) -> dict:
+    return {"text": f"Document {i}: the quick brown fox jumps over the lazy dog.", **extra}
+
+
+def prompt_completion(i: int = 0, **extra) -> dict:
+    return {"prompt": f"Question {i}:", "completion": f" answer {i}", **extra}
+
+
+def preference(i: int = 0, **extra) -> dict:
+    return {"input": {"messages": [{"role": "user", "content": f"question {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"good answer {i}"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"bad answer {i}"}], **extra}

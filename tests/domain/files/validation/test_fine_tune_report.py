@@ -30,6 +30,7 @@ def test_report_numbers():
     #   lines 1-8: 2, 12, 11 | line 10: 5, 32, 28 | line 11 (copy of 1): 2, 12, 11 | line 12: 3, 16, 16
     assert {k: v for k, v in report.items() if k not in ("split", "warnings")} == {
         "purpose": "fine-tune",
+        "format": "chat",
         "lines": 12,
         "blank_lines": 1,
         "examples": 11,
