@@ -1,9 +1,36 @@
-"""Chat examples -> token ids and labels -> batches.
+"""Examples -> token ids and labels -> batches.
 
 Labels follow the transformers convention: aligned with `input_ids` (the
 model shifts them by one when computing the loss), IGNORE_INDEX where a token
-is not trained. Only the tokens of assistant messages (weight != 0) are
-trained, including the end-of-turn token so the model learns to stop.
+is not trained. `tokenize_example` dispatches on the example's keys
+(domain/files/validation/formats.py), so the supervised recipe trains every
+supervised format alike:
+
+- chat (``messages``): the tokenizer's chat template; only the tokens of
+  assistant messages (weight != 0) are trained, including the end-of-turn
+  token so the model learns to stop.
+- text (``text``): continued pretraining. The text's tokens, with the BOS the
+  tokenizer adds if it adds one, then EOS; every token is trained. Examples
+  are packed into rows by `pack_batch` like any other (packing is on by
+  default); a text longer than max_seq_length is truncated, not split.
+- prompt/completion (``prompt``, ``completion``): the prompt's tokens (with
+  the tokenizer's BOS, if any), the completion's tokens, then EOS; only the
+  completion and EOS are trained. This is plain concatenation, deliberately
+  without the chat template: these files come from completion-style data
+  (OpenAI's legacy format, TRL's prompt/completion datasets) where the prompt
+  is the exact text the model continues, separators and spacing included
+  (put the space or newline between them in the data, e.g. a completion that
+  starts with " "). Prompt and completion are tokenized separately, so the
+  trained span starts exactly at the completion even where a tokenizer would
+  merge characters across the boundary.
+
+Preference pairs (``input``, ``preferred_output``, ``non_preferred_output``)
+are trained by DPO (worker/training/preference.py), not tokenized here;
+`load_split_data` reads them like the others.
+
+Everywhere the first token of an example is never a target (nothing precedes
+it), which also keeps a packed row from "predicting" the next example's first
+token.
 """
 
 from __future__ import annotations
@@ -15,6 +42,7 @@ from typing import Any
 import torch
 
 from domain.files.split import split_lines
+from domain.files.validation.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, TEXT, detect_format, examples_format
 from domain.jobs.hyperparameters import DatasetStats
 
 IGNORE_INDEX = -100
@@ -41,6 +69,44 @@ class TokenizedExample:
 
 
 def tokenize_example(tokenizer, example: dict) -> TokenizedExample:
+    """Token ids and labels of one supervised example: chat, text or
+    prompt/completion, told apart by its keys (see the module docstring)."""
+    format_ = detect_format(example)
+    if format_ == CHAT:
+        return tokenize_chat(tokenizer, example)
+    if format_ == TEXT:
+        return tokenize_text(tokenizer, example["text"])
+    if format_ == PROMPT_COMPLETION:
+        return tokenize_prompt_completion(tokenizer, example["prompt"], example["completion"])
+    if format_ == PREFERENCE:
+        raise ValueError("a preference pair (input, preferred_output, non_preferred_output) is trained by "
+                         "the DPO method, not by supervised fine-tuning")
+    raise ValueError(f"an example with keys {sorted(example)} is in no known format")
+
+
+def _with_eos(tokenizer, ids: list[int]) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None and ids[-1:] != [eos] else ids
+
+
+def tokenize_text(tokenizer, text: str) -> TokenizedExample:
+    """Continued pretraining: the text's tokens (with the BOS the tokenizer adds,
+    if it adds one) and EOS, every one trained but the first."""
+    input_ids = _with_eos(tokenizer, tokenizer(text, add_special_tokens=True)["input_ids"])
+    return TokenizedExample(input_ids=input_ids, labels=[IGNORE_INDEX, *input_ids[1:]])
+
+
+def tokenize_prompt_completion(tokenizer, prompt: str, completion: str) -> TokenizedExample:
+    """The prompt's tokens (with the tokenizer's BOS, if any), then the
+    completion's and EOS; only the completion and EOS are trained."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]  # an empty prompt: the BOS, if any
+    completion_ids = _with_eos(tokenizer, tokenizer(completion, add_special_tokens=False)["input_ids"])
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    labels[0] = IGNORE_INDEX
+    return TokenizedExample(input_ids=prompt_ids + completion_ids, labels=labels)
+
+
+def tokenize_chat(tokenizer, example: dict) -> TokenizedExample:
     """Renders `example` with the tokenizer's own chat template and labels the
     tokens of its trained assistant messages.
 
@@ -245,25 +311,44 @@ class SplitData:
     train: list[dict]
     eval: list[dict]
     eval_source: str  # "test split" | "validation file"
+    # The file's format (domain/files/validation/formats.py): "chat", "preference",
+    # "text" or "prompt_completion"; None for a file without examples.
+    format: str | None = None
 
 
 def load_split_data(train_chunks, split_seed: int, validation_chunks=None) -> SplitData:
-    """The same deterministic split the upload report showed; TEST is never trained on."""
+    """The same deterministic split the upload report showed; TEST is never
+    trained on. Any format, preference pairs included; a validation file must
+    be in the training file's format."""
     train, test = [], []
     for _line, example, split in split_lines(train_chunks, split_seed):
         example.pop("split", None)
         (train if split == "TRAIN" else test).append(example)
+    format_ = examples_format(train + test)
     if validation_chunks is None:
-        return SplitData(train, test, "test split")
+        return SplitData(train, test, "test split", format_)
     validation = [example for _line, example, _split in split_lines(validation_chunks, split_seed)]
     for example in validation:
         example.pop("split", None)
-    return SplitData(train, validation, "validation file")
+    validation_format = examples_format(validation)
+    if validation_format is not None and format_ is not None and validation_format != format_:
+        raise ValueError(f"the validation file is in the {validation_format} format but the training file "
+                         f"in the {format_} format; both must be in the same format")
+    return SplitData(train, validation, "validation file", format_)
 
 
 def dataset_stats(tokenizer, data: SplitData) -> tuple[DatasetStats, dict]:
-    lengths = sorted(len(example.input_ids) for example in tokenize_dataset(tokenizer, data.train))
+    """The statistics hyperparameters are resolved from, and the data summary
+    the job's recipe records (with the file's format)."""
+    lengths = [len(example.input_ids) for example in tokenize_dataset(tokenizer, data.train)]
     eval_tokens = sum(len(example.input_ids) for example in tokenize_dataset(tokenizer, data.eval))
+    return stats_of_lengths(data, lengths, eval_tokens)
+
+
+def stats_of_lengths(data: SplitData, lengths: list[int], eval_tokens: int) -> tuple[DatasetStats, dict]:
+    """DatasetStats and the recipe's data summary from the token length of
+    every training row and the evaluation data's token count."""
+    lengths = sorted(lengths)
     p99 = lengths[max(0, -(-len(lengths) * 99 // 100) - 1)] if lengths else 0
     stats = DatasetStats(
         train_examples=len(data.train),
@@ -273,6 +358,7 @@ def dataset_stats(tokenizer, data: SplitData) -> tuple[DatasetStats, dict]:
         train_tokens=sum(lengths),
     )
     summary = {
+        "format": data.format,
         "train_examples": stats.train_examples,
         "eval_examples": stats.eval_examples,
         "eval_source": data.eval_source,

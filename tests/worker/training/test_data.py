@@ -8,6 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from worker.training.data import (
     IGNORE_INDEX,
     TokenizedExample,
+    dataset_stats,
+    load_split_data,
     pack_batch,
     tokenize_dataset,
     tokenize_example,
@@ -350,3 +352,111 @@ def test_padded_rows_give_the_same_logits_as_examples_alone(tokenizer, tiny_mode
                             position_ids=batch["position_ids"], use_cache=False).logits
     for row, example in enumerate(examples):
         torch.testing.assert_close(padded[row, : len(example)], logits_alone(tiny_model, example), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------ text and prompt/completion
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(smollm2_tokenizer_dir):
+    """SmolLM2's tokenizer made to add a BOS token, as Llama's does."""
+    from tokenizers import processors
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)])
+    assert tokenizer("Hi")["input_ids"][0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+def test_a_text_example_trains_every_token_and_ends_with_eos(tokenizer):
+    text = "The quick brown fox jumps over the lazy dog."
+    example = tokenize_example(tokenizer, {"text": text})
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert example.input_ids == [*ids, tokenizer.eos_token_id]  # SmolLM2 adds no BOS
+    assert example.labels == [IGNORE_INDEX, *example.input_ids[1:]]  # nothing precedes the first token
+    assert labelled_spans(tokenizer, example) == [tokenizer.decode(ids[1:]) + END]
+
+
+def test_a_text_example_keeps_the_tokenizers_bos(bos_tokenizer):
+    example = tokenize_example(bos_tokenizer, {"text": "Hello world"})
+    ids = bos_tokenizer("Hello world", add_special_tokens=False)["input_ids"]
+    assert example.input_ids == [bos_tokenizer.bos_token_id, *ids, bos_tokenizer.eos_token_id]
+    assert example.labels == [IGNORE_INDEX, *ids, bos_tokenizer.eos_token_id]
+    assert example.trained_tokens == len(ids) + 1
+
+
+def test_a_prompt_completion_example_trains_only_the_completion_and_eos(tokenizer):
+    example = tokenize_example(tokenizer, {"prompt": "Translate to French: cat ->", "completion": " chat"})
+    prompt_ids = tokenizer("Translate to French: cat ->", add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(" chat", add_special_tokens=False)["input_ids"]
+    # Plain concatenation, no chat template.
+    assert example.input_ids == [*prompt_ids, *completion_ids, tokenizer.eos_token_id]
+    assert labelled_spans(tokenizer, example) == [f" chat{END}"]
+    assert example.trained_tokens == len(completion_ids) + 1
+    assert "<|im_start|>" not in tokenizer.decode(example.input_ids)
+
+
+def test_a_prompt_completion_example_with_bos_and_an_empty_prompt(bos_tokenizer):
+    example = tokenize_example(bos_tokenizer, {"prompt": "", "completion": "Once upon a time"})
+    completion_ids = bos_tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]
+    assert example.input_ids == [bos_tokenizer.bos_token_id, *completion_ids, bos_tokenizer.eos_token_id]
+    assert example.labels == [IGNORE_INDEX, *completion_ids, bos_tokenizer.eos_token_id]
+    with_prompt = tokenize_example(bos_tokenizer, {"prompt": "Q:", "completion": " A"})
+    assert with_prompt.input_ids[0] == bos_tokenizer.bos_token_id
+    assert with_prompt.input_ids.count(bos_tokenizer.bos_token_id) == 1  # only the prompt's
+
+
+def test_a_preference_pair_is_not_a_supervised_example(tokenizer):
+    pair = {"input": {"messages": [{"role": "user", "content": "q"}]},
+            "preferred_output": [{"role": "assistant", "content": "a"}],
+            "non_preferred_output": [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(ValueError, match="trained by the DPO method"):
+        tokenize_example(tokenizer, pair)
+    with pytest.raises(ValueError, match="example 2: an example with keys"):
+        tokenize_dataset(tokenizer, [{"text": "fine"}, {"question": "?"}])
+
+
+def test_text_and_prompt_completion_examples_pack_together_with_their_labels(tokenizer):
+    examples = tokenize_dataset(tokenizer, [{"text": "one two three"}, {"prompt": "a", "completion": " b"},
+                                            {"text": "four"}])
+    batch = pack_batch(examples, 64, tokenizer.pad_token_id, packing=True)
+    assert batch["input_ids"].shape[0] == 1  # one row
+    assert batch["num_trained_tokens"] == sum(example.trained_tokens for example in examples)
+    assert [end - start for start, end in batch["segments"][0]] == sorted(map(len, examples), reverse=True)
+
+
+def _jsonl(lines: list[dict]) -> list[bytes]:
+    import json
+
+    return [b"".join(json.dumps(line).encode() + b"\n" for line in lines)]
+
+
+@pytest.mark.parametrize(("lines", "format_"), [
+    ([{"text": f"document {i}"} for i in range(20)], "text"),
+    ([{"prompt": f"q{i}", "completion": f" a{i}", **({"split": "TEST"} if i < 3 else {})} for i in range(20)],
+     "prompt_completion"),
+    ([conversation(f"q{i}", f"a{i}") for i in range(20)], "chat"),
+])
+def test_dataset_stats_record_the_format(tokenizer, lines, format_):
+    data = load_split_data(_jsonl(lines), 0)
+    assert data.format == format_
+    assert len(data.train) + len(data.eval) == 20
+    assert all("split" not in example for example in data.train + data.eval)
+    stats, summary = dataset_stats(tokenizer, data)
+    assert summary["format"] == format_
+    assert summary["train_examples"] == stats.train_examples == len(data.train)
+    assert summary["train_tokens"] == sum(len(tokenize_example(tokenizer, e)) for e in data.train)
+
+
+def test_load_split_data_reads_preference_files_and_refuses_a_validation_file_of_another_format():
+    pairs = [{"input": {"messages": [{"role": "user", "content": f"q{i}"}]},
+              "preferred_output": [{"role": "assistant", "content": "yes"}],
+              "non_preferred_output": [{"role": "assistant", "content": "no"}], "split": "TRAIN"}
+             for i in range(10)]
+    data = load_split_data(_jsonl(pairs), 0)
+    assert (data.format, len(data.train), len(data.eval)) == ("preference", 10, 0)
+    assert "split" not in data.train[0] and data.train[0]["preferred_output"][0]["content"] == "yes"
+    with pytest.raises(ValueError, match="the validation file is in the text format but the training file in the "
+                                         "preference format"):
+        load_split_data(_jsonl(pairs), 0, _jsonl([{"text": "x"}]))
