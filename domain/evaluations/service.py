@@ -14,9 +14,10 @@ from domain.auth.models import User
 from domain.errors import InvalidRequest, NotFound, model_not_found
 from domain.evaluations.models import WORKING_STATUSES, Evaluation
 from domain.evaluations.repository import EvaluationRepository
-from domain.evaluations.schemas import DEFAULT_MAX_TOKENS, EVALUATION_METRICS, CreateEvaluationRequest
+from domain.evaluations.schemas import DEFAULT_MAX_TOKENS, EVALUATION_METRICS, PERPLEXITY, CreateEvaluationRequest
 from domain.files.repository import FileRepository
 from domain.files.service import usable_file
+from domain.files.validation.formats import TEXT
 from domain.ids import new_id
 from domain.inference.service import check_max_tokens
 from domain.inference.targets import resolve_target
@@ -53,6 +54,27 @@ def _checked_metrics(metrics: list[str] | None) -> list[str]:
     return [name for name in EVALUATION_METRICS if name in seen]  # canonical order
 
 
+def file_metrics(report: dict, metrics: list[str]) -> list[str]:
+    """The metrics an evaluation of a file computes: a text file (no prompt,
+    no answer to compare) gets perplexity only."""
+    if report.get("format") == TEXT:
+        return [PERPLEXITY]
+    return metrics
+
+
+def _checked_text_metrics(file_id: str, report: dict, metrics: list[str] | None) -> None:
+    if report.get("format") != TEXT or metrics is None:
+        return
+    for index, name in enumerate(metrics):
+        if name != PERPLEXITY:
+            raise InvalidRequest(
+                f"File '{file_id}' holds text lines: it has no prompts and no answers to compare, so its "
+                f"evaluations compute perplexity only. Leave 'metrics' out or ask for [\"{PERPLEXITY}\"].",
+                param=f"metrics[{index}]",
+                code="metric_not_available",
+            )
+
+
 def _checked_models(session: Session, settings: Settings, user: User, models: list[str]) -> list[str]:
     for index, model in enumerate(models):
         if model in models[:index]:
@@ -72,6 +94,8 @@ def create_evaluation(
     max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens)
     models = _checked_models(session, settings, user, request.models)
     file = usable_file(session, user, request.file_id, purpose="fine-tune", param="file_id", storage=storage)
+    _checked_text_metrics(file.id, file.report, request.metrics)
+    metrics = file_metrics(file.report, metrics)
     if split_size(file.report, request.split) == 0:
         raise InvalidRequest(
             f"File '{file.id}' has no examples in the '{request.split}' split.", param="split", code="no_items"
@@ -166,7 +190,7 @@ def create_job_evaluation(
         models=[job.model, fine_tuned_model],
         max_tokens=min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens),
         temperature=0.0,
-        metrics=list(EVALUATION_METRICS),
+        metrics=file_metrics(file.report, list(EVALUATION_METRICS)),
         item_limit=None,
         seed=job.seed,
         fine_tuning_job_id=job.id,

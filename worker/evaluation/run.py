@@ -5,9 +5,22 @@ serves: worker/inference/loop.py), score the outputs, and publish the
 per-model metrics and the combined per-item predictions.
 
 Items: the file's examples in the evaluation's split (the same deterministic
-split training used); the last assistant message is the reference answer,
-everything before it the prompt. Examples that do not end with an assistant
-answer are left out and counted (`items_skipped`).
+split training used), as a prompt and a reference answer, by the file's format
+(domain/files/validation/formats.py):
+
+- chat: the last assistant message is the reference, everything before it
+  the prompt (rendered with the chat template);
+- preference: ``input.messages`` is the prompt, the preferred output the reference;
+- prompt/completion: the prompt, as the plain text the model continues (no chat
+  template, as training saw it), and the completion as the reference;
+- text: no prompt and the whole text as the reference; only perplexity is
+  computed (the service refuses other metrics), nothing is generated.
+
+Examples without a reference (a chat example that does not end with an
+assistant answer, a preferred output that only calls tools) are left out
+and counted (`items_skipped`). Losses (perplexity) are those of the tokens
+training trains on for the same line (worker/evaluation/losses.py for text and
+prompt/completion).
 
 Surviving a restart: every finished model's per-item results go to storage
 (`evaluations/{id}/models/{index}.jsonl`) and its aggregate into `results`;
@@ -31,6 +44,7 @@ from dataclasses import dataclass
 from domain.evaluations.schemas import PERPLEXITY, as_json_safe, item_columns, predictions_csv_key
 from domain.files.repository import FileRepository
 from domain.files.split import DEFAULT_SPLIT_SEED, split_lines
+from domain.files.validation.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, TEXT, detect_format
 from domain.inference.targets import InferenceTarget, resolve_target
 from domain.runs.kinds import EVALUATION
 from worker.runs import FailureWords, HandBack, LeasedRun, RunFailure, RunLost, run_leased
@@ -52,8 +66,22 @@ LOOKAHEAD_BUDGETS = 2
 class Item:
     index: int  # position among the evaluation's items
     line: int  # line number in the file
-    prompt: list[dict]
+    # Chat messages (chat, preference), or the plain text the model continues
+    # (prompt/completion; "" for text, where nothing is generated).
+    prompt: list[dict] | str
     reference: str
+    format: str = CHAT  # the file's (formats.py)
+
+    @property
+    def plain(self) -> bool:
+        """A prompt/completion or text item: no chat template."""
+        return self.format in (PROMPT_COMPLETION, TEXT)
+
+    def loss_example(self) -> dict:
+        """The training example whose trained tokens are this item's reference (plain items)."""
+        if self.format == TEXT:
+            return {"text": self.reference}
+        return {"prompt": self.prompt, "completion": self.reference}
 
 
 def _text_of(message: dict) -> str | None:
@@ -76,15 +104,32 @@ def load_items(chunks: Iterable[bytes], split: str, split_seed: int, limit: int 
     for line, example, example_split in split_lines(chunks, split_seed):
         if split != "all" and example_split != split.upper():
             continue
-        messages = example.get("messages") or []
-        last = messages[-1] if messages else None
-        reference = _text_of(last) if isinstance(last, dict) and last.get("role") == "assistant" else None
-        if reference is None or len(messages) < 2:
+        format_ = detect_format(example)
+        prompt, reference = _prompt_and_reference(format_, example)
+        if reference is None:
             skipped += 1
             continue
         if limit is None or len(items) < limit:
-            items.append(Item(index=len(items), line=line, prompt=messages[:-1], reference=reference))
+            items.append(Item(index=len(items), line=line, prompt=prompt, reference=reference, format=format_))
     return items, skipped
+
+
+def _prompt_and_reference(format_: str | None, example: dict) -> tuple[list[dict] | str, str | None]:
+    """An example's prompt and reference answer by its format; the reference
+    is None when the example has none."""
+    if format_ == TEXT:
+        return "", example.get("text")
+    if format_ == PROMPT_COMPLETION:
+        return example.get("prompt", ""), example.get("completion")
+    if format_ == PREFERENCE:
+        messages = (example.get("input") or {}).get("messages") or []
+        preferred = example.get("preferred_output") or []
+        reference = _text_of(preferred[0]) if preferred and isinstance(preferred[0], dict) else None
+        return messages, reference if messages and reference else None
+    messages = (example.get("messages") or []) if format_ == CHAT else []
+    last = messages[-1] if messages else None
+    reference = _text_of(last) if isinstance(last, dict) and last.get("role") == "assistant" else None
+    return messages[:-1], reference if len(messages) >= 2 else None
 
 
 # -------------------------------------------------------------------- failures
@@ -148,7 +193,8 @@ class EvaluationRun(LeasedRun):
         if not items:
             raise RunFailure(
                 "no_items",
-                f"The '{row.split}' split of file '{file.id}' has no example that ends with an assistant answer.",
+                f"The '{row.split}' split of file '{file.id}' has no example with a reference answer "
+                "(in a chat file, one that ends with an assistant answer).",
             )
         targets = []
         for index, model in enumerate(models):
@@ -206,7 +252,10 @@ class EvaluationRun(LeasedRun):
         self._check_stop(model_index)
         with acquired(engine, target.as_dict()) as (loaded, adapter):
             context = context_length(loaded.model)
-            outputs = self._generate(engine.loop, loaded, adapter, items, params, context, model_index)
+            if items[0].format == TEXT:  # perplexity only, nothing to generate
+                outputs = [("", None, 0)] * len(items)
+            else:
+                outputs = self._generate(engine.loop, loaded, adapter, items, params, context, model_index)
             losses: list[tuple[float, int] | None] = [None] * len(items)
             if PERPLEXITY in metrics:
                 self._check_stop(model_index)
@@ -237,7 +286,10 @@ class EvaluationRun(LeasedRun):
         outputs: list[tuple[str, str, int] | None] = [None] * len(items)
         requests: list[tuple[int, GenerationRequest]] = []
         for k, item in enumerate(items):
-            prompt = prompt_ids(loaded, item.prompt)
+            prompt = plain_prompt_ids(loaded, item.prompt) if item.plain else prompt_ids(loaded, item.prompt)
+            if not prompt:  # an empty prompt and a tokenizer without BOS: nothing to continue from
+                outputs[k] = ("", "empty_prompt", 0)
+                continue
             room = context - len(prompt)
             if room < 1:  # the prompt alone fills the context: nothing can be generated
                 outputs[k] = ("", "prompt_too_long", 0)
@@ -277,6 +329,7 @@ class EvaluationRun(LeasedRun):
     ) -> list[tuple[float, int] | None]:
         """Each item's summed loss on its reference, run on the loop's thread a
         prefill's worth at a time (the decoding rows wait no longer than that)."""
+        from worker.evaluation.losses import example_losses
         from worker.inference.generation import reference_losses
 
         scored = [k for k, output in enumerate(outputs) if output[1] != "prompt_too_long"]
@@ -285,6 +338,11 @@ class EvaluationRun(LeasedRun):
 
         def run(chunk: list[int]) -> list[tuple[float, int]]:
             with loaded.tokenizer_lock:
+                if items[chunk[0]].plain:  # one format a file: the whole chunk is plain
+                    return example_losses(
+                        loaded.model, loaded.tokenizer, [items[k].loss_example() for k in chunk],
+                        adapter=adapter, device=loaded.device, batch_size=len(chunk),
+                    )
                 return reference_losses(
                     loaded.model, loaded.tokenizer, [(items[k].prompt, items[k].reference) for k in chunk],
                     adapter=adapter, device=loaded.device, batch_size=len(chunk),
@@ -331,6 +389,13 @@ class EvaluationRun(LeasedRun):
             jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
             writer.writerow({**row, "prompt": json.dumps(item.prompt, ensure_ascii=False)})
         return jsonl.getvalue(), table.getvalue()
+
+
+def plain_prompt_ids(loaded, prompt: str) -> list[int]:
+    """A prompt/completion item's prompt as training tokenized it: the plain
+    text with the tokenizer's BOS, if it adds one (worker/training/data.py)."""
+    with loaded.tokenizer_lock:
+        return loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
 def item_mean_loss(record: dict) -> float | None:
