@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, migrate, train, keys."""
+"""The `tunehouse` command: serve, worker, migrate, train, keys, convert."""
 
 import argparse
 import logging
@@ -280,6 +280,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    """Exit 0: every record converted; 1: some could not be (each named on
+    stderr, the others written); 2: the input could not be read at all."""
+    from domain.files.convert import convert_file
+
+    try:
+        conversion = convert_file(args.source, Path(args.input), Path(args.output))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for number, reason in conversion.problems:
+        print(f"{conversion.unit} {number}: {reason}", file=sys.stderr)
+    print(f"{args.output}: {conversion.summary()}")
+    return 1 if conversion.problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunehouse", description="Self-hosted fine-tuning service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -318,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--data-dir", help="where the base model cache lives")
     train.set_defaults(func=cmd_train)
+
+    convert = commands.add_parser(
+        "convert", help="convert Alpaca, ShareGPT or 'Human: ... Bot: ...' data into chat JSONL (docs/data-formats.md)"
+    )
+    convert.add_argument("--from", dest="source", required=True, choices=["alpaca", "sharegpt", "transcript"])
+    convert.add_argument("input", help="JSONL (or one JSON array for alpaca and sharegpt; plain lines for transcript)")
+    convert.add_argument("output", help="the chat JSONL file to write")
+    convert.set_defaults(func=cmd_convert)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

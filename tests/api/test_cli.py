@@ -301,3 +301,32 @@ def test_migrate_brings_the_schema_to_head_and_bootstraps_the_admin_key_once(tmp
 
     listing = tunehouse(data_dir, "keys", "list")
     assert [line.split()[:2] for line in listing.stdout.splitlines()[1:]] == [[key[:10], "admin"]]
+
+
+def test_convert_writes_chat_lines_and_names_every_line_it_could_not_convert(tmp_path):
+    turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+    records = [{"conversations": turns}, {"conversations": [{"from": "narrator", "value": "x"}]},
+               {"conversations": turns}, {"conversations": []}]
+    source = tmp_path / "sharegpt.jsonl"
+    source.write_text("".join(json.dumps(record) + "\n" for record in records))
+    out = tmp_path / "chat.jsonl"
+    result = subprocess.run([*TUNEHOUSE, "convert", "--from", "sharegpt", str(source), str(out)],
+                            capture_output=True, text=True, env=clean_env(tmp_path), timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "line 2: turn 1: unknown 'from' \"narrator\" (expected human, user, gpt, assistant, chatgpt, bot, system)",
+        "line 4: 'conversations' must be a non-empty list",
+    ]
+    assert result.stdout.strip() == f"{out}: converted 2 of 4 lines; 2 could not be converted"
+    assert [json.loads(line)["messages"][1] for line in out.read_text().splitlines()] == [
+        {"role": "assistant", "content": "Hello"}] * 2
+
+    source.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n")
+    clean = subprocess.run([*TUNEHOUSE, "convert", "--from", "alpaca", str(source), str(out)],
+                           capture_output=True, text=True, env=clean_env(tmp_path), timeout=120)
+    assert (clean.returncode, clean.stderr) == (0, "")
+    assert "converted 1 of 1 lines; 0 could not be converted" in clean.stdout
+
+    missing = subprocess.run([*TUNEHOUSE, "convert", "--from", "transcript", str(tmp_path / "nope.txt"), str(out)],
+                             capture_output=True, text=True, env=clean_env(tmp_path), timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nope.txt" in missing.stderr
