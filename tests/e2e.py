@@ -13,7 +13,7 @@ from pathlib import Path
 
 from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
-from tests.conftest import wait_for
+from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY = "tiny-llama"
@@ -112,3 +112,28 @@ def event_messages(client, job_id: str) -> list[str]:
     events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     return [event["message"] for event in reversed(events)]
 
+
+
+@contextlib.contextmanager
+def service_with_worker(request, tmp: Path, name: str, **settings_values):
+    """A running service (request.param: "sqlite-local" or "postgres-s3", the
+    production parts in a fresh database, Redis db and bucket) with one
+    `tunehouse worker` on every queue; yields the service."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres-s3":
+            endpoint = request.getfixturevalue("s3_endpoint")
+            settings_values |= dict(
+                database_url=stack.enter_context(fresh_postgres_database(f"tunehouse_{name}")),
+                # Redis db "jobs": module-scoped services of the e2e modules never overlap.
+                broker_url=stack.enter_context(redis_db("jobs")),
+                storage_url=f"s3://{make_bucket(endpoint)}/artifacts",
+                s3_endpoint_url=endpoint,
+            )
+        settings = Settings(data_dir=tmp, **settings_values)
+        service = stack.enter_context(running_service(request.param, settings))
+        workers = Workers(settings)
+        workers.start()
+        try:
+            yield service
+        finally:
+            workers.stop_all()

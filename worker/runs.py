@@ -159,6 +159,8 @@ class LeasedRun:
         self._last_stop_check = 0.0
         self._stop_requested = False
         self._pause_requested = False
+        # The row's user asked to pause it (POST .../pause), as last read.
+        self._user_paused = False
 
     def close(self) -> None:
         self.session.close()
@@ -214,19 +216,28 @@ class LeasedRun:
     # -- checks between units of work ------------------------------------------
 
     def should_stop(self) -> bool:
-        """Cancelled, or no longer ours; reads the row at most every STOP_CHECK_SECONDS."""
+        """Cancelled, or no longer ours; reads the row at most every STOP_CHECK_SECONDS
+        (and, in the same read, whether its user asked to pause it)."""
         if self._stop_requested or (self.heartbeat is not None and self.heartbeat.lost.is_set()):
             return True
+        self._read_row()
+        return self._stop_requested
+
+    def _read_row(self) -> None:
         now = time.monotonic()
         if now - self._last_stop_check >= STOP_CHECK_SECONDS:
             self._last_stop_check = now
-            self._stop_requested = self.status() is None
-        return self._stop_requested
+            status, self._user_paused = self.transaction(
+                lambda: self.leases.hold(self.row_id, self.attempt), "reading its status"
+            )
+            self._stop_requested = status is None
 
     def should_pause(self) -> bool:
-        """The worker is shutting down (worker/shutdown.py): save and hand back."""
+        """The worker is shutting down (worker/shutdown.py), or the row's user
+        paused it: save and hand back."""
+        self._read_row()
         self._pause_requested = self._pause_requested or shutdown.requested(self.settings)
-        return self._pause_requested
+        return self._pause_requested or self._user_paused
 
     # -- storage ----------------------------------------------------------------
 
@@ -289,18 +300,29 @@ class LeasedRun:
         )
 
     def hand_back(self, resumes_from: str) -> bool:
-        """Graceful shutdown: what is done is saved; give the row back for
-        another worker to resume from `resumes_from`. False when it was not
-        ours any more (cancelled meanwhile)."""
+        """Graceful shutdown, or the user paused it: what is done is saved.
+        Paused, the row waits (status paused, no worker) until resumed;
+        otherwise it goes back to the queue for another worker to resume
+        from `resumes_from`. False when it was not ours any more (cancelled
+        meanwhile)."""
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat.join()
+        if self._user_paused and self.transaction(
+            lambda: self.leases.hand_back(self.row_id, self.attempt, paused=True), "pausing it"
+        ):
+            self.record(f"Paused: the {self.kind.name} resumes from {resumes_from} when resumed, on any worker")
+            log.info("%s %s paused", self.kind.name, self.row_id)
+            return True
+        # Not paused (or the pause was withdrawn meanwhile): back to the queue.
         if not self.transaction(lambda: self.leases.hand_back(self.row_id, self.attempt), "handing it back"):
             return False
-        self.record(
-            f"Worker {self.worker_name} is shutting down: the {self.kind.name} goes back to the queue "
-            f"to resume from {resumes_from}"
+        why = (
+            "the pause was withdrawn (resumed) meanwhile"
+            if self._user_paused and not self._pause_requested
+            else f"Worker {self.worker_name} is shutting down"
         )
+        self.record(f"{why}: the {self.kind.name} goes back to the queue to resume from {resumes_from}")
         log.info("%s %s handed back", self.kind.name, self.row_id)
         # Sent after the commit; if the broker does not take it, the recovery loop sends it.
         self.transaction(lambda: send_to_worker(self.session, TaskQueue(self.settings), self.kind, self.row_id), "sending it again")

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api.downloads import S3_REDIRECT, download, download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
-from domain.jobs import service
+from domain.jobs import pause, service
 from domain.jobs.training_metrics import metrics_by_step, metrics_csv
 from domain.exports.service import request_export
 from domain.jobs.repository import JobRepository
@@ -78,6 +78,21 @@ def retrieve_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObje
 @router.post("/{job_id}/cancel", response_model=JobObject, responses=_NOT_FOUND)
 def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
     return JobObject.of(service.cancel_job(session, user, job_id), user.name)
+
+
+@router.post("/{job_id}/pause", response_model=JobObject, responses=error_responses(404, 409))
+def pause_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
+    """A queued job is paused at once; a running one saves a checkpoint of the
+    step it is at and frees its worker, then shows `paused`. 409 for a job
+    that has finished or is already paused."""
+    return JobObject.of(pause.pause_job(session, user, job_id), user.name)
+
+
+@router.post("/{job_id}/resume", response_model=JobObject, responses=error_responses(404, 409))
+def resume_job(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep) -> JobObject:
+    """A paused job goes back to the queue and continues from the step it was
+    paused at, on any worker. 409 for a job that is not paused."""
+    return JobObject.of(pause.resume_job(session, state.queue, user, job_id), user.name)
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=_NOT_FOUND)

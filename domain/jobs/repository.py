@@ -18,7 +18,9 @@ from domain.jobs.models import FineTuningCheckpoint, FineTuningEvent, FineTuning
 from domain.runs.kinds import JOB
 from domain.runs.leases import Leases
 
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
+ACTIVE_STATUSES = ("validating_files", "queued", "running", "paused")
+# Statuses in which no worker holds the job: a pause takes effect at once.
+WAITING_STATUSES = ("validating_files", "queued")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
@@ -81,6 +83,30 @@ class JobRepository:
             ).scalar_subquery()
             query = query.where(FineTuningCheckpoint.step_number < after_step)
         return list(self.session.scalars(query.order_by(FineTuningCheckpoint.step_number.desc()).limit(limit)))
+
+    def checkpoint(self, job_id: str, step: int) -> FineTuningCheckpoint | None:
+        """One checkpoint of one of the owner's jobs (not of a deleted model)."""
+        return self.session.scalar(
+            select(FineTuningCheckpoint)
+            .join(FineTuningJob, FineTuningJob.id == FineTuningCheckpoint.job_id)
+            .where(
+                FineTuningJob.id == job_id,
+                FineTuningJob.owner_id == self.owner_id,
+                FineTuningJob.model_deleted.is_(False),
+                FineTuningCheckpoint.step_number == step,
+            )
+        )
+
+    def checkpoint_models(self) -> list[tuple[FineTuningJob, FineTuningCheckpoint]]:
+        """Every checkpoint of the owner's jobs (each one a model), newest job
+        first, each job's in step order."""
+        query = (
+            select(FineTuningJob, FineTuningCheckpoint)
+            .join(FineTuningCheckpoint, FineTuningCheckpoint.job_id == FineTuningJob.id)
+            .where(FineTuningJob.owner_id == self.owner_id, FineTuningJob.model_deleted.is_(False))
+            .order_by(FineTuningJob.id.desc(), FineTuningCheckpoint.step_number)
+        )
+        return [(job, checkpoint) for job, checkpoint in self.session.execute(query)]
 
     def metrics_events(self, job_id: str) -> list[FineTuningEvent]:
         query = select(FineTuningEvent).where(FineTuningEvent.job_id == job_id, FineTuningEvent.type == "metrics")

@@ -13,7 +13,7 @@ from domain.jobs.models import FineTuningEvent, FineTuningJob
 
 # Every status each kind of work can be in (api/*/schemas.py), so each is
 # reported, 0 included: a series that disappears is harder to alert on.
-JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
 BATCH_STATUSES = (
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
 )

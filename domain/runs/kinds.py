@@ -49,6 +49,7 @@ JOB = LeaseKind(
     release_values={"status": "queued"},
     record=_job_event,
     resume_note=_job_resume_note,
+    paused_values={"status": "paused", "estimated_finish": None},
 )
 
 BATCH = LeaseKind(

@@ -56,6 +56,14 @@ class LeaseKind:
     record: Callable[[Session, str, str, str], None] | None = None
     # Where a requeued row resumes from, for that history ("to resume from ...").
     resume_note: Callable[[Any], str] = lambda row: ""
+    # Kinds a user may pause (the model has a `pause_requested` column): the
+    # columns of a paused row, its status among them (one that no worker
+    # claims and the recovery loop leaves alone).
+    paused_values: dict[str, Any] | None = None
+
+    @property
+    def paused_status(self) -> str | None:
+        return self.paused_values["status"] if self.paused_values else None
 
 
 class Leases:
@@ -105,12 +113,19 @@ class Leases:
 
     def status_if_ours(self, row_id: str, attempt: int) -> str | None:
         """The row's status while we hold it, else None (lost, or finished)."""
+        return self.hold(row_id, attempt)[0]
+
+    def hold(self, row_id: str, attempt: int) -> tuple[str | None, bool]:
+        """(the row's status while we hold it, else None; whether its user
+        asked to pause it), in one read."""
         model = self.model
-        row = self.session.execute(select(model.status, model.attempt).where(model.id == row_id)).one_or_none()
+        pausable = self.kind.paused_status is not None
+        columns = [model.status, model.attempt] + ([model.pause_requested] if pausable else [])
+        row = self.session.execute(select(*columns).where(model.id == row_id)).one_or_none()
         self.session.rollback()  # end the read transaction: the next read sees fresh data
         if row is None or row.attempt != attempt or row.status not in self.kind.held:
-            return None
-        return row.status
+            return None, False
+        return row.status, bool(pausable and row.pause_requested)
 
     def fail(self, row_id: str, code: str, message: str, *, attempt: int | None = None) -> bool:
         """End the row as failed, unless it already ended (or, with `attempt`,
@@ -128,19 +143,74 @@ class Leases:
         self.session.commit()
         return result.rowcount == 1
 
-    def hand_back(self, row_id: str, attempt: int) -> bool:
+    def hand_back(self, row_id: str, attempt: int, *, paused: bool = False) -> bool:
         """A worker that is shutting down gives the row back to the queue
-        (after saving what it did); the caller sends a new message."""
+        (after saving what it did); the caller sends a new message. With
+        `paused`, a row whose user asked to pause it becomes paused instead
+        (no message): False when that request was withdrawn meanwhile (resume),
+        and the caller hands it back to the queue instead."""
         model = self.model
-        result = self.session.execute(
+        query = (
             update(model)
             .where(model.id == row_id, model.attempt == attempt, model.status.in_(self.kind.held))
             .where(model.worker.is_not(None))
-            .values(worker=None, enqueued_at=None, handbacks=model.handbacks + 1, **self.kind.release_values)
+        )
+        if paused:
+            query = query.where(model.pause_requested.is_(True)).values(pause_requested=False, **self.kind.paused_values)
+        else:
+            query = query.values(**self.kind.release_values)
+        result = self.session.execute(
+            query.values(worker=None, enqueued_at=None, handbacks=model.handbacks + 1)
             .execution_options(synchronize_session=False)
         )
         self.session.commit()
         return result.rowcount == 1
+
+    # -- pause and resume (the user's; kinds with a paused_status) --------------
+
+    def pause(self, row_id: str, waiting: tuple[str, ...]) -> str | None:
+        """A row no worker holds (status in `waiting`) becomes paused at once
+        ("paused"); one a worker runs gets a pause request, which the worker
+        carries out at its next step ("requested"); None when neither applies
+        (finished, already paused). Does not commit."""
+        model = self.model
+        paused = self.session.execute(
+            update(model)
+            .where(model.id == row_id, model.status.in_(waiting))
+            .values(pause_requested=False, worker=None, **self.kind.paused_values)
+            .execution_options(synchronize_session=False)
+        )
+        if paused.rowcount == 1:
+            return "paused"
+        requested = self.session.execute(
+            update(model)
+            .where(model.id == row_id, model.status.in_(self.kind.held), model.worker.is_not(None))
+            .values(pause_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        return "requested" if requested.rowcount == 1 else None
+
+    def resume(self, row_id: str) -> str | None:
+        """A paused row goes back to the queue ("queued": the caller sends its
+        message after the commit); a pause not yet carried out is withdrawn
+        ("withdrawn": its worker goes on). None when the row is neither. Does
+        not commit."""
+        model = self.model
+        queued = self.session.execute(
+            update(model)
+            .where(model.id == row_id, model.status == self.kind.paused_status)
+            .values(worker=None, enqueued_at=None, pause_requested=False, **self.kind.release_values)
+            .execution_options(synchronize_session=False)
+        )
+        if queued.rowcount == 1:
+            return "queued"
+        withdrawn = self.session.execute(
+            update(model)
+            .where(model.id == row_id, model.status.in_(self.kind.held), model.pause_requested.is_(True))
+            .values(pause_requested=False)
+            .execution_options(synchronize_session=False)
+        )
+        return "withdrawn" if withdrawn.rowcount == 1 else None
 
     # -- recovery (domain/runs/recovery.py) ------------------------------------
 

@@ -193,3 +193,60 @@ def test_a_jobs_history_tells_of_its_requeue_and_its_failure(service):
         ]
     assert messages[0].startswith("Worker worker-a stopped responding") and messages[0].endswith("to resume from the start")
     assert messages[-1] == "Training failed: boom"
+
+
+def test_a_paused_job_is_handed_back_as_paused_and_left_alone_until_resumed(service):
+    row_id = new_row(service, JOB)
+    with service.state.sessionmaker() as session:
+        leases = Leases(session, JOB)
+        attempt = leases.claim(row_id, "worker-a", TIMEOUT)
+        assert leases.hold(row_id, attempt) == ("running", False)
+        assert leases.pause(row_id, ("queued",)) == "requested"  # a worker holds it: it is asked
+        session.commit()
+        assert leases.hold(row_id, attempt) == ("running", True)
+        assert leases.hand_back(row_id, attempt, paused=True) is True
+    row = row_of(service, JOB, row_id)
+    assert (row.status, row.worker, row.pause_requested) == ("paused", None, False)
+    assert lost_attempts(row) == 0  # a pause is no lost attempt
+    # No worker claims it, and the recovery loop neither requeues nor resends it, however old its heartbeat.
+    age_heartbeat(service, JOB, row_id, service.settings.heartbeat_timeout + 5)
+    with service.state.sessionmaker() as session:
+        session.execute(update(FineTuningJob).where(FineTuningJob.id == row_id).values(enqueued_at=None, created_at=0))
+        session.commit()
+        assert Leases(session, JOB).claim(row_id, "worker-b", TIMEOUT) is None
+    assert row_id not in recover(service.state.sessionmaker, service.settings, service.state.queue)
+    assert row_of(service, JOB, row_id).status == "paused"
+    with service.state.sessionmaker() as session:
+        leases = Leases(session, JOB)
+        assert leases.resume(row_id) == "queued"
+        session.commit()
+        assert leases.resume(row_id) is None  # not paused any more
+        assert leases.claim(row_id, "worker-b", TIMEOUT) == attempt + 1
+
+
+def test_a_withdrawn_pause_hands_the_job_back_to_the_queue_instead(service):
+    row_id = new_row(service, JOB)
+    with service.state.sessionmaker() as session:
+        leases = Leases(session, JOB)
+        attempt = leases.claim(row_id, "worker-a", TIMEOUT)
+        assert leases.pause(row_id, ("queued",)) == "requested"
+        assert leases.resume(row_id) == "withdrawn"
+        session.commit()
+        assert leases.hand_back(row_id, attempt, paused=True) is False
+        assert leases.hand_back(row_id, attempt) is True
+    assert row_of(service, JOB, row_id).status == "queued"
+
+
+def test_a_queued_job_pauses_without_a_worker_and_a_finished_one_does_not(service):
+    row_id = new_row(service, JOB)
+    with service.state.sessionmaker() as session:
+        leases = Leases(session, JOB)
+        assert leases.pause(row_id, ("queued",)) == "paused"
+        assert leases.pause(row_id, ("queued",)) is None  # already paused
+        assert leases.resume(row_id) == "queued"
+        attempt = leases.claim(row_id, "worker-a", TIMEOUT)
+        leases.update(row_id, attempt, status="succeeded")
+        session.commit()
+        assert leases.pause(row_id, ("queued",)) is None
+        assert leases.resume(row_id) is None
+    assert row_of(service, JOB, row_id).status == "succeeded"
