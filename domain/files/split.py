@@ -1,7 +1,10 @@
 """The held-out TEST split of a fine-tune file, deterministic and shared: the
 report shown at upload time (domain/files/validation/) and the trainer and
-evaluations (worker/) always agree on which lines are TEST. Also how a worker
-reads the objects of an already-validated JSONL file. Standard library only.
+evaluations (worker/) always agree on which lines are TEST. The same for
+every line format (chat, preference, prompt/completion, text): a line's
+"split" key wins, the others are drawn by a seeded hash of their bytes. Also
+how a worker reads the objects of an already-validated JSONL file. Standard
+library only.
 """
 
 from __future__ import annotations

@@ -8,8 +8,12 @@ as they arrive and ``finish()`` gives the verdict. The modules:
 - ``typed``: the fast path, typed msgspec decoders that parse and check a
   line in C; a line they decline goes to ``lines`` and ``rules``, which give
   the verdict and the message;
-- ``rules``: what one line of a fine-tune (chat) file or a batch file must be;
-- ``fine_tune_report``: the numbers and warnings of a valid fine-tune file;
+- ``formats``: the four fine-tune line formats (chat, preference,
+  prompt_completion, text) and how a line's keys say which;
+- ``rules``: what one line of a fine-tune file (in each format) or a batch
+  file must be;
+- ``fine_tune_report``: the numbers and warnings of a valid chat file, and
+  what every format's report shares; ``format_reports``: the other formats';
 - ``result``: the verdict (``ValidationResult``), its errors and message;
 - ``validators``: ``FineTuneValidator``, ``BatchValidator``, ``validator_for``.
 
