@@ -7,3 +7,4 @@ import domain.evaluations.models  # noqa: F401
 import domain.files.models  # noqa: F401
 import domain.jobs.models  # noqa: F401
 import domain.exports.models  # noqa: F401
+import domain.workers.models  # noqa: F401

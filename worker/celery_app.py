@@ -1,6 +1,9 @@
 from pathlib import Path
 
-from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+import logging
+import threading
+
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 import domain.all_models  # noqa: F401  (every table, so foreign keys resolve in workers)
 from domain.queue import create_celery
@@ -50,3 +53,47 @@ def _announce_shutdown(**_kwargs) -> None:
 @worker_shutdown.connect
 def _remove_shutdown_flag(**_kwargs) -> None:
     shutdown.clear(get_settings())
+
+
+# The name this worker reported its device under (worker/devices.py), so that
+# its row goes when it stops.
+_reported_as: list[str] = []
+
+
+def _consumed_queues(consumer) -> str:
+    try:
+        return ",".join(sorted(consumer.app.amqp.queues.consume_from))
+    except AttributeError:
+        return ""
+
+
+@worker_ready.connect
+def _report_device(sender=None, **_kwargs) -> None:
+    """Tell the API what this worker computes on (and which base models it can
+    size), in a thread: on a GPU machine the device is asked in a child
+    interpreter, which takes seconds the worker need not wait for."""
+    if sender is None:
+        return
+    from worker.devices import report_worker
+
+    name, queues = sender.hostname, _consumed_queues(sender)
+    _reported_as.append(name)
+
+    def report() -> None:
+        try:
+            report_worker(get_settings(), name, queues)
+        except Exception:  # noqa: BLE001 - the fit check then says "unknown"; the worker works on
+            logging.getLogger("tunehouse.worker").exception("could not report this worker's device")
+
+    threading.Thread(target=report, name="report-device", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _forget_device(**_kwargs) -> None:
+    from worker.devices import forget_worker
+
+    for name in _reported_as:
+        try:
+            forget_worker(get_settings(), name)
+        except Exception:  # noqa: BLE001 - a stale row only makes the fit check look at a worker gone
+            logging.getLogger("tunehouse.worker").warning("could not remove worker %s's device row", name)

@@ -1,0 +1,204 @@
+"""What a worker reports when it starts: the device it computes on (name and
+total memory), and the config numbers of the base models it can size without
+downloading anything. The API reads both for the preview's memory estimate
+and fit check (domain/jobs/memory.py); it never loads a model itself.
+
+The worker's parent process must not initialise CUDA (its pool processes are
+forked from it: worker/celery_app.py), so on a machine with an NVIDIA GPU the
+device is asked for in a short-lived child interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from domain.jobs.memory import ModelShape, model_shape_from_config, model_shape_from_folder
+from domain.settings import Settings
+
+log = logging.getLogger("tunehouse.worker")
+
+# cgroup v2, then v1: the memory a container may use.
+CGROUP_LIMIT_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+# v1 reports "no limit" as a huge number (PAGE_COUNTER_MAX pages).
+_NO_LIMIT = 1 << 60
+
+_CUDA_PROBE = """
+import json, torch
+if not torch.cuda.is_available():
+    print(json.dumps(None))
+else:
+    p = torch.cuda.get_device_properties(0)
+    print(json.dumps({"name": p.name, "total_memory_bytes": int(p.total_memory),
+                      "device_count": torch.cuda.device_count(),
+                      "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda}))
+"""
+
+
+def cpu_memory(limit_files=CGROUP_LIMIT_FILES, meminfo: Path = Path("/proc/meminfo")) -> tuple[int | None, str | None]:
+    """(bytes, source): the cgroup's memory limit where one is set and below
+    the machine's RAM, else the RAM (MemTotal)."""
+    total = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024  # kB
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in limit_files:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < _NO_LIMIT and (total is None or int(raw) < total):
+            return int(raw), f"cgroup limit ({path})"
+        break
+    return total, ("MemTotal (/proc/meminfo)" if total is not None else None)
+
+
+def cpu_device() -> dict:
+    from worker.training.environment import _cpu_model_name
+
+    total, source = cpu_memory()
+    return {
+        "device": "cpu",
+        "name": _cpu_model_name(),
+        "total_memory_bytes": total,
+        "memory_source": source,
+        "device_count": 1,
+        "cpu_cores": os.cpu_count(),
+    }
+
+
+def cuda_device(timeout: float = 120) -> dict | None:
+    """GPU 0's properties, asked in a child interpreter; None if it sees no CUDA device."""
+    completed = subprocess.run(
+        [sys.executable, "-c", _CUDA_PROBE], capture_output=True, text=True, timeout=timeout, check=True
+    )
+    found = json.loads(completed.stdout.strip().splitlines()[-1])
+    if found is None:
+        return None
+    return {"device": "cuda", "memory_source": "torch.cuda.get_device_properties(0).total_memory", **found}
+
+
+def describe_device(setting: str) -> dict:
+    """The device a training run on this worker would use (TUNEHOUSE_WORKER_DEVICE)."""
+    from worker.celery_app import has_nvidia_gpu
+
+    if setting == "cpu" or (setting == "auto" and not has_nvidia_gpu()):
+        return cpu_device()
+    try:
+        found = cuda_device()
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as error:
+        log.warning("could not ask torch for the CUDA device: %s", error)
+        found = None
+    return found if found is not None else cpu_device()
+
+
+# -------------------------------------------------------------- model shapes
+
+
+def bundled_gguf_shape(gguf_path: Path) -> ModelShape:
+    """SmolLM2's numbers from its GGUF header (the `gguf` package reads it by
+    memory map; no weights are dequantized)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf_path)
+
+    def field(name: str):
+        found = reader.fields.get(name)
+        return None if found is None else found.contents()
+
+    arch = field("general.architecture")
+    config = {
+        "model_type": arch,
+        "hidden_size": field(f"{arch}.embedding_length"),
+        "num_hidden_layers": field(f"{arch}.block_count"),
+        "num_attention_heads": field(f"{arch}.attention.head_count"),
+        "num_key_value_heads": field(f"{arch}.attention.head_count_kv"),
+        "intermediate_size": field(f"{arch}.feed_forward_length"),
+        "vocab_size": field(f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
+        # No separate output tensor in the file: the head is the embedding.
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
+    }
+    return model_shape_from_config(config, sum(int(t.n_elements) for t in reader.tensors))
+
+
+def local_model_shape(model_id: str, source: str, work_dir: Path) -> tuple[ModelShape, str | None] | None:
+    """(shape, revision) of a catalogue entry when its files are on this
+    machine already (nothing is downloaded or converted); else None."""
+    source = source.strip()
+    if source.startswith("bundled:"):
+        from worker.models.gguf import BUNDLED_DIR_NAME, bundled_gguf_path
+
+        converted = Path(work_dir) / "base-models" / BUNDLED_DIR_NAME
+        if (converted / "config.json").is_file():
+            return model_shape_from_folder(converted), None
+        return bundled_gguf_shape(bundled_gguf_path()), None
+    if source.startswith("path:") or source.startswith("/"):
+        folder = Path(source.removeprefix("path:"))
+        return (model_shape_from_folder(folder), None) if (folder / "config.json").is_file() else None
+    if source.startswith("hf:"):
+        import huggingface_hub
+
+        from worker.models.catalog import HF_ALLOW_PATTERNS, parse_hf_source
+
+        repo_id, revision = parse_hf_source(source)
+        try:
+            folder = Path(huggingface_hub.snapshot_download(
+                repo_id, revision=revision, allow_patterns=HF_ALLOW_PATTERNS, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the cache: the first job records it
+            return None
+        return model_shape_from_folder(folder), folder.name
+    return None
+
+
+def record_base_model_shape(session, model_id: str, source: str, revision: str | None, shape: ModelShape) -> None:
+    from domain.workers.repository import record_model_shape
+
+    record_model_shape(session, model_id, source, revision, shape)
+    session.commit()
+
+
+def report_worker(settings: Settings, worker: str, queues: str) -> dict:
+    """Upsert this worker's device row and the shapes of the base models it can
+    size from local files. Returns the device dict."""
+    from domain.db import make_engine, make_sessionmaker
+    from domain.workers.repository import report_device
+
+    device = describe_device(settings.worker_device)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            report_device(session, worker, queues, device)
+            session.commit()
+            for model_id, source in settings.base_models.items():
+                try:
+                    found = local_model_shape(model_id, source, settings.work_dir)
+                except Exception as error:  # noqa: BLE001 - a shape is a nicety; a job records it anyway
+                    log.warning("could not read the shape of base model %s: %s", model_id, error)
+                    continue
+                if found is not None:
+                    record_base_model_shape(session, model_id, source, found[1], found[0])
+    finally:
+        engine.dispose()
+    log.info("worker %s reported its device: %s", worker, {k: device.get(k) for k in ("device", "name", "total_memory_bytes")})
+    return device
+
+
+def forget_worker(settings: Settings, worker: str) -> None:
+    from domain.db import make_engine, make_sessionmaker
+    from domain.workers.repository import forget_worker as forget
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            forget(session, worker)
+            session.commit()
+    finally:
+        engine.dispose()
