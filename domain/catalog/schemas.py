@@ -9,9 +9,13 @@ class ModelObject(BaseModel):
     created: int
     owned_by: str
     # Extensions: what the model is and where it came from.
-    kind: Literal["base", "fine-tune"]
-    base_model: str | None = None
+    kind: Literal["base", "fine-tune", "checkpoint"]
+    base_model: str | None = None  # the root base model
     fine_tuning_job: str | None = None
+    # A checkpoint model: the step of its job it was saved at.
+    step_number: int | None = None
+    # A fine-tune (or checkpoint) of a job that continued an earlier fine-tune: that model.
+    parent_model: str | None = None
 
 
 class ModelList(BaseModel):

@@ -1,4 +1,5 @@
-"""/v1/models: the deployment's base models and the caller's fine-tunes."""
+"""/v1/models: the deployment's base models, the caller's fine-tunes and the
+checkpoints of their jobs (each one a model, listed after its job's fine-tune)."""
 
 from sqlalchemy.orm import Session
 
@@ -6,7 +7,8 @@ from domain.auth.models import User
 from domain.catalog.schemas import ModelObject
 from domain.errors import Forbidden, model_not_found
 from domain.exports.service import delete_exports
-from domain.jobs.models import FineTuningJob
+from domain.jobs.lineage import checkpoint_model_name, find_fine_tune
+from domain.jobs.models import FineTuningCheckpoint, FineTuningJob
 from domain.jobs.repository import JobRepository
 from domain.settings import Settings
 from domain.storage import Storage
@@ -27,21 +29,52 @@ def _fine_tune(job: FineTuningJob, owner: str) -> ModelObject:
         kind="fine-tune",
         base_model=job.model,
         fine_tuning_job=job.id,
+        parent_model=job.parent_model,
+    )
+
+
+def _checkpoint(job: FineTuningJob, checkpoint: FineTuningCheckpoint, owner: str) -> ModelObject:
+    return ModelObject(
+        id=checkpoint_model_name(job, owner, checkpoint.step_number),
+        created=checkpoint.created_at,
+        owned_by=owner,
+        kind="checkpoint",
+        base_model=job.model,
+        fine_tuning_job=job.id,
+        step_number=checkpoint.step_number,
+        parent_model=job.parent_model,
     )
 
 
 def list_models(session: Session, settings: Settings, user: User) -> list[ModelObject]:
-    base = [_base(model_id) for model_id in settings.base_models]
-    return base + [_fine_tune(job, user.name) for job in JobRepository(session, user.id).list_fine_tuned_models()]
+    jobs = JobRepository(session, user.id)
+    checkpoints: dict[str, list[ModelObject]] = {}
+    jobs_with_checkpoints: list[FineTuningJob] = []
+    for job, checkpoint in jobs.checkpoint_models():
+        if job.id not in checkpoints:
+            checkpoints[job.id] = []
+            jobs_with_checkpoints.append(job)
+        checkpoints[job.id].append(_checkpoint(job, checkpoint, user.name))
+    models = [_base(model_id) for model_id in settings.base_models]
+    for job in jobs.list_fine_tuned_models():
+        models.append(_fine_tune(job, user.name))
+        models += checkpoints.pop(job.id, [])
+    # Checkpoints of jobs without a fine-tune (yet): running, paused, cancelled, failed.
+    for job in jobs_with_checkpoints:
+        models += checkpoints.pop(job.id, [])
+    return models
 
 
 def get_model(session: Session, settings: Settings, user: User, model_id: str) -> ModelObject:
     if model_id in settings.base_models:
         return _base(model_id)
-    job = JobRepository(session, user.id).get_by_model(model_id)
-    if job is None:
+    fine_tune = find_fine_tune(session, user.id, model_id)
+    if fine_tune is None:
         raise model_not_found(model_id)
-    return _fine_tune(job, user.name)
+    if fine_tune.step is not None:
+        checkpoint = JobRepository(session, user.id).checkpoint(fine_tune.job.id, fine_tune.step)
+        return _checkpoint(fine_tune.job, checkpoint, user.name)
+    return _fine_tune(fine_tune.job, user.name)
 
 
 def delete_model(session: Session, storage: Storage, settings: Settings, user: User, model_id: str) -> None:
@@ -49,6 +82,14 @@ def delete_model(session: Session, storage: Storage, settings: Settings, user: U
     if model_id in settings.base_models:
         raise Forbidden(
             f"'{model_id}' is a base model of this deployment; only fine-tunes can be deleted.",
+            param="model",
+            code="model_not_deletable",
+        )
+    fine_tune = find_fine_tune(session, user.id, model_id)
+    if fine_tune is not None and fine_tune.step is not None:
+        raise Forbidden(
+            f"'{model_id}' is a checkpoint of job {fine_tune.job.id}; delete its fine-tune "
+            f"('{model_id.rsplit(':', 1)[0]}') to delete it and every checkpoint with it.",
             param="model",
             code="model_not_deletable",
         )
@@ -60,5 +101,6 @@ def delete_model(session: Session, storage: Storage, settings: Settings, user: U
     export_keys = delete_exports(session, job)
     session.commit()
     storage.delete_prefix(f"jobs/{job.id}/adapter")
+    storage.delete_prefix(f"jobs/{job.id}/checkpoints")  # its checkpoint models go with it
     for key in (f"jobs/{job.id}/adapter.zip", *export_keys):
         storage.delete(key)

@@ -1,12 +1,13 @@
 """Which weights answer a model name: a base model of the deployment, or one
-of the caller's fine-tunes (its base plus the job's LoRA adapter). Used by the
-API before queueing and by workers for batch lines; no HTTP here."""
+of the caller's fine-tunes or checkpoint models (its root base plus that LoRA
+adapter, domain/jobs/lineage.py). Used by the API before queueing and by
+workers for batch lines and evaluations; no HTTP here."""
 
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from domain.jobs.repository import JobRepository
+from domain.jobs.lineage import find_fine_tune
 from domain.settings import Settings
 
 
@@ -15,9 +16,16 @@ class InferenceTarget:
     model: str  # the public id the caller used
     base_id: str
     job_id: str | None  # whose adapter to attach; None means the base weights
+    # Where the adapter's PEFT folder is stored (a job's final adapter or one
+    # of its checkpoints), and a name for it unique among adapters.
+    adapter_key: str | None = None
+    adapter_id: str | None = None
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "base_id": self.base_id, "job_id": self.job_id}
+        return {
+            "model": self.model, "base_id": self.base_id, "job_id": self.job_id,
+            "adapter_key": self.adapter_key, "adapter_id": self.adapter_id,
+        }
 
 
 def resolve_target(session: Session, owner_id: int, settings: Settings, model: str) -> InferenceTarget | None:
@@ -25,7 +33,10 @@ def resolve_target(session: Session, owner_id: int, settings: Settings, model: s
     longer offered by the deployment)."""
     if model in settings.base_models:
         return InferenceTarget(model=model, base_id=model, job_id=None)
-    job = JobRepository(session, owner_id).get_by_model(model)
-    if job is None or job.adapter_key is None or job.model not in settings.base_models:
+    fine_tune = find_fine_tune(session, owner_id, model)
+    if fine_tune is None or fine_tune.base_id not in settings.base_models:
         return None
-    return InferenceTarget(model=model, base_id=job.model, job_id=job.id)
+    return InferenceTarget(
+        model=model, base_id=fine_tune.base_id, job_id=fine_tune.job.id,
+        adapter_key=fine_tune.adapter_key, adapter_id=fine_tune.adapter_id,
+    )

@@ -80,6 +80,21 @@ export function useCancelJob() {
   });
 }
 
+/** Pause or resume a job (OpenAI's endpoints); the job page follows the answer. */
+export function useJobControl() {
+  const qc = useQueryClient();
+  return useMutation({
+    mutationFn: ({ id, action }: { id: string; action: "pause" | "resume" }) =>
+      action === "pause"
+        ? request("post", "/v1/fine_tuning/jobs/{job_id}/pause", { path: { job_id: id } })
+        : request("post", "/v1/fine_tuning/jobs/{job_id}/resume", { path: { job_id: id } }),
+    onSuccess: (job) => {
+      qc.setQueryData(queryKeys.jobs.detail(job.id), job);
+      updateLists(qc, queryKeys.jobs.lists(), (data) => withItem(data, job));
+    },
+  });
+}
+
 /** The merged weights download is a 202 until a worker has made them. */
 class NotReadyYet extends Error {}
 const MERGED_RETRY_MS = 3000;

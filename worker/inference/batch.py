@@ -197,16 +197,17 @@ class BatchRun(LeasedRun):
         ready: list[PendingLine] = []
         refused: list[tuple[int, bool, dict]] = []
         with ExitStack() as held:
-            models: dict[str | None, tuple | RequestError] = {}  # job id -> (loaded, adapter), held to the end
+            models: dict[str | None, tuple | RequestError] = {}  # adapter id -> (loaded, adapter), held to the end
             for line in lines:
                 target = line.target.as_dict()
+                adapter_id = target["adapter_id"]
                 try:
-                    if target["job_id"] not in models:
+                    if adapter_id not in models:
                         try:
-                            models[target["job_id"]] = held.enter_context(acquired(engine, target))
+                            models[adapter_id] = held.enter_context(acquired(engine, target))
                         except RequestError as error:
-                            models[target["job_id"]] = error
-                    model = models[target["job_id"]]
+                            models[adapter_id] = error
+                    model = models[adapter_id]
                     if isinstance(model, RequestError):
                         raise model
                     loaded, adapter = model

@@ -8,7 +8,10 @@ memory serves the base and every fine-tune of it, even within one batch
 (see generation.py).
 
 Adapters come from the artifact store, where training jobs put them under
-jobs/{job_id}/adapter/, and are cached on local disk in the work dir.
+jobs/{job_id}/adapter/ (a checkpoint's under jobs/{job_id}/checkpoints/step-N/:
+every checkpoint is a model too), and are cached on local disk in the work dir.
+Each is known by an adapter id: the job id for a job's final adapter,
+`{job_id}.ckpt-step-{N}` for a checkpoint's (domain/jobs/lineage.py).
 
 Weights are loaded in the dtype the device computes fastest in
 (worker/compute.py: bf16 where a probe shows the CPU faster at it, or on a GPU
@@ -51,6 +54,10 @@ from worker.inference.loop import DecodeLoop
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"[A-Za-z0-9._-]+")
+# The storage prefixes an adapter may be read from: a job's adapter or one of its checkpoints.
+_ADAPTER_KEY = re.compile(r"jobs/[A-Za-z0-9_-]+/(adapter|checkpoints/step-[0-9]{6,9})")
+# A checkpoint's folder also holds the optimizer's state, which inference does not need.
+_INFERENCE_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -125,15 +132,18 @@ class InferenceEngine:
             return self._loop
 
     @contextmanager
-    def acquire(self, base_id: str, job_id: str | None) -> Iterator[tuple[LoadedBase, str | None]]:
+    def acquire(
+        self, base_id: str, job_id: str | None, adapter_key: str | None = None
+    ) -> Iterator[tuple[LoadedBase, str | None]]:
         """(loaded base, adapter name or None), pinned until the block ends.
-        The adapter's files are fetched in the calling thread; loading runs on
-        the loop's thread. Waits while the base must wait for another one,
-        still in use, to be unloaded."""
+        `job_id` is an adapter id (a job's, or a checkpoint's with its
+        `adapter_key`). The adapter's files are fetched in the calling thread;
+        loading runs on the loop's thread. Waits while the base must wait for
+        another one, still in use, to be unloaded."""
         if job_id is not None and not self._attached(base_id, job_id):
-            self._local_adapter_folder(job_id)  # on disk, not on the loop's thread
+            self._local_adapter_folder(job_id, adapter_key)  # on disk, not on the loop's thread
         while True:
-            acquired = self.loop.call(lambda: self._attach(base_id, job_id))
+            acquired = self.loop.call(lambda: self._attach(base_id, job_id, adapter_key))
             if acquired is not None:
                 break
             with self._unpinned:
@@ -153,14 +163,14 @@ class InferenceEngine:
             loaded = self._bases.get(base_id)
             return loaded is not None and job_id in loaded.adapters
 
-    def _attach(self, base_id: str, job_id: str | None) -> tuple[LoadedBase, str | None] | None:
+    def _attach(self, base_id: str, job_id: str | None, adapter_key: str | None = None) -> tuple[LoadedBase, str | None] | None:
         with self._lock:
             if base_id not in self._bases and len(self._bases) >= self.max_bases and all(
                 loaded.pins for loaded in self._bases.values()
             ):
                 return None  # no base can make room now
             loaded = self.base(base_id)
-            name = self.adapter(loaded, job_id) if job_id is not None else None
+            name = self.adapter(loaded, job_id, adapter_key) if job_id is not None else None
             loaded.pins[name] += 1
             return loaded, name
 
@@ -233,13 +243,14 @@ class InferenceEngine:
 
     # --------------------------------------------------------------- adapters
 
-    def adapter(self, loaded: LoadedBase, job_id: str) -> str:
-        """The name of job `job_id`'s adapter on loaded.model, loading it if needed."""
+    def adapter(self, loaded: LoadedBase, job_id: str, adapter_key: str | None = None) -> str:
+        """The name of adapter `job_id`'s adapter on loaded.model (a job's, or
+        a checkpoint's stored under `adapter_key`), loading it if needed."""
         if job_id in loaded.adapters:
             loaded.adapters.move_to_end(job_id)
             self._evict_adapters(loaded, job_id)  # any left over the limit while they were in use
             return loaded.adapters[job_id]
-        folder = self._local_adapter_folder(job_id)
+        folder = self._local_adapter_folder(job_id, adapter_key)
         name = adapter_name(job_id)
         if loaded.adapters:
             loaded.model.load_adapter(folder, adapter_name=name, torch_device=loaded.device)
@@ -276,12 +287,15 @@ class InferenceEngine:
             loaded.model.delete_adapter(evicted_name)
             log.info("unloaded adapter of %s from %s", evicted_job_id, loaded.base_id)
 
-    def _local_adapter_folder(self, job_id: str) -> Path:
-        """The job's adapter on local disk, downloaded from the artifact store once."""
+    def _local_adapter_folder(self, job_id: str, adapter_key: str | None = None) -> Path:
+        """The adapter on local disk, downloaded from the artifact store once:
+        a job's (`job_id` a job id), or a checkpoint's stored under `adapter_key`."""
         if not _JOB_ID.fullmatch(job_id) or job_id in (".", ".."):
             raise ValueError(f"{job_id!r} is not a valid job id")
+        prefix = adapter_key or f"jobs/{job_id}/adapter"
+        if not _ADAPTER_KEY.fullmatch(prefix):
+            raise ValueError(f"{prefix!r} is not where an adapter is stored")
         folder = self.adapters_dir / job_id
-        prefix = f"jobs/{job_id}/adapter"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             download_lock = self._download_locks.setdefault(job_id, threading.Lock())
@@ -289,7 +303,7 @@ class InferenceEngine:
         # (the file lock); nor two threads of one process (the file lock is the process's).
         with download_lock, exclusive_lock(folder.with_name(f"{job_id}.lock")):
             if not _is_complete_adapter(folder):
-                keys = self.storage.list_keys(prefix)
+                keys = [key for key in self.storage.list_keys(prefix) if key.rsplit("/", 1)[-1] in _INFERENCE_FILES]
                 if not keys:
                     raise AdapterNotFound(f"fine-tuning job {job_id!r} has no adapter in storage (under {prefix}/)")
                 with atomic_directory(folder) as staging:

@@ -27,7 +27,8 @@ def acquired(engine, target: dict) -> Iterator[tuple]:
     """(loaded base, adapter name or None) for a target from
     domain/inference/targets.py, kept loaded until the block ends."""
     try:
-        with engine.acquire(target["base_id"], target["job_id"]) as (loaded, adapter):
+        adapter_id = target.get("adapter_id") or target["job_id"]
+        with engine.acquire(target["base_id"], adapter_id, target.get("adapter_key")) as (loaded, adapter):
             yield loaded, adapter
     except AdapterNotFound as exc:
         raise RequestError(

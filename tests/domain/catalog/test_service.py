@@ -13,7 +13,8 @@ from domain.catalog import service as catalog
 from domain.errors import Forbidden, NotFound
 from domain.exports.models import Export
 from domain.exports.service import request_export
-from domain.jobs.models import FineTuningJob
+from domain.inference.targets import resolve_target
+from domain.jobs.models import FineTuningCheckpoint, FineTuningJob
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -85,3 +86,61 @@ def test_a_base_model_cannot_be_deleted(service, alice_user):
     with service.state.sessionmaker() as session, pytest.raises(Forbidden) as refused:
         catalog.delete_model(session, service.state.storage, service.settings, alice, BASE)
     assert refused.value.code == "model_not_deletable"
+
+
+def add_checkpoints(service, job: FineTuningJob, steps: list[int]) -> None:
+    with service.state.sessionmaker() as session:
+        for step in steps:
+            key = f"jobs/{job.id}/checkpoints/step-{step:06d}"
+            session.add(FineTuningCheckpoint(
+                id=f"ftckpt_{uuid.uuid4().hex[:12]}", job_id=job.id, step_number=step, metrics={"step": step},
+                storage_key=key, created_at=int(time.time()),
+            ))
+            service.state.storage.put_bytes(f"{key}/adapter_model.safetensors", b"weights")
+        session.commit()
+
+
+def test_every_checkpoint_is_a_model_listed_under_its_job_for_its_owner_only(service, alice_user, bob_user):
+    alice, bob = user(service, alice_user), user(service, bob_user)
+    done = fine_tune(service, alice, "done")
+    add_checkpoints(service, done, [4, 2])
+    paused = fine_tune(service, alice, "paused")  # a job without a fine-tune yet: its checkpoints still are models
+    with service.state.sessionmaker() as session:
+        session.get(FineTuningJob, done.id).suffix = "done"
+        row = session.get(FineTuningJob, paused.id)
+        row.suffix, row.status, row.fine_tuned_model, row.adapter_key = "paused", "paused", None, None
+        session.commit()
+    add_checkpoints(service, paused, [3])
+    name = f"ft:{BASE}:{alice.name}:done:{done.id}"
+    paused_name = f"ft:{BASE}:{alice.name}:paused:{paused.id}"
+    with service.state.sessionmaker() as session:
+        models = catalog.list_models(session, service.settings, alice)
+        assert [m.id for m in models if m.kind != "base"] == [
+            paused_name + ":ckpt-step-3", name, name + ":ckpt-step-2", name + ":ckpt-step-4",
+        ] or [m.id for m in models if m.kind != "base"] == [
+            name, name + ":ckpt-step-2", name + ":ckpt-step-4", paused_name + ":ckpt-step-3",
+        ]
+        checkpoint = catalog.get_model(session, service.settings, alice, name + ":ckpt-step-2")
+        assert (checkpoint.kind, checkpoint.step_number, checkpoint.fine_tuning_job, checkpoint.base_model) == (
+            "checkpoint", 2, done.id, BASE
+        )
+        target = resolve_target(session, alice.id, service.settings, paused_name + ":ckpt-step-3")
+        assert (target.base_id, target.job_id, target.adapter_key, target.adapter_id) == (
+            BASE, paused.id, f"jobs/{paused.id}/checkpoints/step-000003", f"{paused.id}.ckpt-step-3"
+        )
+        for missing in (name + ":ckpt-step-3", name + ":ckpt-step-x", f"ft:{BASE}:someone:done:{done.id}:ckpt-step-2"):
+            assert resolve_target(session, alice.id, service.settings, missing) is None
+            with pytest.raises(NotFound):
+                catalog.get_model(session, service.settings, alice, missing)
+        # Bob sees none of them, and cannot use them.
+        assert [m.kind for m in catalog.list_models(session, service.settings, bob)] == ["base"] * len(service.settings.base_models)
+        assert resolve_target(session, bob.id, service.settings, name + ":ckpt-step-2") is None
+        with pytest.raises(Forbidden) as refused:
+            catalog.delete_model(session, service.state.storage, service.settings, alice, name + ":ckpt-step-2")
+        assert refused.value.code == "model_not_deletable"
+        # Deleting the fine-tune takes its checkpoint models with it.
+        catalog.delete_model(session, service.state.storage, service.settings, alice, name)
+    with service.state.sessionmaker() as session:
+        assert not [m for m in catalog.list_models(session, service.settings, alice) if m.fine_tuning_job == done.id]
+        assert resolve_target(session, alice.id, service.settings, name + ":ckpt-step-2") is None
+    assert service.state.storage.list_keys(f"jobs/{done.id}") == []

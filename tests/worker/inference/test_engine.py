@@ -214,3 +214,24 @@ def test_the_budget_is_measured_once_and_kept_on_disk(settings, storage):
     settings.inference_batch_size = 3
     fixed = InferenceEngine(settings, storage)
     assert fixed.budget(fixed.base("tiny")).max_rows == 3
+
+
+def test_a_checkpoint_is_an_adapter_of_its_own_fetched_without_the_training_state(settings, storage, adapter_dirs):
+    # A checkpoint's folder as training leaves it: the adapter of that step (here B's weights,
+    # so that it differs from job A's final adapter) beside the optimizer's state.
+    checkpoint_key = f"jobs/{JOB_A}/checkpoints/step-000004"
+    for path in adapter_dirs[JOB_B].iterdir():
+        storage.put_bytes(f"{checkpoint_key}/{path.name}", path.read_bytes())
+    storage.put_bytes(f"{checkpoint_key}/training_state.pt", b"optimizer state, not for inference")
+    engine = InferenceEngine(settings, storage)
+    loaded = engine.base("tiny")
+    final = engine.adapter(loaded, JOB_A)
+    checkpoint_id = f"{JOB_A}.ckpt-step-4"
+    checkpoint = engine.adapter(loaded, checkpoint_id, checkpoint_key)
+    assert checkpoint != final and set(loaded.adapters) == {JOB_A, checkpoint_id}
+    assert answer_loss(loaded, checkpoint) != pytest.approx(answer_loss(loaded, final), abs=1e-6)
+    assert answer_loss(loaded, checkpoint) == pytest.approx(answer_loss(loaded, engine.adapter(loaded, JOB_B)), abs=1e-6)
+    folder = settings.work_dir / "inference" / "adapters" / checkpoint_id
+    assert sorted(path.name for path in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    with pytest.raises(ValueError, match="not where an adapter is stored"):
+        engine.adapter(loaded, f"{JOB_A}.x", "files/file-abc")

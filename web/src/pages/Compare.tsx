@@ -1,6 +1,6 @@
 import { useMemo, useState, type FormEvent } from "react";
 import { useQuery } from "@tanstack/react-query";
-import { Link, useNavigate, useParams } from "react-router-dom";
+import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
 import { apiUrl, request, saveBlob } from "../api";
 import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
 import { bestPerColumn, formatError, modelsDisagree, sameAnswer, toCsv } from "../lib";
@@ -25,7 +25,8 @@ function ModelPicker({
   return (
     <fieldset data-testid={testId} className="model-picker">
       <legend>{legend}</legend>
-      {models.map((m) => (
+      {/* Checkpoint models only when chosen (a job page's "Open in playground"): a job may have many. */}
+      {models.filter((m) => m.kind !== "checkpoint" || selected.includes(m.id)).map((m) => (
         <label key={m.id} className="check">
           <input
             type="checkbox"
@@ -311,11 +312,11 @@ interface Answer {
   ms?: number;
 }
 
-function Playground() {
+function Playground({ initial = [] }: { initial?: string[] }) {
   const { data: models, error: modelsError } = useQuery(modelsQuery());
   const [system, setSystem] = useState("");
   const [prompt, setPrompt] = useState("");
-  const [picked, setPicked] = useState<string[]>([]);
+  const [picked, setPicked] = useState<string[]>(initial);
   const [maxTokens, setMaxTokens] = useState("256");
   const [temperature, setTemperature] = useState("0");
   const [answers, setAnswers] = useState<Record<string, Answer>>({});
@@ -395,7 +396,10 @@ function Playground() {
 }
 
 export default function ComparePage() {
-  const [tab, setTab] = useState<"evaluations" | "playground">("evaluations");
+  // ?playground=MODEL (a job page's "Open in playground"): the playground, with that model chosen.
+  const [params] = useSearchParams();
+  const opened = params.getAll("playground");
+  const [tab, setTab] = useState<"evaluations" | "playground">(opened.length ? "playground" : "evaluations");
   return (
     <>
       <h1>Compare</h1>
@@ -407,7 +411,7 @@ export default function ComparePage() {
           Playground
         </button>
       </div>
-      {tab === "evaluations" ? <Evaluations /> : <Playground />}
+      {tab === "evaluations" ? <Evaluations /> : <Playground initial={opened} />}
     </>
   );
 }

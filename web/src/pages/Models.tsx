@@ -16,7 +16,8 @@ export default function ModelsPage() {
   if (error) return <ErrorBox error={error} />;
   if (!models) return <p className="muted">Loading…</p>;
   const bases = models.filter((m) => m.kind === "base");
-  const tunes = models.filter((m) => m.kind !== "base");
+  // Checkpoint models are listed on their job's page.
+  const tunes = models.filter((m) => m.kind === "fine-tune");
   return (
     <>
       <h1>Models</h1>
