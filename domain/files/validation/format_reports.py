@@ -32,14 +32,17 @@ def _text_tokens(characters: int) -> int:
 
 
 class _FlatStats(ExampleStats):
-    """Counts examples one by one from their summaries (characters, tokens,
-    split, then the format's own numbers)."""
+    """Counts examples from their summaries (characters, tokens, split, then
+    the format's own numbers), column by column."""
 
     token_method = ""
 
-    def add(self, line_no: int, line: bytes, summary: tuple) -> None:
-        characters, tokens, split, *own = summary
-        self._add_examples((line_no,), (line,), (characters,), (tokens,), (split,))
+    def add_many(self, line_numbers, lines, summaries) -> None:
+        """Count valid examples, in file order: their line numbers, lines and summaries."""
+        if not summaries:
+            return
+        characters, tokens, split, *own = zip(*summaries)
+        self._add_examples(line_numbers, lines, characters, tokens, split)
         self._add_own(*own)
 
     def _add_own(self, *own) -> None:
@@ -80,10 +83,10 @@ class PromptCompletionStats(_FlatStats):
         self.completion_tokens = array("I")
         self.empty_prompts = 0
 
-    def _add_own(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.prompt_tokens.append(prompt_tokens)
-        self.completion_tokens.append(completion_tokens)
-        self.empty_prompts += prompt_tokens == 0
+    def _add_own(self, prompt_tokens: tuple, completion_tokens: tuple) -> None:
+        self.prompt_tokens.extend(prompt_tokens)
+        self.completion_tokens.extend(completion_tokens)
+        self.empty_prompts += prompt_tokens.count(0)
 
     def _own_report(self) -> dict:
         return {"prompt_tokens": length_summary(self.prompt_tokens),
@@ -111,12 +114,13 @@ class PreferenceStats(_FlatStats):
         self.non_preferred_tokens = array("I")
         self.examples_with_tools = 0
 
-    def _add_own(self, messages: int, prompt: int, preferred: int, non_preferred: int, uses_tools: bool) -> None:
-        self.prompt_messages.append(messages)
-        self.prompt_tokens.append(prompt)
-        self.preferred_tokens.append(preferred)
-        self.non_preferred_tokens.append(non_preferred)
-        self.examples_with_tools += uses_tools
+    def _add_own(self, messages: tuple, prompt: tuple, preferred: tuple, non_preferred: tuple,
+                 uses_tools: tuple) -> None:
+        self.prompt_messages.extend(messages)
+        self.prompt_tokens.extend(prompt)
+        self.preferred_tokens.extend(preferred)
+        self.non_preferred_tokens.extend(non_preferred)
+        self.examples_with_tools += sum(uses_tools)
 
     def _own_report(self) -> dict:
         return {"pairs": self.examples,

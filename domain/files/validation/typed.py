@@ -7,6 +7,10 @@ The few rules a type cannot say (an assistant message needs content unless it
 calls tools; the first trained assistant message; the tool definitions) are
 checked here on the decoded objects.
 
+Text and prompt/completion lines (formats.py) have typed decoders too, used
+once a file's format is known to be theirs; preference lines always go
+through the Python rules.
+
 The fast path only ever says "valid" or "ask the Python rules": a line it
 does not accept goes to ``lines.parse_object`` and ``rules`` as before, which
 give the verdict and today's exact error message. So it must never accept a
@@ -148,6 +152,58 @@ def fine_tune_summary(line: bytes | None) -> tuple | None:
     tokens = -(-characters // 4) + 4 * count  # fine_tune_report.estimate_tokens, inlined
     return (count, characters, tokens, system, user, assistant, tool, weight_0, system_prompt,
             uses_tools, type(messages[-1]) is AssistantMessage, example.split or None)
+
+
+# --------------------------------------------------------------------------
+# Text and prompt/completion lines (rules.text_problem,
+# rules.prompt_completion_problem); the tuples are format_reports.summarize_*'s.
+
+
+class TextExample(Struct, forbid_unknown_fields=True, gc=False):
+    text: _NonEmpty
+    split: Literal["TRAIN", "TEST"] | UnsetType = UNSET
+
+
+class PromptCompletionExample(Struct, forbid_unknown_fields=True, gc=False):
+    prompt: str
+    completion: _NonEmpty
+    split: Literal["TRAIN", "TEST"] | UnsetType = UNSET
+
+
+_decode_text = msgspec.json.Decoder(TextExample).decode
+_decode_prompt_completion = msgspec.json.Decoder(PromptCompletionExample).decode
+
+
+def text_summary(line: bytes | None) -> tuple | None:
+    """``format_reports.summarize_text`` of a valid text line, or None (declined)."""
+    if line is None:
+        return None
+    try:
+        example = _decode_text(line)
+    except DECLINED:
+        return None
+    text = example.text
+    if text.isspace():
+        return None
+    characters = len(text)
+    return characters, -(-characters // 4) + 1, example.split or None
+
+
+def prompt_completion_summary(line: bytes | None) -> tuple | None:
+    """``format_reports.summarize_prompt_completion`` of a valid line, or None (declined)."""
+    if line is None:
+        return None
+    try:
+        example = _decode_prompt_completion(line)
+    except DECLINED:
+        return None
+    completion = example.completion
+    if completion.isspace():
+        return None
+    prompt, completion = len(example.prompt), len(completion)
+    prompt_tokens, completion_tokens = -(-prompt // 4), -(-completion // 4) + 1
+    return (prompt + completion, prompt_tokens + completion_tokens, example.split or None,
+            prompt_tokens, completion_tokens)
 
 
 # --------------------------------------------------------------------------

@@ -28,7 +28,9 @@ from domain.files.validation.result import ErrorLog, ValidationResult, plural
 from domain.files.validation.rules import (
     batch_request_problem, fine_tune_problem, preference_problem, prompt_completion_problem, text_problem,
 )
-from domain.files.validation.typed import batch_request, fine_tune_summary
+from domain.files.validation.typed import (
+    batch_request, fine_tune_summary, prompt_completion_summary, text_summary,
+)
 
 MIN_EXAMPLES = 10
 MAX_TRACKED_MODELS = 100
@@ -40,6 +42,18 @@ _FORMATS = {
     PROMPT_COMPLETION: (prompt_completion_problem, summarize_prompt_completion, PromptCompletionStats),
     PREFERENCE: (preference_problem, summarize_preference, PreferenceStats),
 }
+
+
+def _fast_path(format_: str):
+    """The typed decoder (typed.py) giving a format's summaries, or None.
+    Looked up when called, so tests can turn the fast path off."""
+    if format_ == CHAT:
+        return fine_tune_summary
+    if format_ == TEXT:
+        return text_summary
+    if format_ == PROMPT_COMPLETION:
+        return prompt_completion_summary
+    return None
 
 
 class _JsonlValidator:
@@ -134,8 +148,9 @@ class FineTuneValidator(_JsonlValidator):
     format a file. The first line whose keys name a format sets the file's;
     a line of another format is refused, naming that first line.
 
-    Chat lines go through the fast path (typed.py) while the file is chat (or
-    its format is not known yet); the other formats through the Python rules."""
+    Lines go through the fast path (typed.py) of the file's format (chat's
+    until the format is known; preference lines have none), and those it
+    declines through the Python rules."""
 
     purpose = "fine-tune"
 
@@ -155,15 +170,18 @@ class FineTuneValidator(_JsonlValidator):
                 f"is {FORMAT_NAMES[self.format]}; a file holds one format")
 
     def _take_lines(self, first: int, lines: list[bytes | None]) -> None:
-        if self.format is None or self.format == CHAT:
-            summaries = list(map(fine_tune_summary, lines))
+        # The fast path of the file's format; until it is known, chat's.
+        fast_format = self.format or CHAT
+        fast = _fast_path(fast_format)
+        if fast is None:
+            summaries = [None] * len(lines)
+        else:
+            summaries = list(map(fast, lines))
             if all(summaries):  # the usual chunk: every line valid on the fast path (None: declined)
                 if self.format is None:
                     self._set_format(CHAT, first)
                 self._stats.add_many(range(first, first + len(lines)), lines, summaries)
                 return
-        else:
-            summaries = [None] * len(lines)
         numbers, valid_lines, valid = [], [], []
         for line_no, line, summary in zip(count(first), lines, summaries):
             if summary is None:
@@ -172,16 +190,13 @@ class FineTuneValidator(_JsonlValidator):
                     continue
                 summary = _FORMATS[self.format][1](example)
             elif self.format is None:
-                self._set_format(CHAT, line_no)
-            elif self.format != CHAT:  # a valid chat line in a file of another format
-                self._errors.add(line_no, self._other_format(CHAT))
+                self._set_format(fast_format, line_no)
+            elif self.format != fast_format:  # a valid chat line after this chunk's first text line, say
+                self._errors.add(line_no, self._other_format(fast_format))
                 continue
-            if self.format == CHAT:
-                numbers.append(line_no)
-                valid_lines.append(line)
-                valid.append(summary)
-            else:
-                self._stats.add(line_no, line, summary)
+            numbers.append(line_no)
+            valid_lines.append(line)
+            valid.append(summary)
         if valid:
             self._stats.add_many(numbers, valid_lines, valid)
 

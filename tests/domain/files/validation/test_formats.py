@@ -9,7 +9,7 @@ import pytest
 from domain.files.split import split_lines
 from domain.files.validation.formats import detect_format
 from tests.domain.files.helpers import (
-    chat, good_examples, jsonl, only_error, preference, prompt_completion, text_line, validate,
+    chat, good_examples, jsonl, only_error, preference, prompt_completion, text_line, to_line, validate,
 )
 
 MAKERS = {"text": text_line, "prompt_completion": prompt_completion, "preference": preference}
@@ -213,3 +213,87 @@ def test_the_split_of_every_format_matches_its_report(format_):
     # The same lines in another order give the same split.
     reordered = [split for _line, example, split in split_lines([jsonl(list(reversed(lines)))])]
     assert list(reversed(reordered)) == splits
+
+
+# --------------------------------------------------------------------------
+# The fast path of text and prompt/completion lines against the Python rules
+
+STRINGS = ["", " ", "\n", "x", "hello world", "é", "你好", "😀", 'a"b', "\\", "\x00", "\u2028"]
+VALUES = [None, True, 0, 1.5, [], {}, ["x"], "TRAIN", "TEST", "train"]
+
+
+def random_flat_line(rng, format_: str) -> bytes:
+    if format_ == "text":
+        value = {"text": rng.choice(STRINGS) * rng.randint(1, 3)}
+    else:
+        value = {"prompt": rng.choice(STRINGS) * rng.randint(0, 2), "completion": rng.choice(STRINGS) * rng.randint(1, 3)}
+    if rng.random() < 0.3:
+        value["split"] = rng.choice(["TRAIN", "TEST", "VALID", None, 1])
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        kind = rng.random()
+        if kind < 0.3 and value:
+            del value[rng.choice(sorted(value))]
+        elif kind < 0.6:
+            value[rng.choice(sorted(value) or ["text"])] = rng.choice(VALUES + STRINGS)
+        else:
+            value[rng.choice(["title", "messages", "prompt", "text", "meta"])] = rng.choice(VALUES + STRINGS)
+    line = json.dumps(value, ensure_ascii=rng.random() < 0.5)
+    if rng.random() < 0.05:
+        line = line.replace('"', '"\\ud800', 1) if rng.random() < 0.5 else line[:-1]
+    return line.encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("format_", ["text", "prompt_completion"])
+def test_the_fast_path_never_accepts_what_the_rules_refuse(format_):
+    import random
+
+    from domain.files.validation.format_reports import summarize_prompt_completion, summarize_text
+    from domain.files.validation.lines import LineProblem, parse_object
+    from domain.files.validation.rules import prompt_completion_problem, text_problem
+    from domain.files.validation.typed import prompt_completion_summary, text_summary
+
+    fast, rule, summarize = {"text": (text_summary, text_problem, summarize_text),
+                             "prompt_completion": (prompt_completion_summary, prompt_completion_problem,
+                                                   summarize_prompt_completion)}[format_]
+    rng = random.Random(7)
+    accepted = valid = 0
+    for _ in range(3000):
+        line = random_flat_line(rng, format_)
+        try:
+            example = parse_object(line)
+            problem = rule(example)
+        except LineProblem as error:
+            example, problem = None, str(error)
+        valid += problem is None
+        summary = fast(line)
+        if summary is not None:
+            accepted += 1
+            assert problem is None, (line, problem)
+            assert summary == summarize(example), line
+    assert valid > 300 and accepted > 0.8 * valid, (accepted, valid)
+
+
+@pytest.mark.parametrize("format_", ["text", "prompt_completion", "preference"])
+def test_files_give_the_same_result_with_and_without_the_fast_path(monkeypatch, format_):
+    import random
+
+    from domain.files.validation import validators
+
+    rng = random.Random(3)
+    for _ in range(20):
+        if format_ == "preference":
+            lines = [to_line(preference(i)) for i in range(rng.randint(8, 30))]
+            lines[rng.randrange(len(lines))] = to_line({**preference(), "non_preferred_output": []})
+        else:
+            lines = [to_line(MAKERS[format_](i)) for i in range(rng.randint(8, 30))]
+            lines += [random_flat_line(rng, format_) for _ in range(rng.randint(0, 10))]
+            rng.shuffle(lines)
+        data = b"\n".join(lines) + b"\n"
+        fast = validate(data, chunk_size=rng.choice([50, 300, 10_000]))
+        with monkeypatch.context() as python_only:
+            python_only.setattr(validators, "text_summary", lambda line: None)
+            python_only.setattr(validators, "prompt_completion_summary", lambda line: None)
+            python_only.setattr(validators, "fine_tune_summary", lambda line: None)
+            slow = validate(data)
+        assert fast == slow
+        assert fast.message() == slow.message()
