@@ -174,13 +174,20 @@ _decode_text = msgspec.json.Decoder(TextExample).decode
 _decode_prompt_completion = msgspec.json.Decoder(PromptCompletionExample).decode
 
 
-def text_summary(line: bytes | None) -> tuple | None:
-    """``format_reports.summarize_text`` of a valid text line, or None (declined)."""
+def _decoded(decode, line: bytes | None):
+    """The typed object of a line, or None when the decoder declines it."""
     if line is None:
         return None
     try:
-        example = _decode_text(line)
+        return decode(line)
     except DECLINED:
+        return None
+
+
+def text_summary(line: bytes | None) -> tuple | None:
+    """``format_reports.summarize_text`` of a valid text line, or None (declined)."""
+    example = _decoded(_decode_text, line)
+    if example is None:
         return None
     text = example.text
     if text.isspace():
@@ -191,11 +198,8 @@ def text_summary(line: bytes | None) -> tuple | None:
 
 def prompt_completion_summary(line: bytes | None) -> tuple | None:
     """``format_reports.summarize_prompt_completion`` of a valid line, or None (declined)."""
-    if line is None:
-        return None
-    try:
-        example = _decode_prompt_completion(line)
-    except DECLINED:
+    example = _decoded(_decode_prompt_completion, line)
+    if example is None:
         return None
     completion = example.completion
     if completion.isspace():
