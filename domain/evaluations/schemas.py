@@ -2,7 +2,9 @@
 
 An evaluation runs N models on the held-out items of a fine-tune file and
 scores every output against the item's reference answer (the conversation's
-last assistant message) with supervised metrics.
+last assistant message; a preference pair's preferred output; a
+prompt/completion line's completion) with supervised metrics. A text file's
+evaluation computes perplexity only (docs/data-formats.md).
 """
 
 from typing import Any, Literal

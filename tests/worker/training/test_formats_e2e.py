@@ -97,6 +97,16 @@ def test_a_text_job_trains_on_every_token_and_is_evaluated_by_perplexity(client)
     error = refused.json()["error"]
     assert (error["param"], error["code"]) == ("metrics[1]", "metric_not_available")
     assert "perplexity only" in error["message"]
+    # Without 'metrics', it computes perplexity only.
+    created = client.post("/v1/evaluations", json={"file_id": file["id"], "models": [TINY], "split": "train",
+                                                   "limit": 4})
+    assert created.status_code == 200, created.text
+    assert created.json()["metrics"] == ["perplexity"]
+    done = finished_evaluation(client, created.json()["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert set(done["results"][TINY]) == {"loss", "perplexity"}
+    # Other lines, the same untrained model: about the same loss per token.
+    assert done["results"][TINY]["loss"] == pytest.approx(evaluation["results"][TINY]["loss"], rel=0.1)
 
 
 def test_a_prompt_completion_job_created_with_the_openai_sdk(service, client):
