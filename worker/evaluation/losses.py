@@ -15,13 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from worker.inference.lora import adapters_restored, forward_with_adapters
-from worker.training.data import IGNORE_INDEX, pack_batch, tokenize_example
+from worker.training.data import IGNORE_INDEX, pack_batch, tokenize_example, truncate
 
 
 def example_losses(model, tokenizer, examples: list[dict], *, adapter: str | None, device: str = "cpu",
-                   batch_size: int = 8) -> list[tuple[float, int]]:
-    """(summed cross-entropy, scored tokens) of each text or prompt/completion example."""
+                   batch_size: int = 8, max_length: int | None = None) -> list[tuple[float, int]]:
+    """(summed cross-entropy, scored tokens) of each text or prompt/completion
+    example; an example longer than `max_length` tokens (the model's context)
+    is scored on its first `max_length` tokens."""
     tokenized = [tokenize_example(tokenizer, example) for example in examples]
+    if max_length is not None:
+        tokenized = [truncate(example, max_length)[0] for example in tokenized]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out
     order = sorted(range(len(tokenized)), key=lambda index: len(tokenized[index]))  # less padding
     losses: list[tuple[float, int]] = [(0.0, 0)] * len(tokenized)

@@ -330,6 +330,7 @@ class EvaluationRun(LeasedRun):
         """Each item's summed loss on its reference, run on the loop's thread a
         prefill's worth at a time (the decoding rows wait no longer than that)."""
         from worker.evaluation.losses import example_losses
+        from worker.inference.engine import context_length
         from worker.inference.generation import reference_losses
 
         scored = [k for k, output in enumerate(outputs) if output[1] != "prompt_too_long"]
@@ -342,6 +343,7 @@ class EvaluationRun(LeasedRun):
                     return example_losses(
                         loaded.model, loaded.tokenizer, [items[k].loss_example() for k in chunk],
                         adapter=adapter, device=loaded.device, batch_size=len(chunk),
+                        max_length=context_length(loaded.model),
                     )
                 return reference_losses(
                     loaded.model, loaded.tokenizer, [(items[k].prompt, items[k].reference) for k in chunk],

@@ -47,3 +47,18 @@ def test_an_adapter_that_is_not_loaded_is_refused(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match="adapters but the model has none"):
         example_losses(model, tokenizer, [{"text": "x"}], adapter="ft-1")
+
+
+def test_an_example_longer_than_the_context_is_scored_on_its_first_tokens(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    long_text = {"text": "one two three four five six seven eight nine ten"}
+    first = tokenize_example(tokenizer, long_text).input_ids[:5]
+    [(loss, tokens)] = example_losses(model, tokenizer, [long_text], adapter=None, max_length=5)
+    assert tokens == 4  # five tokens, the first never a target
+    assert loss == pytest.approx(_loss_of_ids(model, first), rel=1e-4)
+
+
+def _loss_of_ids(model, ids: list[int]) -> float:
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0]
+    return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum").item()
