@@ -100,6 +100,8 @@ def tokenize_prompt_completion(tokenizer, prompt: str, completion: str) -> Token
     """The prompt's tokens (with the tokenizer's BOS, if any), then the
     completion's and EOS; only the completion and EOS are trained."""
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]  # an empty prompt: the BOS, if any
+    if len(prompt_ids) > 1 and prompt_ids[-1] == tokenizer.eos_token_id:
+        prompt_ids = prompt_ids[:-1]  # a tokenizer that also appends EOS: the text goes on
     completion_ids = _with_eos(tokenizer, tokenizer(completion, add_special_tokens=False)["input_ids"])
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     labels[0] = IGNORE_INDEX

@@ -407,6 +407,21 @@ def test_a_prompt_completion_example_with_bos_and_an_empty_prompt(bos_tokenizer)
     assert with_prompt.input_ids.count(bos_tokenizer.bos_token_id) == 1  # only the prompt's
 
 
+def test_a_tokenizer_that_appends_eos_ends_the_sequence_once(smollm2_tokenizer_dir):
+    from tokenizers import processors
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A {tokenizer.eos_token}",
+        special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id), (tokenizer.eos_token, tokenizer.eos_token_id)])
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    text = tokenize_example(tokenizer, {"text": "Hello world"})
+    assert text.input_ids[0] == bos and text.input_ids.count(eos) == 1 and text.input_ids[-1] == eos
+    pair = tokenize_example(tokenizer, {"prompt": "Q:", "completion": " A"})
+    assert pair.input_ids.count(eos) == 1 and pair.input_ids[-1] == eos  # not after the prompt
+    assert labelled_spans(tokenizer, pair) == [f" A{END}"]
+
+
 def test_a_preference_pair_is_not_a_supervised_example(tokenizer):
     pair = {"input": {"messages": [{"role": "user", "content": "q"}]},
             "preferred_output": [{"role": "assistant", "content": "a"}],
