@@ -273,6 +273,7 @@ def cmd_train(args) -> int:
             validation_path=Path(args.validation_data) if args.validation_data else None,
             device=args.device,
             settings=settings,
+            parent_adapter=Path(args.parent_adapter) if args.parent_adapter else None,
         )
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -332,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--validation-data", help="the validation JSONL file, if the job had one")
     train.add_argument("--out", required=True, help="output folder (adapter/, metrics.csv, recipe.yaml)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    train.add_argument(
+        "--parent-adapter",
+        help="for a job that continued a fine-tune: that fine-tune's adapter folder (its download unzipped, "
+        "or the adapter/ of re-running the parent's recipe)",
+    )
     train.add_argument("--data-dir", help="where the base model cache lives")
     train.set_defaults(func=cmd_train)
 

@@ -137,3 +137,13 @@ def service_with_worker(request, tmp: Path, name: str, **settings_values):
             yield service
         finally:
             workers.stop_all()
+
+
+def tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, name: str):
+    """`service_with_worker` offering the tiny Llama and SmolLM2, with the
+    e2e heartbeat timeout and short automatic evaluations."""
+    return service_with_worker(
+        request, tmp_path_factory.mktemp(f"{name}-{request.param}"), name,
+        base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}"},
+        heartbeat_timeout=HEARTBEAT_TIMEOUT, max_completion_tokens=16,
+    )

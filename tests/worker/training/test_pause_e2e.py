@@ -7,18 +7,14 @@ import openai
 import pytest
 
 from tests.conftest import wait_for
-from tests.e2e import BASE, HEARTBEAT_TIMEOUT, JOB_TIMEOUT, TINY, service_with_worker, tiny_chat_jsonl
+from tests.e2e import JOB_TIMEOUT, TINY, tiny_chat_jsonl, tiny_service_with_worker
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
 def service(request, tmp_path_factory, tiny_model_dir):
-    with service_with_worker(
-        request, tmp_path_factory.mktemp(f"pause-{request.param}"), "pause",
-        base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}"},
-        heartbeat_timeout=HEARTBEAT_TIMEOUT, max_completion_tokens=16,
-    ) as running:
+    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "pause") as running:
         yield running
 
 
