@@ -110,6 +110,12 @@ def parent_for_request(session: Session, settings: Settings, owner_id: int, mode
             f"Model '{model}' is a full fine-tune; only LoRA/QLoRA fine-tunes can be fine-tuned further here.",
             param="model", code="model_not_supported",
         )
+    if requested.get("adapter") == "full":
+        raise InvalidRequest(
+            f"A job on '{model}' trains its LoRA adapter on; adapter 'full' starts from the base model "
+            f"'{parent.base_id}' instead.",
+            param=param_path("adapter"), code="invalid_hyperparameters",
+        )
     for name in INHERITED:
         parent_value = (resolved.get(name) or {}).get("value")
         if name in requested and parent_value is not None and _differs(requested[name], parent_value):

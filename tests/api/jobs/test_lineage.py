@@ -63,6 +63,8 @@ def test_what_a_fine_tune_of_a_fine_tune_refuses(alice, bob, service, alice_user
     cases = [
         ({"model": parent.fine_tuned_model, "hyperparameters": {"extra": {"lora_alpha": 32}}},
          "hyperparameters.extra.lora_alpha", "invalid_hyperparameters"),
+        ({"model": parent.fine_tuned_model, "hyperparameters": {"extra": {"adapter": "full"}}},
+         "hyperparameters.extra.adapter", "invalid_hyperparameters"),
         ({"model": parent.fine_tuned_model + ":ckpt-step-4"}, "model", "model_not_found"),  # no such checkpoint
         ({"model": f"ft:{BASE}:someone-else:parent:{parent.id}"}, "model", "model_not_found"),
         ({"model": "ft:nothing"}, "model", "model_not_found"),

@@ -3,13 +3,14 @@
 import { Link } from "react-router-dom";
 import { ErrorBox } from "../common";
 import { useJobControl } from "../mutations";
-import type { CheckpointObject, JobObject } from "../types";
+import type { CheckpointObject, JobObject, ModelObject } from "../types";
 import { jobProgress } from "../types";
 
 /** Pause (a running or queued job) and Resume (a paused one). */
 export function PauseResumeButtons({ job }: { job: JobObject }) {
   const control = useJobControl();
-  const pausing = jobProgress(job)?.pause_requested ?? false;
+  // Asked to pause while a worker runs it (a job that finished meanwhile is not "pausing").
+  const pausing = job.status === "running" && (jobProgress(job)?.pause_requested ?? false);
   const canPause = ["validating_files", "queued", "running"].includes(job.status) && !pausing;
   return (
     <>
@@ -53,10 +54,44 @@ export function CheckpointModels({ checkpoints }: { checkpoints: CheckpointObjec
       <ul className="plain">
         {ordered.map((c) => (
           <li key={c.id} data-testid="checkpoint-model" data-step={c.step_number}>
-            <span className="mono small">{c.fine_tuned_model_checkpoint}</span> <PlaygroundLink model={c.fine_tuned_model_checkpoint} testId="checkpoint-playground-link" />
+            <span className="mono small">{c.fine_tuned_model_checkpoint}</span> <PlaygroundLink model={c.fine_tuned_model_checkpoint} testId="checkpoint-playground-link" />{" "}
+            <FineTuneFurtherLink model={c.fine_tuned_model_checkpoint} />
           </li>
         ))}
       </ul>
     </div>
+  );
+}
+
+/** What this job continues: the parent fine-tune (or checkpoint), its job, and the root base model. */
+export function JobParentInfo({ job }: { job: JobObject }) {
+  if (!job.parent) return null;
+  return (
+    <div data-testid="job-parent">
+      <div className="muted small">Continues</div>
+      <span className="mono small">{job.parent.model}</span>{" "}
+      {job.parent.fine_tuning_job && (
+        <Link to={`/jobs/${job.parent.fine_tuning_job}`} className="mono small" data-testid="parent-job-link">
+          {job.parent.fine_tuning_job}
+          {job.parent.checkpoint_step != null ? ` (step ${job.parent.checkpoint_step})` : ""}
+        </Link>
+      )}
+      <div className="muted small">on base model {job.base_model}</div>
+    </div>
+  );
+}
+
+/** The New job page's base model choices: base models, then the user's fine-tunes
+ * (a job on one trains its adapter on), and a checkpoint model when it is the one picked. */
+export function baseChoices(models: ModelObject[] | undefined, picked: string | null): ModelObject[] | undefined {
+  return models?.filter((m) => m.kind === "base" || m.kind === "fine-tune" || m.id === picked);
+}
+
+/** A link to the New job page with `model` as the base: a fine-tune of this fine-tune. */
+export function FineTuneFurtherLink({ model, testId }: { model: string; testId?: string }) {
+  return (
+    <Link to={`/jobs/new?model=${encodeURIComponent(model)}`} className="button secondary small" data-testid={testId}>
+      Fine-tune further
+    </Link>
   );
 }
