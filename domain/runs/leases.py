@@ -235,20 +235,30 @@ class Leases:
         return list(self.session.scalars(query))
 
     def release(self, row) -> bool:
-        """Give a row whose worker died back (conditional on what we saw)."""
+        """Give a row whose worker died back (conditional on what we saw).
+        A row its user asked to pause becomes paused instead (no message to
+        send): see `pausing`."""
         model = self.model
         seen_heartbeat = (
             model.heartbeat_at == row.heartbeat_at if row.heartbeat_at is not None else model.heartbeat_at.is_(None)
         )
+        if self.pausing(row):
+            values = {"pause_requested": False, **self.kind.paused_values}
+        else:
+            values = {"enqueued_at": time.time(), **self.kind.release_values}
         result = self.session.execute(
             update(model)
             .where(model.id == row.id, model.attempt == row.attempt, model.status.in_(self.kind.claimable))
             .where(seen_heartbeat)
-            .values(worker=None, enqueued_at=time.time(), **self.kind.release_values)
+            .values(worker=None, **values)
             .execution_options(synchronize_session=False)
         )
         self.session.commit()
         return result.rowcount == 1
+
+    def pausing(self, row) -> bool:
+        """Its user asked to pause it (a pausable kind)."""
+        return self.kind.paused_status is not None and bool(row.pause_requested)
 
     def mark_enqueued(self, row_id: str) -> None:
         model = self.model

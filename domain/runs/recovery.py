@@ -55,9 +55,19 @@ def _recover_kind(session: Session, kind: LeaseKind, settings: Settings, queue: 
                 attempt=row.attempt,
             )
             continue
-        worker, note = row.worker, kind.resume_note(row)
+        worker, note, pausing = row.worker, kind.resume_note(row), leases.pausing(row)
         if not leases.release(row):
             continue  # it moved on meanwhile (heartbeat, finished, another loop)
+        if pausing:  # asked to pause: it stays put until resumed, from what was saved
+            if kind.record is not None:
+                kind.record(
+                    session, row.id,
+                    f"Worker {worker} stopped responding while pausing (no heartbeat for {silent_for} s); "
+                    f"paused{note.replace(' to resume', ', to resume')} when resumed", "warn",
+                )
+                session.commit()
+            log.warning("paused %s %s (worker %s silent for %s s)", kind.name, row.id, worker, silent_for)
+            continue
         if kind.record is not None:
             kind.record(
                 session, row.id, f"Worker {worker} stopped responding (no heartbeat for {silent_for} s); requeued{note}", "warn"

@@ -250,3 +250,20 @@ def test_a_queued_job_pauses_without_a_worker_and_a_finished_one_does_not(servic
         assert leases.pause(row_id, ("queued",)) is None
         assert leases.resume(row_id) is None
     assert row_of(service, JOB, row_id).status == "succeeded"
+
+
+def test_a_job_whose_worker_died_while_pausing_is_paused_not_requeued(service):
+    row_id = new_row(service, JOB)
+    with service.state.sessionmaker() as session:
+        leases = Leases(session, JOB)
+        leases.claim(row_id, "worker-a", TIMEOUT)
+        assert leases.pause(row_id, ("queued",)) == "requested"
+        session.commit()
+    age_heartbeat(service, JOB, row_id, service.settings.heartbeat_timeout + 5)
+    assert row_id not in recover(service.state.sessionmaker, service.settings, service.state.queue)
+    row = row_of(service, JOB, row_id)
+    assert (row.status, row.worker, row.pause_requested) == ("paused", None, False)
+    with service.state.sessionmaker() as session:
+        events = session.query(FineTuningEvent).filter_by(job_id=row_id).all()
+        assert any("stopped responding while pausing" in event.message for event in events)
+        assert Leases(session, JOB).resume(row_id) == "queued"
