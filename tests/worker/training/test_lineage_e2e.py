@@ -9,11 +9,13 @@ import subprocess
 import sys
 import zipfile
 
+import openai
 import pytest
 
 from tests.api.files.test_endpoints import upload
 from tests.conftest import wait_for
 from tests.e2e import JOB_TIMEOUT, TINY, tiny_chat_jsonl, tiny_service_with_worker, wait_until_done
+from tests.worker.inference.test_chat_and_batch_e2e import batch_lines, read_jsonl, run_batch, wait_for_batch
 from tests.worker.training.test_job_e2e import loss_curve
 
 pytestmark = pytest.mark.slow
@@ -30,10 +32,19 @@ def service(request, tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def owner(service):
-    user = service.make_user("lineage")
-    with service.client(user.key, follow_redirects=True) as http:
+def lineage_user(service):
+    return service.make_user("lineage")
+
+
+@pytest.fixture(scope="module")
+def owner(service, lineage_user):
+    with service.client(lineage_user.key, follow_redirects=True) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def sdk(service, lineage_user):
+    return openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=lineage_user.key, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +70,7 @@ def create_child(owner, parent: dict, model: str, **hyperparameters):
     )
 
 
-def test_a_checkpoint_model_answers_chat_and_scores_apart_from_the_final_model(owner, parent):
+def test_a_checkpoint_model_answers_chat_and_batches_and_scores_apart_from_the_final_model(owner, sdk, parent):
     final = parent["fine_tuned_model"]
     steps = [c["step_number"] for c in owner.get(f"/v1/fine_tuning/jobs/{parent['id']}/checkpoints").json()["data"]]
     first = f"{final}:ckpt-step-{min(steps)}"  # the end of the first epoch
@@ -73,6 +84,16 @@ def test_a_checkpoint_model_answers_chat_and_scores_apart_from_the_final_model(o
     })
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == first and answer.json()["usage"]["completion_tokens"] >= 1
+
+    # In a batch, beside the final model and another checkpoint of the same job: each its own adapter.
+    last = f"{final}:ckpt-step-{max(steps)}"
+    lines = batch_lines(first)[:4] + batch_lines(last)[1:2] + batch_lines(final)[1:2]
+    for index, line in enumerate(lines):
+        line["custom_id"] = f"line-{index}"
+    batch = wait_for_batch(sdk, run_batch(sdk, lines).id)
+    assert batch.status == "completed" and batch.request_counts.failed == 0, batch.errors
+    output = read_jsonl(sdk, batch.output_file_id)
+    assert {record["response"]["body"]["model"] for record in output.values()} == {TINY, first, last, final}
 
     # On the held-out items the first checkpoint and the final model are different models.
     evaluation = owner.post("/v1/evaluations", json={"file_id": parent["file_id"], "models": [first, final], "max_tokens": 4})
