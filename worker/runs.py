@@ -235,7 +235,8 @@ class LeasedRun:
     def should_pause(self) -> bool:
         """The worker is shutting down (worker/shutdown.py), or the row's user
         paused it: save and hand back."""
-        self._read_row()
+        if self.kind.paused_status is not None:  # only pausable kinds read their row here
+            self._read_row()
         self._pause_requested = self._pause_requested or shutdown.requested(self.settings)
         return self._pause_requested or self._user_paused
 
