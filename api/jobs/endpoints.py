@@ -10,6 +10,7 @@ from domain.jobs import pause, service
 from domain.jobs.training_metrics import metrics_by_step, metrics_csv
 from domain.exports.service import request_export
 from domain.jobs.repository import JobRepository
+from domain.jobs.weights import is_full_fine_tune, no_adapter_message
 from domain.runs.kinds import EXPORT
 from domain.runs.leases import send_to_worker
 from domain.jobs.schemas import (
@@ -186,6 +187,8 @@ def job_recipe(
 def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     """Extension: the PEFT adapter folder as a zip (loads with PeftModel.from_pretrained)."""
     job = service.get_job(session, user, job_id)
+    if is_full_fine_tune(job):
+        raise APIError(409, no_adapter_message(job), code="full_fine_tune_has_no_adapter")
     if job.status != "succeeded" or not job.adapter_key:
         raise APIError(409, f"Job '{job_id}' is {job.status}; the adapter exists once it succeeds.", code="adapter_not_ready")
     return download(state.storage, job.adapter_key, f"{job.id}-adapter.zip", redirect_s3=True)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from domain.errors import InvalidRequest
 from domain.jobs.lineage import find_fine_tune
+from domain.jobs.weights import is_full_fine_tune, not_servable_message
 from domain.settings import Settings
 
 
@@ -30,12 +32,15 @@ class InferenceTarget:
 
 def resolve_target(session: Session, owner_id: int, settings: Settings, model: str) -> InferenceTarget | None:
     """None when the model does not exist for this owner (or its base is no
-    longer offered by the deployment)."""
+    longer offered by the deployment); InvalidRequest for a full fine-tune,
+    which exists but is not served here."""
     if model in settings.base_models:
         return InferenceTarget(model=model, base_id=model, job_id=None)
     fine_tune = find_fine_tune(session, owner_id, model)
     if fine_tune is None or fine_tune.base_id not in settings.base_models:
         return None
+    if is_full_fine_tune(fine_tune.job):  # its own whole model, not an adapter on a base this serves
+        raise InvalidRequest(not_servable_message(model, fine_tune.job), param="model", code="model_not_supported")
     return InferenceTarget(
         model=model, base_id=fine_tune.base_id, job_id=fine_tune.job.id,
         adapter_key=fine_tune.adapter_key, adapter_id=fine_tune.adapter_id,

@@ -34,6 +34,8 @@ The parts (bytes):
 - logits: the vocabulary projection runs on trained positions only; about
   LOGIT_BYTES_PER_TRAINED_TOKEN x vocabulary bytes per trained token
   (logits, their fp32 copy, log-softmax and its gradient).
+- the peak: process + weights + trainable weights + optimizer state + the larger
+  of (activations + logits) and gradients, which never peak together.
 - DPO: the policy runs on the chosen and the rejected answer of each pair (two
   rows a pair, with gradients) and the reference (the same weights with the
   adapter off) on both again without gradients: twice the rows of SFT, the
@@ -304,7 +306,10 @@ def estimate_training_memory(shape: ModelShape, setup: TrainingSetup) -> dict[st
     )
 
     runtime = 0 if cuda else CPU_PROCESS_BYTES
-    training = runtime + weights + trainable + gradients + optimizer + activations + logits
+    # Gradients and activations do not peak together: gradients are freed after
+    # each optimizer step (zero_grad(set_to_none=True)) and grow during the
+    # backward pass as the activations it consumes are freed.
+    training = runtime + weights + trainable + optimizer + max(activations + logits, gradients)
     peak = max(training, runtime + load_peak)
     return {
         "peak_bytes": int(peak),

@@ -27,7 +27,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from domain.batches.models import Batch, BatchResult
-from domain.errors import ServiceError, model_not_found, status_of
+from domain.errors import InvalidRequest, ServiceError, model_not_found, status_of
 from domain.files.models import File
 from domain.files.outputs import write_output_file
 from domain.files.repository import FileRepository
@@ -174,7 +174,10 @@ class BatchRun(LeasedRun):
                 try:
                     request = parse_request(line["body"], self.settings)
                     if request.model not in targets:
-                        targets[request.model] = resolve_target(self.session, self._owner_id, self.settings, request.model)
+                        try:
+                            targets[request.model] = resolve_target(self.session, self._owner_id, self.settings, request.model)
+                        except InvalidRequest as refusal:  # a model not served here (a full fine-tune)
+                            raise request_error(refusal) from None
                     target = targets[request.model]
                     if target is None:
                         raise request_error(model_not_found(request.model))

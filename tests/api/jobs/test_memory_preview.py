@@ -50,7 +50,9 @@ def test_the_preview_estimates_and_fits_the_reported_training_worker(service, al
         assert [d["worker"] for d in memory["devices"]] == ["trainer@a"]  # the inference worker does not train
         estimate = memory["estimate"]
         assert estimate["adapter"] == "lora" and estimate["device"] == "cpu"
-        assert estimate["peak_bytes"] == sum(estimate["parts"].values())
+        parts = estimate["parts"]
+        assert parts["activations"] > 0 and parts["weights"] > 0
+        assert estimate["peak_bytes"] <= sum(parts.values())
         # Examples are short (the report's longest), so rows are shorter than max_seq_length.
         assert estimate["peak_bytes"] < 4 * GIB
         assert memory["model_shape"]["num_layers"] == 30
