@@ -118,7 +118,8 @@ def event_messages(client, job_id: str) -> list[str]:
 def service_with_worker(request, tmp: Path, name: str, **settings_values):
     """A running service (request.param: "sqlite-local" or "postgres-s3", the
     production parts in a fresh database, Redis db and bucket) with one
-    `tunehouse worker` on every queue; yields the service."""
+    `tunehouse worker` on every queue; yields the service (its `workers`
+    attribute: the `Workers`, to stop or start more)."""
     with contextlib.ExitStack() as stack:
         if request.param == "postgres-s3":
             endpoint = request.getfixturevalue("s3_endpoint")
@@ -133,6 +134,7 @@ def service_with_worker(request, tmp: Path, name: str, **settings_values):
         service = stack.enter_context(running_service(request.param, settings))
         workers = Workers(settings)
         workers.start()
+        service.workers = workers
         try:
             yield service
         finally:

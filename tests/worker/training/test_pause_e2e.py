@@ -61,6 +61,11 @@ def test_pause_then_resume_finishes_the_job_with_every_step_once(service):
     assert wait_status(client, other.id, ("succeeded", "failed", "cancelled"), "the other job").status == "succeeded"
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
 
+    # Resumed on another worker: the one that paused it is gone.
+    for process in list(service.workers.processes):
+        if process.poll() is None:
+            service.workers.stop(process)
+    service.workers.start()
     assert client.fine_tuning.jobs.resume(job.id).status == "queued"
     final = wait_status(client, job.id, ("succeeded", "failed", "cancelled"), "the resumed job to finish")
     assert final.status == "succeeded", final.error
@@ -70,3 +75,5 @@ def test_pause_then_resume_finishes_the_job_with_every_step_once(service):
     assert f"Resumed from step {paused_at}" in messages
     assert any(m.startswith("Paused: the job resumes from the checkpoint at step") for m in messages)
     assert final.model_extra["progress"]["attempt"] == 2
+    started = [m for m in messages if m.startswith("Attempt ")]  # newest first
+    assert len(started) == 2 and started[0].rsplit(" ", 1)[-1] != started[1].rsplit(" ", 1)[-1]
