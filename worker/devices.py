@@ -177,7 +177,9 @@ def report_worker(settings: Settings, worker: str, queues: str) -> dict:
         with make_sessionmaker(engine)() as session:
             report_device(session, worker, queues, device)
             session.commit()
-            for model_id, source in settings.base_models.items():
+            # Training workers only: an inference worker's start is someone's first chat.
+            models = settings.base_models.items() if "train" in queues.split(",") else ()
+            for model_id, source in models:
                 try:
                     found = local_model_shape(model_id, source, settings.work_dir)
                 except Exception as error:  # noqa: BLE001 - a shape is a nicety; a job records it anyway

@@ -79,3 +79,16 @@ def test_a_started_worker_reports_its_device_and_removes_it_when_it_stops(tmp_pa
             worker.kill()
             worker.wait()
         engine.dispose()
+
+
+def test_an_inference_worker_reports_its_device_but_sizes_no_model(tmp_path, tiny_model_dir):
+    settings = Settings(data_dir=tmp_path, worker_device="cpu", base_models={"tiny": f"path:{tiny_model_dir}"})
+    migrate(settings.database_url)
+    report_worker(settings, "chat@test", "inference")
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert training_devices(session) == []  # not a training worker
+            assert model_shape(session, "tiny", f"path:{tiny_model_dir}") is None
+    finally:
+        engine.dispose()
