@@ -175,8 +175,8 @@ def report_worker(settings: Settings, worker: str, queues: str) -> dict:
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            report_device(session, worker, queues, device)
-            session.commit()
+            # The shapes first: once a training worker's device is there, so
+            # are the numbers of the models it could size.
             # Training workers only: an inference worker's start is someone's first chat.
             models = settings.base_models.items() if "train" in queues.split(",") else ()
             for model_id, source in models:
@@ -187,6 +187,8 @@ def report_worker(settings: Settings, worker: str, queues: str) -> dict:
                     continue
                 if found is not None:
                     record_base_model_shape(session, model_id, source, found[1], found[0])
+            report_device(session, worker, queues, device)
+            session.commit()
     finally:
         engine.dispose()
     log.info("worker %s reported its device: %s", worker, {k: device.get(k) for k in ("device", "name", "total_memory_bytes")})

@@ -64,11 +64,10 @@ def test_a_started_worker_reports_its_device_and_removes_it_when_it_stops(tmp_pa
             return model_shape(session, "HuggingFaceTB/SmolLM2-135M-Instruct", "bundled:smollm2")
 
     try:
-        # The device row first, then the shapes: a shape means both are there.
-        shape = wait_for(smollm2_shape, 120, "the worker to report its device and SmolLM2's numbers")
-        assert shape.num_layers == 30  # from the bundled GGUF's header: nothing was converted
+        # The shapes first, then the device row: a device means both are there.
+        [row] = wait_for(devices, 120, "the worker to report its device and SmolLM2's numbers")
+        assert smollm2_shape().num_layers == 30  # from the bundled GGUF's header: nothing was converted
         assert not (tmp_path / "work" / "base-models").exists()
-        [row] = devices()
         assert row["worker"].startswith("tunehouse-") and row["queues"] == ["train"]
         assert row["device"] == "cpu" and row["total_memory_bytes"] == cpu_memory()[0]
         worker.send_signal(signal.SIGTERM)
