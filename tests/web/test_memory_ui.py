@@ -49,3 +49,15 @@ def test_the_new_job_form_and_the_job_page_show_memory(page, site, api):
     expect(card.get_by_test_id("memory-summary")).to_contain_text("Measured peak")
     expect(card.get_by_test_id("memory-summary")).to_contain_text("estimate / measured")
     expect(card.get_by_test_id("memory-chart").locator("svg .recharts-line").first).to_be_visible()
+
+
+def test_a_full_fine_tune_s_page_offers_the_model_not_an_adapter(page, site, api):
+    file_id = upload(api, tiny_chat_jsonl(), filename="full.jsonl").json()["id"]
+    job = api.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id, "seed": 1, "hyperparameters": {
+        "n_epochs": 1, "batch_size": 4, "extra": {"adapter": "full"}}}).json()
+    sign_in(page, site)
+    page.goto(f"{site['url']}/jobs/{job['id']}")
+    expect(page.get_by_test_id("status-chip")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.get_by_test_id("download-merged")).to_be_visible()
+    expect(page.get_by_test_id("download-adapter")).to_have_count(0)
+    expect(page.get_by_test_id("memory-card").get_by_test_id("memory-summary")).to_contain_text("Measured peak")
