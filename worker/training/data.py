@@ -12,7 +12,8 @@ supervised format alike:
 - text (``text``): continued pretraining. The text's tokens, with the BOS the
   tokenizer adds if it adds one, then EOS; every token is trained. Examples
   are packed into rows by `pack_batch` like any other (packing is on by
-  default); a text longer than max_seq_length is truncated, not split.
+  default); a text longer than max_seq_length is cut into rows of that
+  length (`split_text`) instead of being truncated, so every token is trained.
 - prompt/completion (``prompt``, ``completion``): the prompt's tokens (with
   the tokenizer's BOS, if any), the completion's tokens, then EOS; only the
   completion and EOS are trained. This is plain concatenation, deliberately
@@ -215,6 +216,21 @@ def tokenize_dataset(tokenizer, examples: list[dict]) -> list[TokenizedExample]:
         except ValueError as error:
             raise ValueError(f"example {number}: {error}") from error
     return tokenized
+
+
+def split_text(example: TokenizedExample, max_seq_length: int) -> list[TokenizedExample]:
+    """A long text as rows of at most `max_seq_length` tokens. Each row begins
+    with the last token of the row before it, as context only: it predicts the
+    row's second token, so every token but the text's first is trained exactly
+    once, as in one long row."""
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length must be at least 2 to split a text, got {max_seq_length}")
+    ids = example.input_ids
+    rows = [TokenizedExample(ids[:max_seq_length], example.labels[:max_seq_length])]
+    for start in range(max_seq_length - 1, len(ids) - 1, max_seq_length - 1):
+        window = ids[start : start + max_seq_length]
+        rows.append(TokenizedExample(window, [IGNORE_INDEX, *window[1:]]))
+    return rows
 
 
 def truncate(example: TokenizedExample, max_seq_length: int) -> tuple[TokenizedExample, bool]:

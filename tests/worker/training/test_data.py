@@ -475,3 +475,34 @@ def test_load_split_data_reads_preference_files_and_refuses_a_validation_file_of
     with pytest.raises(ValueError, match="the validation file is in the text format but the training file in the "
                                          "preference format"):
         load_split_data(_jsonl(pairs), 0, _jsonl([{"text": "x"}]))
+
+
+def test_a_long_text_becomes_rows_that_train_every_token_once():
+    from worker.training.data import IGNORE_INDEX, TokenizedExample, split_text
+
+    ids = list(range(100, 125))  # 25 tokens
+    example = TokenizedExample(ids, [IGNORE_INDEX, *ids[1:]])
+    rows = split_text(example, 8)
+    assert all(len(row) <= 8 for row in rows)
+    # Each row after the first starts with the previous row's last token, as context only.
+    for previous, row in zip(rows, rows[1:]):
+        assert row.input_ids[0] == previous.input_ids[-1] and row.labels[0] == IGNORE_INDEX
+    trained = [label for row in rows for label in row.labels if label != IGNORE_INDEX]
+    assert trained == ids[1:]
+    assert split_text(TokenizedExample(ids[:8], [IGNORE_INDEX, *ids[1:8]]), 8) == [TokenizedExample(ids[:8], [IGNORE_INDEX, *ids[1:8]])]
+
+
+def test_the_recipe_splits_long_texts_but_truncates_other_long_examples(smollm2_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from worker.training.recipe import tokenize_and_truncate
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    text = {"text": " ".join(f"word{i}" for i in range(200))}
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": text["text"]}]}
+    rows, truncated = tokenize_and_truncate(tokenizer, [text, chat], 64)
+    assert truncated == 1  # the chat example only
+    text_rows = rows[:-1]
+    assert len(text_rows) > 1 and all(len(row) <= 64 for row in rows)
+    whole = tokenize_and_truncate(tokenizer, [text], 100_000)[0][0]
+    assert sum(row.trained_tokens for row in text_rows) == whole.trained_tokens
