@@ -88,7 +88,7 @@ def test_an_unknown_url_is_still_a_404(alice):
         ("GET", "/v1/models/ft:x%00", {}),
         ("GET", "/v1/evaluations", {"params": {"fine_tuning_job_id": "ftjob-\x00"}}),
         ("GET", "/v1/fine_tuning/jobs", {"params": {"metadata[team]": "\x00"}}),
-        ("POST", "/v1/chat/completions", {"json": {"model": "m\x00", "messages": [{"role": "user", "content": "x"}]}}),
+        ("POST", "/v1/chat/completions", {"json": {"model": "ft:m\x00", "messages": [{"role": "user", "content": "x"}]}}),
         (
             "POST",
             "/v1/batches",
