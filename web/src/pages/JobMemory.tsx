@@ -1,6 +1,7 @@
 // Memory you can see: the preview's estimate and fit check (New job page), and
 // the measured peak per step beside the estimate (job page).
-import { CartesianGrid, Legend, Line, LineChart, ReferenceLine, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
+import { ReferenceLine } from "recharts";
+import { StepChart } from "../StepChart";
 import type { MemoryEstimate, MemoryPreview, MetricRow } from "../types";
 
 const MIB = 1 << 20;
@@ -94,20 +95,18 @@ export function MemoryChart({ metrics, recipe }: { metrics: MetricRow[]; recipe:
       <p className="small muted">{estimate?.measured_as ?? (rows.length ? "" : "No step measured yet.")}</p>
       {data.length > 0 && (
         <div data-testid="memory-chart" role="figure" aria-label="Memory chart">
-          <ResponsiveContainer width="100%" height={200}>
-            <LineChart data={data}>
-              <CartesianGrid strokeDasharray="3 3" />
-              <XAxis dataKey="step" type="number" domain={["dataMin", "dataMax"]} allowDecimals={false} />
-              <YAxis unit=" MiB" width={90} />
-              <Tooltip />
-              <Legend />
-              <Line dataKey="peak" name="peak (MiB)" stroke="#7a4fa3" dot={false} isAnimationActive={false} />
-              {data.some((d) => d.reserved != null) && (
-                <Line dataKey="reserved" name="reserved (MiB)" stroke="#999" dot={false} isAnimationActive={false} />
-              )}
-              {estimate && <ReferenceLine y={toMib(estimate.peak_bytes) ?? 0} stroke="#d9822b" strokeDasharray="6 3" label="estimate" />}
-            </LineChart>
-          </ResponsiveContainer>
+          <StepChart
+            data={data}
+            height={200}
+            yUnit=" MiB"
+            yWidth={90}
+            lines={[
+              { key: "peak", name: "peak (MiB)", color: "#7a4fa3" },
+              ...(data.some((d) => d.reserved != null) ? [{ key: "reserved", name: "reserved (MiB)", color: "#999" }] : []),
+            ]}
+          >
+            {estimate && <ReferenceLine y={toMib(estimate.peak_bytes) ?? 0} stroke="#d9822b" strokeDasharray="6 3" label="estimate" />}
+          </StepChart>
         </div>
       )}
       {estimate && <Parts estimate={estimate} />}

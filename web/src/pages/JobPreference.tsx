@@ -1,6 +1,6 @@
 // DPO's parts of the job pages: the method chooser of the New job form and
 // the rewards / margin / accuracy charts of a DPO job.
-import { CartesianGrid, Legend, Line, LineChart, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
+import { StepChart } from "../StepChart";
 import type { MetricRow } from "../types";
 
 export type TrainingMethod = "supervised" | "dpo";
@@ -43,33 +43,28 @@ export function PreferenceCharts({ metrics }: { metrics: MetricRow[] }) {
       </p>
       <h3>Rewards and margin</h3>
       <div data-testid="dpo-reward-chart" role="figure" aria-label="DPO rewards chart">
-        <ResponsiveContainer width="100%" height={220}>
-          <LineChart data={metrics}>
-            <CartesianGrid strokeDasharray="3 3" />
-            <XAxis dataKey="step" type="number" domain={["dataMin", "dataMax"]} allowDecimals={false} />
-            <YAxis />
-            <Tooltip />
-            <Legend />
-            <Line dataKey="train_chosen_reward" name="chosen reward" stroke="#5a9e5a" dot={false} isAnimationActive={false} />
-            <Line dataKey="train_rejected_reward" name="rejected reward" stroke="#c23b3b" dot={false} isAnimationActive={false} />
-            <Line dataKey="train_reward_margin" name="margin" stroke="#3b6ea5" dot={false} isAnimationActive={false} />
-            <Line dataKey="valid_reward_margin" name="validation margin" stroke="#d9822b" connectNulls isAnimationActive={false} />
-          </LineChart>
-        </ResponsiveContainer>
+        <StepChart
+          data={metrics}
+          height={220}
+          lines={[
+            { key: "train_chosen_reward", name: "chosen reward", color: "#5a9e5a" },
+            { key: "train_rejected_reward", name: "rejected reward", color: "#c23b3b" },
+            { key: "train_reward_margin", name: "margin", color: "#3b6ea5" },
+            { key: "valid_reward_margin", name: "validation margin", color: "#d9822b", sparse: true },
+          ]}
+        />
       </div>
       <h3>Preference accuracy</h3>
       <div data-testid="dpo-accuracy-chart" role="figure" aria-label="DPO preference accuracy chart">
-        <ResponsiveContainer width="100%" height={180}>
-          <LineChart data={metrics}>
-            <CartesianGrid strokeDasharray="3 3" />
-            <XAxis dataKey="step" type="number" domain={["dataMin", "dataMax"]} allowDecimals={false} />
-            <YAxis domain={[0, 1]} />
-            <Tooltip />
-            <Legend />
-            <Line dataKey="train_preference_accuracy" name="train" stroke="#3b6ea5" dot={false} isAnimationActive={false} />
-            <Line dataKey="valid_preference_accuracy" name="validation" stroke="#d9822b" connectNulls isAnimationActive={false} />
-          </LineChart>
-        </ResponsiveContainer>
+        <StepChart
+          data={metrics}
+          height={180}
+          yDomain={[0, 1]}
+          lines={[
+            { key: "train_preference_accuracy", name: "train", color: "#3b6ea5" },
+            { key: "valid_preference_accuracy", name: "validation", color: "#d9822b", sparse: true },
+          ]}
+        />
       </div>
     </div>
   );
