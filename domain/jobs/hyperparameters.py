@@ -66,8 +66,11 @@ OPENAI_NAMES: tuple[str, ...] = HYPERPARAMETER_NAMES[:3]
 EXTRA_NAMES: tuple[str, ...] = HYPERPARAMETER_NAMES[3:]
 EXTRA_KEY = "extra"
 AUTO = "auto"
+# Training methods (OpenAI's method.type) and the hyperparameters only one of them has.
+METHODS = ("supervised", "dpo")
+DPO_NAMES: tuple[str, ...] = ("beta",)
 
-ADAPTERS = ("qlora", "lora")
+ADAPTERS = ("qlora", "lora", "full")  # full: every weight is trained, no adapter
 COMPUTE_DTYPES = ("float32", "bfloat16")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 ALL_LINEAR = "all-linear"
@@ -84,6 +87,8 @@ BATCH_TOKEN_BUDGET = {"cuda": 16_384, "cpu": 8_192}
 SEQ_LENGTH_MULTIPLE = 64
 MAX_AUTO_SEQ_LENGTH = {"cuda": 8_192, "cpu": 4_096}
 BASE_LEARNING_RATE = 2e-4           # the usual LoRA/QLoRA rate
+DPO_BASE_LEARNING_RATE = 5e-5       # DPO starts from a model that already answers
+DEFAULT_BETA = 0.1                  # the DPO paper's and TRL's default
 INTERVALS_PER_RUN = 10
 
 DEFAULTS: dict[str, tuple[Any, str]] = {
@@ -261,6 +266,9 @@ def _unknown_key(keys: list[Any], known: tuple[str, ...], in_extra: bool) -> tup
     if not in_extra and first in EXTRA_NAMES:
         return first, (f'{first} is an extension: put it under "extra", '
                        f'e.g. {{"{EXTRA_KEY}": {{"{first}": ...}}}}')
+    if first in DPO_NAMES:
+        return first, (f'{first} is a DPO hyperparameter: give it in method.dpo.hyperparameters '
+                       'of a job with method {"type": "dpo"}')
     if in_extra and first in OPENAI_NAMES:
         return first, f'{first} is an OpenAI hyperparameter: put it next to "extra", not inside it'
     names = ", ".join(f'"{key}"' for key in unknown)
@@ -298,8 +306,10 @@ class ExtraHyperparameters(_HyperparameterObject):
 
     learning_rate: _number(0, 1, "The peak learning rate; overrides learning_rate_multiplier. "
                                  "Left out: 2e-4 x learning_rate_multiplier.", low_open=True) = None
-    adapter: _choice(ADAPTERS, "What is trained: 4-bit QLoRA or LoRA. "
-                               '"auto": qlora with CUDA, lora without.', auto=True) = None
+    adapter: _choice(ADAPTERS, "What is trained: 4-bit QLoRA or LoRA adapters, or every weight "
+                               "(full: fp32 on CPU, bf16 with a paged 8-bit optimizer on CUDA; no adapter, "
+                               'the result is the whole model). "auto": qlora with CUDA, lora without.',
+                      auto=True) = None
     lora_r: _integer(1, 512, "LoRA rank. Default 16.") = None
     lora_alpha: _number(0, 4096, "LoRA scaling. Default 2 x lora_r.", low_open=True) = None
     lora_dropout: _number(0, 1, "Dropout on the LoRA input. Default 0.", low_open=False,
@@ -353,7 +363,28 @@ class Hyperparameters(_HyperparameterObject):
         return self
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters (method.dpo.hyperparameters): the
+    supervised ones plus beta, and tunehouse's under `extra`."""
+
+    beta: _number(0, 2, "How far the fine-tune may move from the reference model (the starting "
+                        "weights): the DPO loss's temperature; lower lets it move further. "
+                        '"auto": 0.1.', low_open=True, auto=True) = None
+
+
+def hyperparameter_names(method: str = "supervised") -> tuple[str, ...]:
+    """Every name a job of this method resolves, in order."""
+    return HYPERPARAMETER_NAMES + DPO_NAMES if method == "dpo" else HYPERPARAMETER_NAMES
+
+
+def _schema(method: str) -> type[Hyperparameters]:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return DpoHyperparameters if method == "dpo" else Hyperparameters
+
+
 assert tuple(Hyperparameters.model_fields) == (*OPENAI_NAMES, EXTRA_KEY)
+assert tuple(DpoHyperparameters.model_fields) == (*OPENAI_NAMES, EXTRA_KEY, *DPO_NAMES)
 assert tuple(ExtraHyperparameters.model_fields) == EXTRA_NAMES
 
 
@@ -376,31 +407,32 @@ def requested_values(hyperparameters: Hyperparameters | None) -> dict[str, Any]:
     extra = flat.pop(EXTRA_KEY, None)
     if extra is not None:
         flat.update({name: getattr(extra, name) for name in extra.model_fields_set})
-    return {name: flat[name] for name in HYPERPARAMETER_NAMES
+    return {name: flat[name] for name in HYPERPARAMETER_NAMES + DPO_NAMES
             if flat.get(name) is not None and flat[name] != AUTO}
 
 
-def parse_hyperparameters(raw: Any, *, param_prefix: str = "hyperparameters") -> dict[str, Any]:
+def parse_hyperparameters(raw: Any, *, param_prefix: str = "hyperparameters",
+                          method: str = "supervised") -> dict[str, Any]:
     """Validate a hyperparameters object (None: nothing set); return
     ``requested_values`` of it. Raises HyperparameterError naming the bad
     parameter, its path under ``param_prefix``."""
     if raw is None:
         return {}
     try:
-        return requested_values(Hyperparameters.model_validate(raw))
+        return requested_values(_schema(method).model_validate(raw))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         error = invalid_request(first, location=(param_prefix, *first["loc"]))
         raise HyperparameterError(error.param, error.message) from None
 
 
-def _validated(requested: Mapping[str, Any], param_prefix: str) -> dict[str, Any]:
+def _validated(requested: Mapping[str, Any], param_prefix: str, method: str) -> dict[str, Any]:
     """A flat dict of requested values (a stored copy) checked again by the schema."""
     nested: dict[str, Any] = {key: value for key, value in requested.items() if key not in EXTRA_NAMES}
     extra = {key: value for key, value in requested.items() if key in EXTRA_NAMES}
     if extra:
         nested[EXTRA_KEY] = extra
-    return parse_hyperparameters(nested, param_prefix=param_prefix)
+    return parse_hyperparameters(nested, param_prefix=param_prefix, method=method)
 
 
 # ---------------------------------------------------------------------------
@@ -502,7 +534,8 @@ def _round_rate(value: float) -> float:
 
 def resolve(requested: dict[str, Any], stats: DatasetStats, *, model_max_length: int, device: str,
             param_prefix: str = "hyperparameters",
-            measured_compute_dtype: tuple[str, str] | None = None) -> dict[str, dict[str, Any]]:
+            measured_compute_dtype: tuple[str, str] | None = None,
+            method: str = "supervised") -> dict[str, dict[str, Any]]:
     """Every hyperparameter's concrete value, origin and reason.
 
     ``requested`` is what ``requested_values`` returns, as a job stores it (it
@@ -519,11 +552,12 @@ def resolve(requested: dict[str, Any], stats: DatasetStats, *, model_max_length:
         requested = {}
     if not isinstance(requested, Mapping):
         raise HyperparameterError(param_prefix, f"hyperparameters must be an object, got {_show(requested)}")
-    unknown = [key for key in requested if key not in HYPERPARAMETER_NAMES]
+    names = hyperparameter_names(method)
+    unknown = [key for key in requested if key not in names]
     if unknown:
         raise HyperparameterError(f"{param_prefix}.{unknown[0]}",
                                   f"unknown hyperparameter {_show(unknown[0])}")
-    user = _validated(requested, param_prefix)
+    user = _validated(requested, param_prefix, method)
     kind = _device_kind(device)
     if isinstance(model_max_length, float) and model_max_length >= 1:
         # Tokenizers without a limit report a huge float-ish sentinel (1e30).
@@ -600,14 +634,21 @@ def resolve(requested: dict[str, Any], stats: DatasetStats, *, model_max_length:
         put("learning_rate_multiplier", 1.0, "auto",
             "OpenAI default; unused: learning_rate is set explicitly" if rate_set else "OpenAI default")
     multiplier = out["learning_rate_multiplier"]["value"]
-    from_multiplier = _round_rate(BASE_LEARNING_RATE * multiplier)
+    base_rate, base_words = (
+        (DPO_BASE_LEARNING_RATE, "5e-5 (DPO's base rate: a quarter of SFT's, since it refines a model "
+                                 "that already answers)")
+        if method == "dpo" else (BASE_LEARNING_RATE, "2e-4 (the usual LoRA/QLoRA rate)"))
+    if out["adapter"]["value"] == "full":
+        base_rate, base_words = (
+            base_rate / 10, f"{_round_rate(base_rate / 10):g} (a tenth of the adapters' rate: full "
+                            "fine-tuning changes every weight)")
+    from_multiplier = _round_rate(base_rate * multiplier)
     if rate_set:
         put("learning_rate", user["learning_rate"], "user",
             f"set explicitly; overrides learning_rate_multiplier {multiplier!r} "
             f"(which would give {from_multiplier:g})")
     else:
-        put("learning_rate", from_multiplier, "auto",
-            f"2e-4 (the usual LoRA/QLoRA rate) × multiplier {multiplier!r}")
+        put("learning_rate", from_multiplier, "auto", f"{base_words} × multiplier {multiplier!r}")
 
     # Batch size: examples per optimizer step.
     accumulation = out["gradient_accumulation_steps"]["value"]
@@ -648,7 +689,11 @@ def resolve(requested: dict[str, Any], stats: DatasetStats, *, model_max_length:
             reason = f"{every} (~{INTERVALS_PER_RUN} evaluations on {stats.eval_examples} eval examples)"
         put("eval_interval", interval, "auto", reason)
 
-    return {name: out[name] for name in HYPERPARAMETER_NAMES}
+    if method == "dpo" and not take_user("beta"):
+        put("beta", DEFAULT_BETA, "auto", "0.1, the DPO paper's and TRL's default: the fine-tune's "
+                                          "log-probability ratios to the reference are scaled by 0.1")
+
+    return {name: out[name] for name in names}
 
 
 def plain_values(resolved: dict[str, dict]) -> dict[str, Any]:

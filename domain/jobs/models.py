@@ -22,6 +22,8 @@ class FineTuningJob(LeaseColumns, Base):
     training_file_id: Mapped[str] = mapped_column(String(64))
     validation_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(32))
+    # OpenAI's method.type: "supervised" or "dpo".
+    method: Mapped[str] = mapped_column(String(16), default="supervised", server_default="supervised")
     # What the user asked for (explicit values only) and, once a worker has seen
     # the data, every value with its origin and reason.
     requested_hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)

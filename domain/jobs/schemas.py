@@ -2,21 +2,21 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
 from domain.errors import refusal
-from domain.jobs.hyperparameters import OPENAI_NAMES, Hyperparameters
+from domain.jobs.hyperparameters import DPO_NAMES, OPENAI_NAMES, DpoHyperparameters, Hyperparameters
 from domain.jobs.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from domain.metadata import Metadata
 from domain.pagination import ListPage
 
 
-def _supervised_only(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+def _known_method(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError:
         raise refusal(
-            f"Only supervised fine-tuning is supported (method.type 'supervised'), got {value!r}.",
+            f"method.type must be 'supervised' or 'dpo', got {value!r} (reinforcement fine-tuning is not offered).",
             code="unsupported_method",
         ) from None
 
@@ -27,13 +27,29 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class FineTuningMethod(BaseModel):
-    """OpenAI's `method`; this service trains the supervised one."""
+    """OpenAI's `method`: supervised fine-tuning on chat, text or
+    prompt/completion files, or DPO on preference pairs."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Annotated[Literal["supervised"], WrapValidator(_supervised_only)]
+    type: Annotated[Literal["supervised", "dpo"], WrapValidator(_known_method)]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> "FineTuningMethod":
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise refusal(f"method.{other} was given with method.type '{self.type}'; "
+                          f"give the settings in method.{self.type}.", code="invalid_method")
+        return self
 
 
 class CreateJobRequest(BaseModel):
@@ -43,7 +59,7 @@ class CreateJobRequest(BaseModel):
     training_file: str = Field(min_length=1, max_length=64)
     validation_file: str | None = Field(default=None, max_length=64)
     # The same object may come here or, in OpenAI's newer form, as
-    # method.supervised.hyperparameters (not both).
+    # method.supervised.hyperparameters (not both); DPO's only in method.dpo.
     hyperparameters: Hyperparameters | None = None
     method: FineTuningMethod | None = None
     # ":" separates the parts of a fine-tuned model's name, so it cannot appear here.
@@ -59,6 +75,12 @@ class JobError(BaseModel):
     param: str | None = None
 
 
+class JobParent(BaseModel):
+    model: str  # the `ft:…` name the job was created with
+    fine_tuning_job: str | None
+    checkpoint_step: int | None
+
+
 class JobObject(BaseModel):
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     id: str
@@ -68,7 +90,7 @@ class JobObject(BaseModel):
     fine_tuned_model: str | None
     organization_id: str
     result_files: list[str]
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
     validation_file: str | None
     training_file: str
     # The OpenAI three plus every extension, all resolved once the job runs.
@@ -83,11 +105,17 @@ class JobObject(BaseModel):
     metadata: dict[str, str] | None
     # Extensions.
     hyperparameter_details: dict[str, Any] | None = Field(
-        description="Every hyperparameter with its value, origin (user | auto | default) and reason."
+        description="Every hyperparameter with its value, origin (user | auto | default | parent) and reason."
     )
     progress: dict[str, Any]
     evaluation_id: str | None = Field(
         default=None, description="The evaluation made when the job succeeded: base model vs the fine-tune."
+    )
+    base_model: str | None = Field(
+        default=None, description="The root base model; `model` is the fine-tune this job continues, if it does."
+    )
+    parent: JobParent | None = Field(
+        default=None, description="The fine-tune (or checkpoint model) this job continues, if any."
     )
 
     @classmethod
@@ -95,7 +123,7 @@ class JobObject(BaseModel):
         hyperparameters = _visible_hyperparameters(job)
         return cls(
             id=job.id,
-            model=job.model,
+            model=job.parent_model or job.model,  # OpenAI: the model fine-tuned, a fine-tune included
             created_at=job.created_at,
             finished_at=job.finished_at,
             fine_tuned_model=job.fine_tuned_model,
@@ -105,7 +133,7 @@ class JobObject(BaseModel):
             validation_file=job.validation_file_id,
             training_file=job.training_file_id,
             hyperparameters=hyperparameters,
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            method={"type": job.method, job.method: {"hyperparameters": hyperparameters}},
             trained_tokens=job.trained_tokens,
             error=JobError(**job.error) if job.error else None,
             user_provided_suffix=job.suffix,
@@ -118,8 +146,13 @@ class JobObject(BaseModel):
                 "total_steps": job.total_steps,
                 "checkpoint_step": job.checkpoint_step,
                 "attempt": job.attempt,
+                # Asked to pause; the worker saves its step, then the job is paused.
+                "pause_requested": bool(job.pause_requested) and job.status == "running",
             },
             evaluation_id=job.evaluation_id,
+            base_model=job.model,
+            parent=JobParent(model=job.parent_model, fine_tuning_job=job.parent_job_id,
+                             checkpoint_step=job.parent_checkpoint_step) if job.parent_model else None,
         )
 
 
@@ -128,7 +161,7 @@ def _visible_hyperparameters(job: FineTuningJob) -> dict[str, Any]:
     user asked for, with "auto" for the OpenAI three they left open."""
     if job.hyperparameters:
         return {name: detail["value"] for name, detail in job.hyperparameters.items()}
-    values = {name: "auto" for name in OPENAI_NAMES}
+    values = {name: "auto" for name in (OPENAI_NAMES + DPO_NAMES if job.method == "dpo" else OPENAI_NAMES)}
     values.update(job.requested_hyperparameters)
     return values
 

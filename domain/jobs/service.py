@@ -11,7 +11,10 @@ from domain.errors import InvalidRequest, NotFound
 from domain.files.models import File
 from domain.files.service import usable_file
 from domain.ids import new_id
-from domain.jobs.hyperparameters import HyperparameterError, requested_values, resolve, stats_from_report
+from domain.jobs.hyperparameters import (
+    HyperparameterError, param_path, plain_values, requested_values, resolve, stats_from_report,
+)
+from domain.jobs.lineage import FineTuneModel, parent_for_request, with_inherited
 from domain.jobs.models import FineTuningJob
 from domain.jobs import repository
 from domain.jobs.events import add_event
@@ -22,26 +25,62 @@ from domain.jobs.schemas import CreateJobRequest
 from domain.queue_client import TaskQueue
 from domain.settings import Settings
 from domain.storage import Storage
+from domain.workers.service import memory_preview, reported_device_kind
 
 # The API cannot know a model's context length without loading it; this only
 # lets the preview resolution check what it can (batch size vs examples, …).
 _UNKNOWN_MODEL_MAX_LENGTH = 1 << 20
 
 
+def _method(request: CreateJobRequest) -> str:
+    return request.method.type if request.method else "supervised"
+
+
 def _requested_hyperparameters(request: CreateJobRequest) -> tuple[dict[str, Any], str]:
     """The explicit hyperparameters (validated with the request) and the
     request path they came from."""
-    supervised = request.method.supervised if request.method else None
-    in_method = supervised.hyperparameters if supervised else None
+    method = _method(request)
+    settings = getattr(request.method, method, None) if request.method else None
+    in_method = settings.hyperparameters if settings else None
     given_in_method = in_method is not None and bool(in_method.model_fields_set)
-    if given_in_method and request.hyperparameters is not None and request.hyperparameters.model_fields_set:
+    given_at_top = request.hyperparameters is not None and bool(request.hyperparameters.model_fields_set)
+    if given_in_method and given_at_top:
         raise InvalidRequest(
-            "Give hyperparameters either at the top level or in method.supervised, not both.",
+            f"Give hyperparameters either at the top level or in method.{method}, not both.",
             param="hyperparameters",
         )
     if given_in_method:
-        return requested_values(in_method), "method.supervised.hyperparameters"
+        return requested_values(in_method), f"method.{method}.hyperparameters"
     return requested_values(request.hyperparameters), "hyperparameters"
+
+
+# The file formats each method trains on (the upload report's "format").
+_FORMATS = {"supervised": ("chat", "text", "prompt_completion"), "dpo": ("preference",)}
+_FORMAT_WORDS = {"chat": "chat examples", "text": "raw text", "prompt_completion": "prompt/completion pairs",
+                 "preference": "preference pairs"}
+
+
+def file_format(file: File) -> str:
+    """The format its validation detected; files validated before formats existed are chat."""
+    return (file.report or {}).get("format", "chat")
+
+
+def _check_formats(method: str, training: File, validation: File | None) -> None:
+    fmt = file_format(training)
+    if fmt not in _FORMATS[method]:
+        hint = ('use method {"type": "dpo"}' if fmt == "preference"
+                else 'use method {"type": "supervised"} or upload preference pairs')
+        raise InvalidRequest(
+            f"File '{training.id}' holds {_FORMAT_WORDS.get(fmt, fmt)}, which method '{method}' "
+            f"does not train on ({hint}).",
+            param="training_file", code="invalid_file_format",
+        )
+    if validation is not None and file_format(validation) != fmt:
+        raise InvalidRequest(
+            f"The validation file '{validation.id}' holds {_FORMAT_WORDS.get(file_format(validation))} "
+            f"but the training file holds {_FORMAT_WORDS.get(fmt, fmt)}; both must have the same format.",
+            param="validation_file", code="invalid_file_format",
+        )
 
 
 def _training_file(session: Session, storage: Storage, user: User, file_id: str, param: str) -> File:
@@ -52,7 +91,8 @@ def _training_file(session: Session, storage: Storage, user: User, file_id: str,
 
 
 def _check_model(settings: Settings, request: CreateJobRequest) -> None:
-    if request.model not in settings.base_models:
+    # A fine-tune ("ft:…") as the base is checked with the request (domain/jobs/lineage.py).
+    if request.model not in settings.base_models and not request.model.startswith("ft:"):
         offered = ", ".join(sorted(settings.base_models))
         raise InvalidRequest(f"Model '{request.model}' is not available for fine-tuning here. Base models offered: {offered}.",
             param="model",
@@ -78,6 +118,7 @@ def _checked_request(
     validation = None
     if request.validation_file:
         validation = _training_file(session, storage, user, request.validation_file, "validation_file")
+    _check_formats(_method(request), training, validation)
     stats = stats_from_report(training.report)
     if stats.train_examples == 0:
         raise InvalidRequest(
@@ -89,7 +130,8 @@ def _checked_request(
         # A preview on estimated statistics: catches impossible combinations
         # (batch larger than the data, …) now rather than on a worker.
         preview = resolve(
-            requested, stats, model_max_length=_UNKNOWN_MODEL_MAX_LENGTH, device=device, param_prefix=param_prefix
+            requested, stats, model_max_length=_UNKNOWN_MODEL_MAX_LENGTH, device=device, param_prefix=param_prefix,
+            method=_method(request),
         )
     except HyperparameterError as exc:
         raise InvalidRequest(exc.message, param=exc.param, code="invalid_hyperparameters") from exc
@@ -107,6 +149,43 @@ def _likely_worker_device(settings: Settings) -> str:
     return "cuda"
 
 
+def _parent(
+    session: Session, settings: Settings, user: User, request: CreateJobRequest, checked: CheckedRequest
+) -> FineTuneModel | None:
+    """The fine-tune (or checkpoint) a job on `model: "ft:…"` continues, checked."""
+    if not request.model.startswith("ft:"):
+        return None
+    return parent_for_request(session, settings, user.id, request.model, checked.requested)
+
+
+def _training_device(session: Session, settings: Settings) -> str:
+    """The device kind the training workers reported (with `auto`), else the likely one."""
+    device = _likely_worker_device(settings)
+    if settings.worker_device == "auto":
+        device = reported_device_kind(session) or device
+    return device
+
+
+def _memory(session: Session, settings: Settings, request: CreateJobRequest, checked: CheckedRequest, device: str,
+            parent=None) -> dict:
+    """The estimate of the run's peak memory and whether it fits (domain/workers/service.py)."""
+    return memory_preview(
+        session, settings, parent.base_id if parent is not None else request.model, plain_values(checked.preview),
+        device, method=_method(request),
+        row_tokens=stats_from_report(checked.training.report).token_length_max or None,
+    )
+
+
+def _refuse_full_that_does_not_fit(checked: CheckedRequest, memory: dict) -> None:
+    """Full fine-tuning that would not fit the training workers' largest device
+    is refused before it runs (LoRA and QLoRA are only told: the preview says so)."""
+    if checked.preview["adapter"]["value"] == "full" and memory["fits"] is False:
+        raise InvalidRequest(
+            f"Full fine-tuning does not fit the training workers' memory: {memory['reason']}.",
+            param=param_path("adapter"), code="insufficient_memory",
+        )
+
+
 def preview_hyperparameters(
     session: Session, storage: Storage, settings: Settings, user: User, request: CreateJobRequest
 ) -> dict:
@@ -114,12 +193,18 @@ def preview_hyperparameters(
     refuses what create would refuse. Estimates: the worker resolves again on
     the real token counts and device."""
     _check_model(settings, request)
-    device = _likely_worker_device(settings)
+    device = _training_device(session, settings)
     checked = _checked_request(session, storage, user, request, device=device)
+    parent = _parent(session, settings, user, request, checked)
+    if parent is not None:
+        checked.preview = with_inherited(checked.preview, parent)
+    memory = _memory(session, settings, request, checked, device, parent)
+    _refuse_full_that_does_not_fit(checked, memory)
     return {
         "object": "fine_tuning.job.preview",
         "device": device,
         "hyperparameters": checked.preview,
+        "memory": memory,
         "note": "Estimated from the upload report's token counts (characters / 4) for a "
         + ("CPU" if device == "cpu" else "CUDA")
         + " worker; the worker resolves `auto` again on the tokenized data, and the job records the final values.",
@@ -135,6 +220,9 @@ def create_job(
     if request.integrations:
         raise InvalidRequest("Integrations are not supported.", param="integrations", code="unsupported_parameter")
     checked = _checked_request(session, storage, user, request)
+    parent = _parent(session, settings, user, request, checked)
+    if checked.preview["adapter"]["value"] == "full":  # refused now rather than out of memory on a worker
+        _refuse_full_that_does_not_fit(checked, _memory(session, settings, request, checked, _training_device(session, settings), parent))
     training, validation = checked.training, checked.validation
 
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
@@ -142,10 +230,14 @@ def create_job(
         FineTuningJob(
             id=new_id("ftjob-"),
             owner_id=user.id,
-            model=request.model,
+            model=parent.base_id if parent else request.model,  # the root base model
+            parent_model=parent.name if parent else None,
+            parent_job_id=parent.job.id if parent else None,
+            parent_checkpoint_step=parent.step if parent else None,
             training_file_id=training.id,
             validation_file_id=validation.id if validation else None,
             status="queued",
+            method=_method(request),
             requested_hyperparameters=checked.requested,
             seed=seed,
             seed_origin="user" if request.seed is not None else "auto",
@@ -158,7 +250,10 @@ def create_job(
         )
     )
     split = training.report["split"]
-    add_event(session, job.id, f"Created fine-tuning job {job.id} on {job.model}")
+    add_event(
+        session, job.id,
+        f"Created fine-tuning job {job.id} on {job.model}" + (f", continuing {parent.name}" if parent else ""),
+    )
     eval_source = (
         f"validation file {validation.id} ({validation.report['examples']} examples)"
         if validation

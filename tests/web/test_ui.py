@@ -170,3 +170,27 @@ def test_a_narrow_window_still_shows_the_navigation(page, site):
     page.goto(site["url"] + "/jobs")
     expect(page.get_by_test_id("jobs-table").get_by_test_id("job-row")).to_have_count(1)
     expect(page.get_by_test_id("sign-out")).to_be_in_viewport()
+
+
+def test_a_preference_file_trains_a_dpo_job_with_its_reward_charts(page, site):
+    from tests.chat_data import preference_jsonl
+
+    sign_in(page, site)
+    upload(page, site, "pairs.jsonl", preference_jsonl(16))
+    expect(page.get_by_test_id("upload-success")).to_be_visible()
+    page.goto(site["url"] + "/jobs/new")
+    select_file(page.get_by_test_id("training-file"), "pairs.jsonl")
+    # The detected format picks the method; DPO's beta appears with it.
+    expect(page.get_by_test_id("file-format")).to_contain_text("preference pairs")
+    expect(page.get_by_test_id("method")).to_have_value("dpo")
+    page.get_by_test_id("base-model").select_option(TINY)
+    page.get_by_test_id("hp-beta").fill("0.5")
+    page.get_by_test_id("hp-n_epochs").fill("1")
+    preview = page.get_by_test_id("hyperparameter-preview")
+    expect(preview.locator("[data-name='beta'] td").nth(1)).to_have_text("0.5")
+    page.get_by_test_id("create-job-submit").click()
+    expect(page).to_have_url(re.compile(r"/jobs/ftjob-"))
+    expect(page.get_by_test_id("status-chip")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.get_by_test_id("dpo-reward-chart").locator("svg .recharts-line").first).to_be_visible()
+    expect(page.get_by_test_id("dpo-accuracy-chart").locator("svg .recharts-line").first).to_be_visible()
+    expect(page.get_by_test_id("hyperparameters-table")).to_contain_text("beta")

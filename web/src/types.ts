@@ -44,6 +44,7 @@ export interface JobProgress {
   total_steps: number | null;
   checkpoint_step: number | null;
   attempt: number;
+  pause_requested?: boolean;
 }
 
 /** A value of `JobObject.hyperparameter_details` and of the preview's `hyperparameters`. */
@@ -53,11 +54,41 @@ export interface HyperparameterDetail {
   reason: string | null;
 }
 
+/** The estimate of a run's peak memory (domain/jobs/memory.py): the preview's and the recipe's `memory.estimate`. */
+export interface MemoryEstimate {
+  peak_bytes: number;
+  parts: Record<string, number>;
+  gradient_checkpointing: boolean;
+  device: string;
+  adapter: string;
+  measured_as: string;
+  assumptions: string[];
+}
+
+/** A training worker's device, as it reported it when it started. */
+export interface WorkerDevice {
+  worker: string;
+  queues: string[];
+  device: string;
+  name: string | null;
+  total_memory_bytes: number | null;
+}
+
+/** The preview's `memory`: the estimate and whether it fits the largest reported device of its kind. */
+export interface MemoryPreview {
+  estimate: MemoryEstimate | null;
+  fits: boolean | "unknown";
+  device: WorkerDevice | null;
+  reason: string;
+  devices: WorkerDevice[];
+}
+
 /** The answer of `POST /v1/fine_tuning/jobs/preview`. */
 export interface JobPreview {
   device: string;
   note: string;
   hyperparameters: Record<string, HyperparameterDetail>;
+  memory?: MemoryPreview;
 }
 
 /** A row of `JobMetrics.data`. */
@@ -69,6 +100,19 @@ export interface MetricRow {
   learning_rate?: number | null;
   tokens_per_second?: number | null;
   trained_tokens?: number | null;
+  // Peak memory (worker/training/memory.py): CUDA allocated / reserved since the step began, CPU peak RSS; the device's total.
+  peak_memory_bytes?: number | null;
+  peak_reserved_bytes?: number | null;
+  device_memory_bytes?: number | null;
+  // DPO jobs (worker/training/preference.py).
+  train_chosen_reward?: number | null;
+  train_rejected_reward?: number | null;
+  train_reward_margin?: number | null;
+  train_preference_accuracy?: number | null;
+  valid_chosen_reward?: number | null;
+  valid_rejected_reward?: number | null;
+  valid_reward_margin?: number | null;
+  valid_preference_accuracy?: number | null;
 }
 
 /** `FileObject.report` / `FileReport.report`: the upload's validation report. */

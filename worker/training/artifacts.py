@@ -5,6 +5,7 @@ with its README."""
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def build_recipe(
     return {
         "tunehouse_recipe_version": RECIPE_VERSION,
         "job_id": job.id,
+        # OpenAI's method.type: "supervised" (chat, text, prompt/completion) or "dpo" (preference pairs).
+        "training_method": job.method,
         "base_model": {"id": base.id, "source": base.source, "revision": base.revision, "max_length": base.max_length},
         "hyperparameters": hyperparameters,
         "seed": {"value": job.seed, "origin": job.seed_origin},
@@ -58,15 +61,20 @@ def recipe_yaml(recipe: dict) -> str:
 
 
 def adapter_zip(adapter_dir: Path, recipe: dict, model_name: str) -> bytes:
+    return _folder_zip(adapter_dir, recipe, _adapter_readme(recipe, model_name), zipfile.ZIP_DEFLATED)
+
+
+def _folder_zip(folder: Path, recipe: dict, readme: str, compression: int) -> bytes:
+    """A folder's files, the recipe (JSON and YAML) and our README, which
+    replaces any README.md in the folder (PEFT writes a generic one)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(adapter_dir.rglob("*")):
-            # PEFT writes a generic README.md; ours (below) replaces it.
+    with zipfile.ZipFile(buffer, "w", compression=compression, allowZip64=True) as archive:
+        for path in sorted(Path(folder).rglob("*")):
             if path.is_file() and path.name != "README.md":
-                archive.write(path, path.relative_to(adapter_dir).as_posix())
+                archive.write(path, path.relative_to(folder).as_posix())
         archive.writestr("tunehouse_recipe.json", json.dumps(recipe, indent=2))
         archive.writestr("tunehouse_recipe.yaml", recipe_yaml(recipe))
-        archive.writestr("README.md", _adapter_readme(recipe, model_name))
+        archive.writestr("README.md", readme)
     return buffer.getvalue()
 
 
@@ -91,3 +99,45 @@ the seed, the data's sha256, the library versions and the hardware. To train
 it again without the service: `{recipe['rerun']}`.
 """
 
+
+
+# ------------------------------------------------------------- full fine-tunes
+
+# What a model folder holds besides its tokenizer (and what tunehouse adds to a converted one).
+_NOT_TOKENIZER = ("config.json", "generation_config.json", "tunehouse-source.json", "README.md")
+
+
+def copy_tokenizer_files(base_model_dir: Path, model_dir: Path) -> None:
+    """The base model's tokenizer files, exactly as they are, into a full
+    fine-tune's folder, so the folder loads with AutoTokenizer too."""
+    for path in sorted(Path(base_model_dir).iterdir()):
+        if (path.is_file() and path.name not in _NOT_TOKENIZER and not path.name.endswith(".safetensors")
+                and not path.name.endswith(".safetensors.index.json")):
+            shutil.copy2(path, Path(model_dir) / path.name)
+
+
+def full_model_zip(model_dir: Path, recipe: dict, model_name: str) -> bytes:
+    """A full fine-tune's download (the job's merged weights): the whole model
+    folder as transformers loads it, the recipe and a README. Stored, not
+    deflated: safetensors barely compress."""
+    return _folder_zip(model_dir, recipe, _full_model_readme(recipe, model_name), zipfile.ZIP_STORED)
+
+
+def _full_model_readme(recipe: dict, model_name: str) -> str:
+    base = recipe["base_model"]
+    return f"""# {model_name}
+
+A full fine-tune of `{base['id']}` (revision `{base['revision']}`): every weight
+was trained (tunehouse job `{recipe['job_id']}`), so this folder is the whole model.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+```
+
+`tunehouse_recipe.yaml` records every hyperparameter (with where it came from),
+the seed, the data's sha256, the library versions and the hardware. To train
+it again without the service: `{recipe['rerun']}`.
+"""

@@ -23,17 +23,20 @@ from domain.files.repository import FileRepository
 from domain.files.split import DEFAULT_SPLIT_SEED
 from domain.jobs.events import add_event
 from domain.jobs.hyperparameters import plain_values, resolve
+from domain.jobs.lineage import FineTuneModel, lineage_chain, lineage_entry, parent_of_job, with_inherited
 from domain.jobs.models import FineTuningJob
 from domain.jobs.repository import JobRepository, record_checkpoint
 from domain.jobs.schemas import fine_tuned_model_name
-from domain.jobs.training_metrics import METRIC_COLUMNS, metrics_by_step, metrics_csv
+from domain.jobs.weights import merged_weights_key
+from domain.jobs.training_metrics import METRIC_COLUMNS, PREFERENCE_COLUMNS, metrics_by_step, metrics_csv, peak_memory
 from domain.queue_client import TaskQueue
 from domain.runs.kinds import EVALUATION, JOB
 from domain.runs.leases import send_to_worker
 from worker.compute import choose_compute_dtype
-from worker.runs import FailureWords, HandBack, LeasedRun, run_leased
-from worker.training.artifacts import adapter_zip, build_recipe
+from worker.runs import FailureWords, HandBack, LeasedRun, RunFailure, run_leased
+from worker.training.artifacts import adapter_zip, build_recipe, copy_tokenizer_files, full_model_zip
 from worker.training.data import dataset_stats, load_split_data
+from worker.training.preference import dataset_stats as preference_dataset_stats
 from worker.training.environment import pick_device
 
 log = logging.getLogger("tunehouse.worker")
@@ -82,8 +85,12 @@ class TrainingJobRun(LeasedRun):
     def on_metrics(self, metrics: dict) -> None:
         step, total = metrics["step"], metrics["total_steps"]
         parts = [f"Step {step}/{total}: training loss {metrics['train_loss']:.4f}"]
+        if metrics.get("train_reward_margin") is not None:
+            parts.append(f"reward margin {metrics['train_reward_margin']:.4f}")
         if metrics.get("valid_loss") is not None:
             parts.append(f"validation loss {metrics['valid_loss']:.4f}")
+        if metrics.get("valid_preference_accuracy") is not None:
+            parts.append(f"validation preference accuracy {metrics['valid_preference_accuracy']:.0%}")
         elapsed = time.time() - self._train_started
         done = max(step - self._first_step, 1)
         remaining = (total - step) * elapsed / done
@@ -103,6 +110,7 @@ class TrainingJobRun(LeasedRun):
                 self.session.rollback()
                 return False
             data = {k: metrics.get(k) for k in (*METRIC_COLUMNS, "total_steps")}
+            data.update({k: metrics[k] for k in PREFERENCE_COLUMNS if k in metrics})
             add_event(self.session, self.job_id, ", ".join(parts), type="metrics", data=data)
             self.session.commit()
             return True
@@ -125,6 +133,20 @@ class TrainingJobRun(LeasedRun):
         )
         if recorded:
             self.event(f"Checkpoint at step {step} saved", {"step": step})
+
+    # -- lineage ---------------------------------------------------------------
+
+    def _parent(self, job: FineTuningJob) -> FineTuneModel | None:
+        """The fine-tune (or checkpoint) this job continues; None for a job on a base model."""
+        if not job.parent_job_id:
+            return None
+        parent = parent_of_job(self.session, job)
+        if parent is None:
+            raise RunFailure(
+                "parent_model_not_found",
+                f"The model this job continues, '{job.parent_model}', does not exist any more (deleted?).",
+            )
+        return parent
 
     # -- the attempt ---------------------------------------------------------
 
@@ -153,7 +175,8 @@ class TrainingJobRun(LeasedRun):
         base = resolve_base_model(job.model, self.settings.base_models[job.model], self.settings.work_dir)
         device = pick_device(self.settings.worker_device)
         tokenizer = load_tokenizer(base)
-        stats, data_summary = dataset_stats(tokenizer, data)
+        measure = preference_dataset_stats if job.method == "dpo" else dataset_stats
+        stats, data_summary = measure(tokenizer, data)
         self.event(
             f"Tokenized {stats.train_examples} training and {stats.eval_examples} evaluation examples "
             f"({stats.train_tokens} training tokens; p99 length {stats.token_length_p99})",
@@ -166,13 +189,20 @@ class TrainingJobRun(LeasedRun):
             compute = choose_compute_dtype(device)
             resolved = resolve(
                 job.requested_hyperparameters, stats, model_max_length=base.max_length, device=device,
-                measured_compute_dtype=(compute.dtype, compute.reason),
+                measured_compute_dtype=(compute.dtype, compute.reason), method=job.method,
             )
+        parent = self._parent(job)
+        if parent is not None:  # it trains the parent's adapter on: the parent's LoRA settings
+            resolved = with_inherited(resolved, parent)
         environment = environment_info(device)
         recipe = build_recipe(
             job, base, resolved, data_summary, {"training": training_file, "validation": validation_file},
             split_seed, environment, job.recipe.get("method") if job.recipe else None,
         )
+        recipe["memory"] = self._memory_estimate(job, base, resolved, device, stats.token_length_max)
+        if parent is not None:  # the whole chain down to the base model, every parent's recipe in it
+            recipe["parent"] = lineage_entry(parent)
+            recipe["lineage"] = lineage_chain(parent, job.model)
         self.write("recording the hyperparameters", hyperparameters=resolved, recipe=recipe)
         self.event(
             "Hyperparameters: "
@@ -183,7 +213,12 @@ class TrainingJobRun(LeasedRun):
         resume_from = None
         if job.checkpoint_key:
             resume_from = self.storage.download_prefix(job.checkpoint_key, work_dir / "resume")
-        config = TrainingConfig(base_model_dir=base.local_dir, hyperparameters=plain_values(resolved), seed=job.seed, device=device)
+        init_adapter_dir = None
+        if parent is not None:
+            self.event(f"Continuing the adapter of {parent.name}")
+            init_adapter_dir = self.storage.download_prefix(parent.adapter_key, work_dir / "parent-adapter")
+        config = TrainingConfig(base_model_dir=base.local_dir, hyperparameters=plain_values(resolved), seed=job.seed, device=device,
+                                method=job.method, init_adapter_dir=init_adapter_dir)
         hooks = TrainingHooks(
             on_message=self.on_message,
             on_metrics=self.on_metrics,
@@ -210,27 +245,67 @@ class TrainingJobRun(LeasedRun):
             "train_loss": result.train_loss,
             "valid_loss": result.valid_loss,
             "truncated_examples": result.truncated_examples,
+            "memory": self._run_peak_memory(job, result),
         }
+        if result.method.get("adapter") == "full":
+            copy_tokenizer_files(base.local_dir, result.adapter_dir)  # the folder is the whole model
         self._publish(job, owner, recipe, result)
+
+    def _memory_estimate(self, job: FineTuningJob, base, resolved: dict, device: str, longest: int) -> dict:
+        """The estimate of this run's peak memory (domain/jobs/memory.py), for
+        the recipe and the job page; the base model's numbers are recorded for
+        the API's preview on the way."""
+        from worker.devices import record_base_model_shape
+        from worker.training.memory import estimate_run_memory
+
+        try:
+            shape, estimate = estimate_run_memory(
+                base.local_dir, plain_values(resolved), device,
+                method=getattr(job, "method", None) or "supervised", row_tokens=longest,
+            )
+        except Exception as error:  # noqa: BLE001 - an estimate never fails a job
+            log.warning("job %s: no memory estimate: %s", self.job_id, error)
+            return {"estimate": None, "error": str(error)}
+        self.transaction(
+            lambda: record_base_model_shape(self.session, job.model, self.settings.base_models[job.model], base.revision, shape),
+            "recording the base model's shape",
+        )
+        return {"estimate": estimate, "model_shape": shape.as_dict()}
+
+    def _run_peak_memory(self, job: FineTuningJob, result) -> dict:
+        """The run's measured peak: over every step's metrics, earlier attempts' included."""
+        rows = metrics_by_step(JobRepository(self.session, job.owner_id).metrics_events(job.id))
+        return {**(result.memory or {}), **peak_memory(rows)}
 
     def _publish(self, job: FineTuningJob, owner: User, recipe: dict, result) -> None:
         """Artifacts first, then the status: a job never succeeds without them."""
-        self.event("Uploading the adapter")
         prefix = f"jobs/{self.job_id}"
         model_name = fine_tuned_model_name(job, owner.name)
+        # A full fine-tune has no adapter: its weights are the whole model,
+        # stored as the job's merged weights (domain/jobs/weights.py).
+        full = result.method.get("adapter") == "full"
+        weights_key = merged_weights_key(self.job_id) if full else f"{prefix}/adapter.zip"
+        what = "Uploading the model's weights" if full else "Uploading the adapter"
+        self.event(what)
 
         def upload() -> None:
+            if full:
+                self.storage.put_bytes(weights_key, full_model_zip(result.adapter_dir, recipe, model_name))
+                return
             self.storage.upload_folder(result.adapter_dir, f"{prefix}/adapter")
             self.storage.put_bytes(f"{prefix}/adapter.zip", adapter_zip(result.adapter_dir, recipe, model_name))
 
-        self.stored("Uploading the adapter", upload)
+        self.stored(what, upload)
         metrics_file = self._metrics_result_file(job)
 
         def succeed():
             # The automatic evaluation (base vs the new fine-tune) is committed
             # in the same transaction as the success: a succeeded job always
             # links it. Made anew on each try, so a retried commit loses nothing.
-            evaluation = self._automatic_evaluation(job, model_name)
+            # A full fine-tune is not served here: nothing to evaluate it with.
+            evaluation = None if full else self._automatic_evaluation(job, model_name)
+            if full:
+                self.session.add(ready_export(job, weights_key))
             succeeded = self.leases.update(
                 self.job_id,
                 self.attempt,
@@ -239,7 +314,7 @@ class TrainingJobRun(LeasedRun):
                 trained_tokens=result.trained_tokens,
                 finished_at=int(time.time()),
                 estimated_finish=None,
-                adapter_key=f"{prefix}/adapter.zip",
+                adapter_key=weights_key,
                 result_files=[metrics_file.id],
                 recipe=recipe,
                 evaluation_id=evaluation.id if evaluation is not None else None,
@@ -310,3 +385,13 @@ def _checkpoint_metrics(metrics: dict) -> dict:
 
 def run_training_job(job_id: str) -> None:
     run_leased(TrainingJobRun, job_id)
+
+
+def ready_export(job: FineTuningJob, key: str):
+    """A full fine-tune's merged weights: ready the moment the job succeeds."""
+    from domain.exports.models import Export
+    from domain.ids import new_id
+
+    now = int(time.time())
+    return Export(id=new_id("export_"), job_id=job.id, owner_id=job.owner_id, format="merged", status="ready",
+                  storage_key=key, attempt=0, handbacks=0, created_at=now, finished_at=now)

@@ -36,10 +36,14 @@ def train_from_recipe(
     device: str = "auto",
     settings: Settings | None = None,
     echo=print,
+    parent_adapter: Path | None = None,
 ) -> Path:
     """Re-run a job's training from its recipe, without the service: same
     split, same resolved hyperparameters, same seed, same recipe code.
-    Writes out_dir/adapter, out_dir/metrics.csv and out_dir/recipe.yaml."""
+    Writes out_dir/adapter, out_dir/metrics.csv and out_dir/recipe.yaml.
+    A job that continued a fine-tune needs that fine-tune's adapter folder
+    (`parent_adapter`): its download, or the adapter/ of a re-run of the
+    parent's recipe (recipe["parent"]["recipe"]), and so on down the chain."""
     from worker.models.catalog import resolve_base_model
     from worker.training.recipe import TrainingConfig, TrainingHooks, train
 
@@ -60,11 +64,26 @@ def train_from_recipe(
         _file_chunks(validation_path) if validation_path else None,
     )
     echo(f"{len(data.train)} training and {len(data.eval)} evaluation examples ({data.eval_source})")
+    parent = recipe.get("parent")
+    if parent and parent_adapter is None:
+        raise ValueError(
+            f"this recipe continues {parent['model']}: give --parent-adapter, that model's adapter folder "
+            "(its /adapter download unzipped, or the adapter/ of `tunehouse train` on the parent's recipe, "
+            "which is recipe['parent']['recipe'])"
+        )
+    if parent_adapter is not None:
+        if not (parent_adapter / "adapter_config.json").is_file():
+            raise ValueError(f"{parent_adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        if not parent:
+            echo("warning: the recipe starts from its base model; training the given --parent-adapter on instead")
+        echo(f"continuing the adapter in {parent_adapter}")
     config = TrainingConfig(
         base_model_dir=base.local_dir,
         hyperparameters=plain_values(recipe["hyperparameters"]),
         seed=recipe["seed"]["value"],
         device=pick_device(device),
+        method=recipe.get("training_method", "supervised"),
+        init_adapter_dir=parent_adapter,
     )
     rows: list[dict] = []
 

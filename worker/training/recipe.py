@@ -5,7 +5,8 @@ data, the training loop with its evaluations and checkpoints, and the final
 save. The helpers below it follow the same order.
 
 The math, so a run can be reproduced without this service:
-- loss: cross-entropy on assistant tokens only; one optimizer step per batch
+- loss (supervised): cross-entropy on trained tokens only (assistant
+  messages, completions, or every token of raw text); one optimizer step per batch
   of `batch_size` examples, split into `gradient_accumulation_steps`
   micro-batches; the step's loss is the sum of token losses over the whole
   batch divided by the batch's number of trained tokens (so accumulation
@@ -18,7 +19,12 @@ The math, so a run can be reproduced without this service:
   the machine computes faster); on CPU in bf16 by autocast over fp32 weights,
   the LoRA weights and the AdamW state always fp32;
 - attention: each example attends only within itself, packed or padded (on
-  CPU by cutting rows at example boundaries, worker/training/attention.py).
+  CPU by cutting rows at example boundaries, worker/training/attention.py);
+- method "dpo": a batch is `batch_size` preference pairs, the loss DPO's
+  sigmoid loss per pair averaged over the batch, the reference log-probabilities
+  those of the starting weights, computed once before the first step
+  (worker/training/preference.py); the two outputs of each pair are rows of
+  one padded micro-batch (not packed).
 
 The worker's job runner and the `tunehouse train` command both call `train()`.
 """
@@ -43,14 +49,18 @@ import torch
 import torch.nn.functional as F
 
 from worker.compute import ComputeChoice, choose_compute_dtype
+from worker.training import preference
 from worker.training.attention import ATTENTION_NAME, register_segment_attention, segment_attention_supported
+from worker.training.memory import MemoryMeter
 from worker.training.data import (
     IGNORE_INDEX,
     TokenizedExample,
     pack_batch,
+    split_text,
     tokenize_dataset,
     truncate,
 )
+from domain.files.validation.formats import TEXT, detect_format
 
 TRAINING_STATE_FILE = "training_state.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -103,6 +113,10 @@ class TrainingConfig:
     hyperparameters: dict[str, Any]  # resolved plain values (domain/jobs/hyperparameters.py)
     seed: int
     device: str = "auto"  # "auto": cuda if available, else cpu
+    method: str = "supervised"  # or "dpo": the examples are preference lines
+    # A fine-tune of a fine-tune: the parent's PEFT adapter folder, trained on
+    # from where it is (its LoRA settings are the parent's) instead of a fresh LoRA.
+    init_adapter_dir: Path | None = None
 
 
 @dataclass
@@ -117,6 +131,7 @@ class TrainingResult:
     stopped: bool
     method: dict  # what was actually used (adapter, device, dtype, quantization, ...)
     paused: bool = False  # stopped by should_pause, with a checkpoint of every step done
+    memory: dict | None = None  # the run's peak memory (worker/training/memory.py)
 
 
 class _StopRequested(Exception):
@@ -153,20 +168,24 @@ def train(
 
     # ---- Setup: model, adapter -------------------------------------------
     device = resolve_device(config.device)
+    memory = MemoryMeter(device)
     hooks.on_message("Loading base model", {"base_model_dir": str(config.base_model_dir), "device": device})
     tokenizer = load_tokenizer(config.base_model_dir) if tokenizer is None else check_chat_template(tokenizer, config.base_model_dir)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     compute = choose_compute_dtype(device, hp.get("compute_dtype") or "auto")
     set_seed(config.seed)  # before the adapter exists: LoRA's initial weights are random
     model, method = load_model(config.base_model_dir, hp["adapter"], device, compute)
-    model = add_lora_adapter(model, hp)
+    if hp["adapter"] != "full":  # full fine-tuning trains every weight: no adapter
+        model = add_lora_adapter(model, hp, config.init_adapter_dir)
     method["target_modules"] = lora_target_module_names(model)
     head_weight = prepare_for_autocast(model) if method["autocast"] else None
 
     # ---- Data --------------------------------------------------------------
     max_seq_length = int(hp["max_seq_length"])
-    train_data, train_truncated = tokenize_and_truncate(tokenizer, train_examples, max_seq_length)
-    eval_data, eval_truncated = tokenize_and_truncate(tokenizer, eval_examples, max_seq_length)
+    dpo = config.method == "dpo"
+    tokenize = preference.tokenize_pairs if dpo else tokenize_and_truncate
+    train_data, train_truncated = tokenize(tokenizer, train_examples, max_seq_length)
+    eval_data, eval_truncated = tokenize(tokenizer, eval_examples, max_seq_length)
     truncated_examples = train_truncated + eval_truncated
     hooks.on_message(
         f"Tokenized {len(train_data) + len(eval_data)} examples "
@@ -180,6 +199,7 @@ def train(
             "train_examples_without_trained_tokens": sum(1 for e in train_data if e.trained_tokens == 0),
         },
     )
+    method["training_method"] = config.method
 
     # ---- Optimizer, scheduler ---------------------------------------------
     n_epochs = int(hp["n_epochs"])
@@ -190,7 +210,8 @@ def train(
         micro_batch_size=micro_batch_size,
         max_seq_length=max_seq_length,
         pad_token_id=pad_token_id,
-        packing=bool(hp.get("packing", False)),
+        # DPO reads each output's log-probability from its own row.
+        packing=bool(hp.get("packing", False)) and not dpo,
         device=device,
         segment_attention=method["attention"] == ATTENTION_NAME,
         autocast=method["autocast"],
@@ -203,11 +224,7 @@ def train(
     run_shape = {"seed": config.seed, "train_examples": len(train_data), "batch_size": batch_size,
                  "n_epochs": n_epochs, "total_steps": total_steps}
 
-    # ---- Resume ------------------------------------------------------------
     step, trained_tokens, last_metrics = 0, 0, {}
-    if resume_from is not None:
-        step, trained_tokens, last_metrics = resume(Path(resume_from), model, optimizer, scheduler, run_shape, device)
-        hooks.on_message(f"Resumed from step {step}", {"step": step, "total_steps": total_steps})
 
     def stopped_result(paused: bool = False) -> TrainingResult:
         return TrainingResult(
@@ -229,6 +246,21 @@ def train(
         if hooks.should_stop():
             raise _StopRequested
 
+    if dpo:
+        beta = float(hp["beta"])
+        # Before resume() loads trained weights: the reference is the starting model.
+        hooks.on_message("Computing the reference model's log-probabilities",
+                         {"pairs": len(train_data) + len(eval_data)})
+        try:
+            reference_log_probs(model, train_data + eval_data, batching, stop_if_asked)
+        except _StopRequested:
+            return stopped_result()
+
+    # ---- Resume ------------------------------------------------------------
+    if resume_from is not None:
+        step, trained_tokens, last_metrics = resume(Path(resume_from), model, optimizer, scheduler, run_shape, device)
+        hooks.on_message(f"Resumed from step {step}", {"step": step, "total_steps": total_steps})
+
     # ---- Training loop -----------------------------------------------------
     eval_interval = int(hp.get("eval_interval") or 0)
     checkpoint_interval = int(hp.get("checkpoint_interval") or 0)
@@ -246,8 +278,15 @@ def train(
                     return stopped_result(paused=True)
                 batch = [train_data[i] for i in order[batch_index * batch_size : (batch_index + 1) * batch_size]]
                 learning_rate = scheduler.get_last_lr()[0]
+                memory.step_started()
                 started = time.perf_counter()
-                train_loss, batch_tokens = train_step(model, optimizer, scheduler, batch, batching, hp.get("max_grad_norm"))
+                if dpo:
+                    step_metrics, batch_tokens = dpo_train_step(
+                        model, optimizer, scheduler, batch, batching, beta, hp.get("max_grad_norm"))
+                else:
+                    train_loss, batch_tokens = train_step(
+                        model, optimizer, scheduler, batch, batching, hp.get("max_grad_norm"))
+                    step_metrics = {"train_loss": train_loss}
                 seconds = time.perf_counter() - started
                 step += 1
                 trained_tokens += batch_tokens
@@ -255,14 +294,18 @@ def train(
                     "step": step,
                     "total_steps": total_steps,
                     "epoch": round(step / steps_per_epoch, 4),
-                    "train_loss": train_loss,
+                    **step_metrics,
                     "learning_rate": learning_rate,
                     "tokens_per_second": batch_tokens / seconds if seconds > 0 else 0.0,
                     "trained_tokens": trained_tokens,
                 }
                 if eval_data and (step == total_steps or (eval_interval and step % eval_interval == 0)):
                     hooks.on_message("Evaluating", {"step": step, "eval_examples": len(eval_data)})
-                    metrics["valid_loss"] = evaluate(model, eval_data, batching, stop_if_asked)
+                    if dpo:
+                        metrics.update(evaluate_dpo(model, eval_data, batching, beta, stop_if_asked))
+                    else:
+                        metrics["valid_loss"] = evaluate(model, eval_data, batching, stop_if_asked)
+                metrics.update(memory.step_metrics())  # after any evaluation: its peak counts too
                 hooks.on_metrics(metrics)
                 last_metrics = metrics
 
@@ -286,6 +329,7 @@ def train(
         truncated_examples=truncated_examples,
         stopped=False,
         method=method,
+        memory=memory.run_peak(),
     )
 
 
@@ -339,8 +383,8 @@ def load_model(base_model_dir: Path, adapter: str, device: str, compute: Compute
     """
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-    if adapter not in ("lora", "qlora"):
-        raise ValueError(f"adapter must be 'lora' or 'qlora', got {adapter!r}")
+    if adapter not in ("lora", "qlora", "full"):
+        raise ValueError(f"adapter must be 'lora', 'qlora' or 'full', got {adapter!r}")
     on_cuda = device == "cuda"
     if adapter == "qlora" and not on_cuda and compute.dtype != "float32":
         compute = ComputeChoice(
@@ -479,8 +523,13 @@ def lora_inputs_uncast(model) -> None:
             module.cast_input_dtype_enabled = False
 
 
-def add_lora_adapter(model, hp: dict):
-    from peft import LoraConfig, get_peft_model
+def add_lora_adapter(model, hp: dict, init_adapter_dir: Path | None = None):
+    """A fresh LoRA adapter as `hp` says, or, given `init_adapter_dir`, that
+    adapter (a parent fine-tune's) loaded trainable, to train on from its weights."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter_dir), is_trainable=True)
 
     target_modules = hp.get("target_modules", "all-linear")
     lora_config = LoraConfig(
@@ -504,8 +553,10 @@ def make_optimizer(model, hp: dict, method: dict) -> tuple[torch.optim.Optimizer
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     learning_rate = float(hp["learning_rate"])
     weight_decay = float(hp.get("weight_decay") or 0.0)
-    if method["adapter"] == "qlora" and method["device"] == "cuda":
+    if method["adapter"] in ("qlora", "full") and method["device"] == "cuda":
         # Paged: optimizer state moves to CPU memory under GPU memory pressure.
+        # Full fine-tuning on CUDA: bf16 weights and gradients, 8-bit AdamW
+        # moments (2 bytes a weight instead of 8).
         from bitsandbytes.optim import PagedAdamW8bit
 
         return PagedAdamW8bit(parameters, lr=learning_rate, weight_decay=weight_decay), "paged_adamw_8bit"
@@ -526,8 +577,13 @@ def make_scheduler(optimizer, hp: dict, total_steps: int):
 
 
 def tokenize_and_truncate(tokenizer, examples: list[dict], max_seq_length: int) -> tuple[list[TokenizedExample], int]:
+    """Rows of at most max_seq_length tokens: a long raw text becomes several
+    rows (split_text), any other long example is truncated (and counted)."""
     tokenized, truncated_count = [], 0
-    for example in tokenize_dataset(tokenizer, examples):
+    for raw, example in zip(examples, tokenize_dataset(tokenizer, examples)):
+        if len(example) > max_seq_length and detect_format(raw) == TEXT:
+            tokenized.extend(split_text(example, max_seq_length))
+            continue
         example, was_truncated = truncate(example, max_seq_length)
         tokenized.append(example)
         truncated_count += was_truncated
@@ -598,12 +654,15 @@ class Batching:
         return contextlib.nullcontext()
 
 
-def summed_token_loss(model, inputs: dict, batching: Batching) -> torch.Tensor:
-    """Sum of cross-entropy over the trained tokens of a packed/padded batch.
+def trained_logits(model, inputs: dict, batching: Batching) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, rows) at the trained positions of a packed/padded
+    batch: logits [n, vocab] in fp32, the tokens they predict [n], and the row
+    each position is in [n].
 
-    Only assistant tokens are trained, often a small share of a row: the
-    vocabulary projection (the largest single matmul of a small model, and
-    its logits the largest tensor) runs on those positions alone."""
+    Only trained tokens (assistant messages, completions, preference
+    outputs) need logits, often a small share of a row: the vocabulary
+    projection (the largest single matmul of a small model, and its logits
+    the largest tensor) runs on those positions alone."""
     device = batching.device
     keys = ("input_ids", "position_ids") if batching.segment_attention else ("input_ids", "position_ids", "attention_mask")
     model_inputs: dict[str, Any] = {key: inputs[key].to(device) for key in keys if key in inputs}
@@ -611,21 +670,34 @@ def summed_token_loss(model, inputs: dict, batching: Batching) -> torch.Tensor:
         model_inputs["segments"] = inputs["segments"]
     # Position t predicts token t+1.
     targets = inputs["labels"][:, 1:].to(device)
+    trained = targets != IGNORE_INDEX
+    rows = trained.nonzero()[:, 0]
     parts = _plain_head_parts(model)
     with batching.forward_context():
         if parts is None:
-            logits = model(**model_inputs, use_cache=False).logits[:, :-1, :].float()
-            return F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-            )
+            logits = model(**model_inputs, use_cache=False).logits[:, :-1, :]
+            return logits[trained].float(), targets[trained], rows
         decoder, head = parts
         hidden = decoder(**model_inputs, use_cache=False).last_hidden_state[:, :-1, :]
-        trained = targets != IGNORE_INDEX
         if batching.head_weight is not None:
-            logits = F.linear(hidden[trained], batching.head_weight).float()
+            logits = F.linear(hidden[trained], batching.head_weight)
         else:
-            logits = head(hidden[trained]).float()
-    return F.cross_entropy(logits, targets[trained], reduction="sum")
+            logits = head(hidden[trained])
+    return logits.float(), targets[trained], rows
+
+
+def summed_token_loss(model, inputs: dict, batching: Batching) -> torch.Tensor:
+    """Sum of cross-entropy over the trained tokens of a packed/padded batch."""
+    logits, targets, _rows = trained_logits(model, inputs, batching)
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def sequence_log_probs(model, inputs: dict, batching: Batching) -> torch.Tensor:
+    """Per row of an unpacked batch: the summed log-probability of its trained tokens."""
+    logits, targets, rows = trained_logits(model, inputs, batching)
+    token_log_probs = -F.cross_entropy(logits, targets, reduction="none")
+    sums = torch.zeros(inputs["input_ids"].shape[0], device=token_log_probs.device, dtype=token_log_probs.dtype)
+    return sums.index_add(0, rows, token_log_probs)
 
 
 # With dense attention (sdpa), packed rows may be longer than max_seq_length
@@ -668,6 +740,59 @@ def evaluate(model, eval_data, batching: Batching, stop_if_asked) -> float:
         trained += inputs["num_trained_tokens"]
     model.train()
     return loss_sum / max(trained, 1)
+
+
+@torch.no_grad()
+def reference_log_probs(model, pairs: list[preference.PreferencePair], batching: Batching, stop_if_asked) -> None:
+    """Fills each pair's reference log-probabilities from the model as it is
+    now (the starting weights), in the same forward context as training."""
+    model.eval()
+    for micro_batch in micro_batches(pairs, batching.micro_batch_size):
+        stop_if_asked()
+        log_probs = sequence_log_probs(model, batching.inputs(preference.as_examples(micro_batch)), batching).tolist()
+        for index, pair in enumerate(micro_batch):
+            pair.reference_chosen, pair.reference_rejected = log_probs[2 * index], log_probs[2 * index + 1]
+    model.train()
+
+
+def _pair_losses(model, micro_batch: list[preference.PreferencePair], batching: Batching, beta: float):
+    inputs = batching.inputs(preference.as_examples(micro_batch))
+    reference = torch.tensor(
+        [value for pair in micro_batch for value in (pair.reference_chosen, pair.reference_rejected)],
+        device=batching.device,
+    )
+    return preference.dpo_loss(sequence_log_probs(model, inputs, batching), reference, beta), inputs["num_tokens"]
+
+
+def dpo_train_step(model, optimizer, scheduler, batch, batching: Batching, beta: float,
+                   max_grad_norm) -> tuple[dict, int]:
+    """One optimizer step over `batch` (pairs); returns (train_* metrics, non-padding tokens)."""
+    model.train()
+    totals, num_tokens = preference.PreferenceTotals(), 0
+    for micro_batch in micro_batches(batch, batching.micro_batch_size):
+        result, tokens = _pair_losses(model, micro_batch, batching, beta)
+        # The batch's mean over pairs, however it is split into micro-batches.
+        (result.loss / len(batch)).backward()
+        totals.add(result)
+        num_tokens += tokens
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], float(max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return totals.metrics("train_"), num_tokens
+
+
+@torch.no_grad()
+def evaluate_dpo(model, eval_pairs, batching: Batching, beta: float, stop_if_asked) -> dict:
+    """valid_loss, rewards, reward margin and preference accuracy over the eval pairs."""
+    model.eval()
+    totals = preference.PreferenceTotals()
+    for micro_batch in micro_batches(eval_pairs, batching.micro_batch_size):
+        stop_if_asked()
+        totals.add(_pair_losses(model, micro_batch, batching, beta)[0])
+    model.train()
+    return totals.metrics("valid_")
 
 
 # --------------------------------------------------------------------------
@@ -734,10 +859,13 @@ def resume(checkpoint_dir: Path, model, optimizer, scheduler, run_shape: dict, d
             f"cannot resume from {checkpoint_dir}: it belongs to a different run "
             f"(checkpoint {state['run']}, this run {run_shape})"
         )
-    adapter_weights = load_file(checkpoint_dir / "adapter_model.safetensors", device=str(device))
-    loaded = set_peft_model_state_dict(model, adapter_weights)
-    if loaded.unexpected_keys:
-        raise ValueError(f"{checkpoint_dir}: adapter weights do not fit this model: {loaded.unexpected_keys[:5]}")
+    if is_full_model(model):
+        load_full_weights(model, checkpoint_dir, device)
+    else:
+        adapter_weights = load_file(checkpoint_dir / "adapter_model.safetensors", device=str(device))
+        loaded = set_peft_model_state_dict(model, adapter_weights)
+        if loaded.unexpected_keys:
+            raise ValueError(f"{checkpoint_dir}: adapter weights do not fit this model: {loaded.unexpected_keys[:5]}")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -770,9 +898,61 @@ def write_peft_files(model, directory: Path) -> None:
     README.md) into `directory`. PEFT renders a model card from its Jinja
     template on every save unless a README is already there (0.15 s of
     template compilation per checkpoint); it only updates a stub in place.
-    The job's own README replaces it in the download (worker/training/artifacts.py)."""
+    The job's own README replaces it in the download (worker/training/artifacts.py).
+    A full fine-tune (no adapter) writes the whole model instead: config.json,
+    generation_config.json and its safetensors weights."""
+    if is_full_model(model):
+        write_full_weights(model, directory)
+        return
     (directory / "README.md").write_text("---\nlibrary_name: peft\n---\n")
     model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+
+
+def is_full_model(model) -> bool:
+    """A model trained whole (adapter 'full'), not a PEFT model."""
+    return not hasattr(model, "peft_config")
+
+
+def write_full_weights(model, directory: Path) -> None:
+    """The whole model, as transformers loads it anywhere: its own attention
+    implementation and the KV cache on in the saved config."""
+    config = model.config
+    saved = (config.use_cache, getattr(config, "_attn_implementation", None))
+    config.use_cache = True
+    try:
+        if saved[1] == ATTENTION_NAME:
+            config._attn_implementation = ATTENTION
+        model.save_pretrained(directory, safe_serialization=True)
+    finally:
+        config.use_cache = saved[0]
+        if saved[1] == ATTENTION_NAME:
+            config._attn_implementation = saved[1]
+
+
+def load_full_weights(model, checkpoint_dir: Path, device: str) -> None:
+    """A full fine-tune's checkpoint weights into `model`. Tied weights (the
+    output layer sharing the embeddings) are saved once; any other weight
+    missing, or one the model does not have, is an error."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for path in sorted(checkpoint_dir.glob("*.safetensors")):
+        weights.update(load_file(path, device=str(device)))
+    if not weights:
+        raise ValueError(f"{checkpoint_dir}: no model weights (*.safetensors)")
+    first_names, aliases = {}, set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first_names:
+            aliases.add(name)
+        else:
+            first_names[id(parameter)] = name
+    loaded = model.load_state_dict(weights, strict=False)
+    missing = [name for name in loaded.missing_keys if name not in aliases]
+    if loaded.unexpected_keys or missing:
+        raise ValueError(
+            f"{checkpoint_dir}: the weights do not fit this model "
+            f"(unexpected {loaded.unexpected_keys[:5]}, missing {missing[:5]})"
+        )
 
 
 def save_adapter(model, adapter_dir: Path) -> Path:

@@ -5,7 +5,7 @@ import openai
 import pytest
 
 from tests.api.files.test_endpoints import upload
-from tests.chat_data import batch_jsonl, chat_jsonl
+from tests.chat_data import batch_jsonl, chat_jsonl, preference_jsonl
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -73,7 +73,9 @@ def test_seed_is_drawn_and_recorded_when_not_given(alice):
             "method.supervised.hyperparameters.learning_rate_multiplier",
             "invalid_hyperparameters",
         ),
-        ({"method": {"type": "dpo"}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "dpo"}}, "training_file", "invalid_file_format"),
+        ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+        ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta", "invalid_hyperparameters"),
         ({"suffix": "has:colon"}, "suffix", "invalid_value"),
         ({"seed": -1}, "seed", "invalid_value"),
         ({"surprise": True}, "surprise", "invalid_value"),
@@ -104,7 +106,7 @@ def test_seed_is_drawn_and_recorded_when_not_given(alice):
             "hyperparameters",
             None,
         ),
-        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_value"),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method", "invalid_method"),
         ({"metadata": {"k": "v" * 513}}, "metadata", "invalid_value"),
     ],
 )
@@ -268,7 +270,8 @@ def test_hyperparameter_refusals_say_what_is_allowed(alice):
             'learning_rate must be a number > 0 and <= 1, got "auto" '
             '("auto" is not accepted for learning_rate; leave it out to get the default)',
         ),
-        ({"method": {"type": "dpo"}}, "Only supervised fine-tuning is supported (method.type 'supervised'), got 'dpo'."),
+        ({"method": {"type": "reinforcement"}},
+         "method.type must be 'supervised' or 'dpo', got 'reinforcement' (reinforcement fine-tuning is not offered)."),
     ]
     for body, message in cases:
         for path in ("/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/preview"):
@@ -306,8 +309,13 @@ def test_the_openapi_schema_types_every_hyperparameter(anonymous):
     assert ref in anyof(schemas["CreateJobRequest"], "hyperparameters")
     # OpenAI's newer form takes the very same object.
     assert schemas["CreateJobRequest"]["properties"]["method"]["anyOf"][0] == {"$ref": "#/components/schemas/FineTuningMethod"}
-    assert schemas["FineTuningMethod"]["properties"]["type"]["const"] == "supervised"
+    assert schemas["FineTuningMethod"]["properties"]["type"]["enum"] == ["supervised", "dpo"]
     assert ref in anyof(schemas["SupervisedMethod"], "hyperparameters")
+    # DPO's object: the same fields plus beta.
+    assert {"$ref": "#/components/schemas/DpoHyperparameters"} in anyof(schemas["DpoMethod"], "hyperparameters")
+    dpo = schemas["DpoHyperparameters"]
+    assert list(dpo["properties"]) == ["n_epochs", "batch_size", "learning_rate_multiplier", "extra", "beta"]
+    assert bounds(dpo, "beta") == {"type": "number", "exclusiveMinimum": 0, "maximum": 2}
 
     top, extra = schemas["Hyperparameters"], schemas["ExtraHyperparameters"]
     assert list(top["properties"]) == ["n_epochs", "batch_size", "learning_rate_multiplier", "extra"]
@@ -331,8 +339,75 @@ def test_the_openapi_schema_types_every_hyperparameter(anonymous):
     assert bounds(extra, "lora_dropout") == {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
     assert bounds(extra, "max_seq_length") == {"type": "integer", "minimum": 16, "maximum": 131072}
     assert bounds(extra, "eval_interval") == {"type": "integer", "minimum": 1, "maximum": 10**9}
-    assert {"type": "string", "enum": ["qlora", "lora"]} in anyof(extra, "adapter")
+    assert {"type": "string", "enum": ["qlora", "lora", "full"]} in anyof(extra, "adapter")
     assert {"type": "boolean"} in anyof(extra, "packing")
     [modules] = [v for v in anyof(extra, "target_modules") if v.get("type") == "array"]
     assert (modules["minItems"], modules["uniqueItems"]) == (1, True)
     assert {"type": "string", "const": "all-linear"} in anyof(extra, "target_modules")
+
+
+# --------------------------------------------------------------------------- DPO
+
+
+def preference_file(client, n: int = 20) -> str:
+    response = upload(client, preference_jsonl(n))
+    assert response.status_code == 200, response.text
+    assert response.json()["report"]["format"] == "preference"
+    return response.json()["id"]
+
+
+def test_a_dpo_job_through_the_openai_sdk(service, alice_user):
+    client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=alice_user.key, max_retries=0)
+    file = client.files.create(file=("pairs.jsonl", preference_jsonl(20)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=file.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2}}},
+    )
+    assert job.status == "queued"
+    assert job.method.type == "dpo"
+    assert job.method.dpo.hyperparameters.beta == 0.2
+    assert job.method.dpo.hyperparameters.n_epochs == 2
+    assert job.method.dpo.hyperparameters.batch_size == "auto"
+    assert client.fine_tuning.jobs.retrieve(job.id).method.type == "dpo"
+
+
+def test_each_method_takes_only_its_file_format(alice):
+    pairs, chats = preference_file(alice), training_file(alice)
+    refused = create(alice, training_file=pairs)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_file_format"
+    assert 'method {"type": "dpo"}' in refused.json()["error"]["message"]
+    mixed = create(alice, training_file=pairs, validation_file=chats, method={"type": "dpo"})
+    assert mixed.status_code == 400
+    assert (mixed.json()["error"]["param"], mixed.json()["error"]["code"]) == ("validation_file", "invalid_file_format")
+    assert alice.get("/v1/fine_tuning/jobs").json()["data"] == []
+    assert create(alice, training_file=pairs, method={"type": "dpo"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "message"),
+    [
+        ({"beta": 0}, "beta must be \"auto\" or a number > 0 and <= 2, got 0"),
+        ({"beta": "high"}, "beta must be"),
+        ({"extra": {"beta": 0.1}}, "beta is a DPO hyperparameter"),
+    ],
+)
+def test_dpo_hyperparameters_are_checked_at_their_path(alice, hyperparameters, message):
+    response = create(alice, training_file=preference_file(alice),
+                      method={"type": "dpo", "dpo": {"hyperparameters": hyperparameters}})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert message in error["message"]
+    assert error["param"].startswith("method.dpo.hyperparameters")
+
+
+def test_the_dpo_preview_resolves_beta_and_a_lower_learning_rate(alice):
+    body = {"model": BASE, "training_file": preference_file(alice), "method": {"type": "dpo"}}
+    preview = alice.post("/v1/fine_tuning/jobs/preview", json=body)
+    assert preview.status_code == 200, preview.text
+    details = preview.json()["hyperparameters"]
+    assert details["beta"]["value"] == 0.1 and details["beta"]["origin"] == "auto"
+    assert details["learning_rate"]["value"] == 5e-5
+    supervised = alice.post("/v1/fine_tuning/jobs/preview",
+                            json={"model": BASE, "training_file": training_file(alice)}).json()["hyperparameters"]
+    assert "beta" not in supervised and supervised["learning_rate"]["value"] == 2e-4

@@ -85,7 +85,7 @@ BAD_VALUES = [
     ("learning_rate_multiplier", math.inf), ("learning_rate_multiplier", True),
     ("learning_rate", 0), ("learning_rate", 1.5), ("learning_rate", "auto"),
     ("learning_rate", "0.001"), ("learning_rate", -math.inf),
-    ("adapter", "full"), ("adapter", "QLoRA"), ("adapter", 4),
+    ("adapter", "Full"), ("adapter", "QLoRA"), ("adapter", 4),
     ("compute_dtype", "float16"), ("compute_dtype", "bf16"), ("compute_dtype", True),
     ("lora_r", 0), ("lora_r", 513), ("lora_r", 8.0), ("lora_r", True), ("lora_r", "auto"),
     ("lora_alpha", 0), ("lora_alpha", 4097), ("lora_alpha", math.nan), ("lora_alpha", False),
@@ -132,8 +132,8 @@ def test_error_messages_say_what_is_allowed_and_what_was_given():
         "lora_dropout must be a number >= 0 and < 1, got 1"
     assert parse_error({"extra": {"lora_alpha": math.nan}}).message == \
         "lora_alpha must be a number > 0 and <= 4096, got NaN"
-    assert parse_error({"extra": {"adapter": "full"}}).message == \
-        'adapter must be "auto" or one of "qlora", "lora", got "full"'
+    assert parse_error({"extra": {"adapter": "prefix"}}).message == \
+        'adapter must be "auto" or one of "qlora", "lora", "full", got "prefix"'
     assert "leave it out" in parse_error({"extra": {"learning_rate": "auto"}}).message
     error = parse_error({"extra": {"target_modules": ["q_proj", ""]}})
     assert error.message.startswith("target_modules[1] must be a non-empty module name")
@@ -321,6 +321,16 @@ def test_adapter_by_device():
     assert value("adapter", {"adapter": "qlora"}, device="cpu") == "qlora"  # the user's choice stands
     with pytest.raises(ValueError):
         run(device="mps")
+
+
+def test_full_fine_tuning_is_chosen_never_auto_and_learns_at_a_tenth_of_the_rate():
+    assert value("adapter", {"adapter": "full"}, device="cuda") == "full"
+    assert {run(device=d)["adapter"]["value"] for d in ("cpu", "cuda")} == {"lora", "qlora"}
+    rate = run({"adapter": "full"})["learning_rate"]
+    assert rate["value"] == 2e-5 and rate["origin"] == "auto" and "a tenth" in rate["reason"]
+    assert value("learning_rate", {"adapter": "full", "learning_rate_multiplier": 2}) == 4e-5
+    assert value("learning_rate", {"adapter": "full", "learning_rate": 1e-4}) == 1e-4  # the user's rate stands
+    assert value("learning_rate", {"adapter": "lora"}) == 2e-4
 
 
 def test_compute_dtype_measured_by_the_worker_forced_by_the_user():
@@ -527,6 +537,20 @@ def test_the_schema_and_the_docs_table_agree():
             assert value["enum"] == re.findall(r'`"([\w-]+)"`', kind), name
 
 
+def test_the_docs_table_gives_dpo_beta_as_its_schema_does():
+    import re
+    from pathlib import Path
+
+    from domain.jobs.hyperparameters import DpoHyperparameters
+
+    docs = (Path(__file__).parents[3] / "docs" / "hyperparameters.md").read_text()
+    [(low, high, auto)] = re.findall(r"^\| `beta` \| DPO only[^|]+\| number, (\S+) < x ≤ (\S+) \| (yes|no) \|", docs, re.M)
+    variants = DpoHyperparameters.model_json_schema()["properties"]["beta"]["anyOf"]
+    assert ({"type": "string", "const": "auto"} in variants) == (auto == "yes")
+    [value] = [v for v in variants if v.get("type") == "number"]
+    assert (value["exclusiveMinimum"], value["maximum"]) == (float(low), float(high))
+
+
 def test_method_and_top_level_take_the_same_object():
     from domain.jobs.schemas import CreateJobRequest
 
@@ -543,3 +567,32 @@ def test_numbers_given_as_integers_stay_integers():
     assert parsed == {"learning_rate_multiplier": 2, "lora_alpha": 16, "weight_decay": 0}
     assert all(type(value) is int for value in parsed.values())
     assert parse_hyperparameters({"learning_rate_multiplier": 0.5}) == {"learning_rate_multiplier": 0.5}
+
+
+# ---------------------------------------------------------------------------
+# DPO
+
+
+def test_dpo_resolves_beta_last_and_starts_from_a_lower_learning_rate():
+    resolved = resolve({}, stats(), model_max_length=2048, device="cpu", method="dpo")
+    assert list(resolved) == [*HYPERPARAMETER_NAMES, "beta"]
+    assert resolved["beta"]["value"] == 0.1 and resolved["beta"]["origin"] == "auto"
+    assert resolved["learning_rate"]["value"] == 5e-5
+    assert "DPO" in resolved["learning_rate"]["reason"]
+    doubled = resolve({"learning_rate_multiplier": 2, "beta": 0.5}, stats(), model_max_length=2048,
+                      device="cpu", method="dpo")
+    assert doubled["learning_rate"]["value"] == 1e-4
+    assert doubled["beta"] == {"value": 0.5, "origin": "user", "reason": None}
+
+
+def test_beta_belongs_to_dpo_only():
+    with pytest.raises(HyperparameterError) as refused:
+        resolve({"beta": 0.1}, stats(), model_max_length=2048, device="cpu")
+    assert refused.value.param == "hyperparameters.beta"
+    with pytest.raises(HyperparameterError) as refused:
+        parse_hyperparameters({"beta": 0.1})
+    assert "DPO hyperparameter" in refused.value.message
+    assert parse_hyperparameters({"beta": 0.1, "n_epochs": 2}, method="dpo") == {"n_epochs": 2, "beta": 0.1}
+    with pytest.raises(HyperparameterError) as refused:
+        parse_hyperparameters({"beta": 3}, method="dpo")
+    assert refused.value.param == "hyperparameters.beta"

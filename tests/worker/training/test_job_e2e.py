@@ -10,11 +10,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
 
 from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
+from tests.chat_data import preference_jsonl
 from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
 from tests.e2e import (
     BASE,
@@ -134,6 +136,51 @@ def test_a_job_trains_and_publishes_everything(client, tiny_model_dir, tmp_path)
     assert_adapter_changes_outputs(tiny_model_dir, tmp_path / "adapter")
 
 
+def test_a_dpo_job_created_with_the_openai_sdk_trains_on_preference_pairs(training, client, tmp_path):
+    service, _ = training
+    sdk = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=client.headers["authorization"].split()[-1],
+                        max_retries=0)
+    file = sdk.files.create(file=("pairs.jsonl", preference_jsonl(24)), purpose="fine-tune")
+    created = sdk.fine_tuning.jobs.create(
+        model=TINY, training_file=file.id, seed=3,
+        method={"type": "dpo", "dpo": {"hyperparameters": {
+            "n_epochs": 2, "batch_size": 4, "beta": 0.5, "extra": {"learning_rate": 2e-2, "eval_interval": 2}}}},
+    )
+    job = wait_until_done(client, created.id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["method"]["type"] == "dpo" and job["method"]["dpo"]["hyperparameters"]["beta"] == 0.5
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
+    assert [row["step"] for row in metrics] == list(range(1, len(metrics) + 1))
+    assert {"train_chosen_reward", "train_rejected_reward", "train_reward_margin",
+            "train_preference_accuracy"} <= set(metrics[0])
+    evaluated = [row for row in metrics if row.get("valid_preference_accuracy") is not None]
+    assert evaluated and evaluated[-1]["step"] == len(metrics)
+    assert evaluated[-1]["valid_reward_margin"] > evaluated[0]["valid_reward_margin"] > 0
+    header = client.get(f"/v1/files/{job['result_files'][0]}/content").text.splitlines()[0]
+    assert "train_reward_margin" in header and "valid_preference_accuracy" in header
+    recipe = client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe").json()
+    assert recipe["training_method"] == "dpo" and recipe["method"]["training_method"] == "dpo"
+    assert recipe["data"]["format"] == "preference"
+    assert recipe["hyperparameters"]["beta"]["value"] == 0.5
+    messages = event_messages(client, job["id"])
+    assert "Computing the reference model's log-probabilities" in messages
+    assert any("reward margin" in m for m in messages)
+
+    # `tunehouse train` re-runs it from the recipe as DPO, to the same losses.
+    (tmp_path / "recipe.yaml").write_text(client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe", params={"format": "yaml"}).text)
+    (tmp_path / "pairs.jsonl").write_bytes(preference_jsonl(24))
+    subprocess.run(
+        [sys.executable, "-m", "api.cli", "train", "--recipe", str(tmp_path / "recipe.yaml"), "--data",
+         str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "rerun"), "--data-dir", str(tmp_path / "cli-data")],
+        check=True, timeout=300, capture_output=True,
+    )
+    rerun = list(csv.DictReader(io.StringIO((tmp_path / "rerun" / "metrics.csv").read_text())))
+    assert [int(row["step"]) for row in rerun] == [row["step"] for row in metrics]
+    for cli_row, service_row in zip(rerun, metrics):
+        assert float(cli_row["train_loss"]) == pytest.approx(service_row["train_loss"], rel=1e-4)
+        assert float(cli_row["train_reward_margin"]) == pytest.approx(service_row["train_reward_margin"], rel=1e-3, abs=1e-6)
+
+
 def assert_adapter_changes_outputs(base_dir: Path, adapter_dir: Path) -> None:
     import torch
     from peft import PeftModel
@@ -146,6 +193,29 @@ def assert_adapter_changes_outputs(base_dir: Path, adapter_dir: Path) -> None:
         tuned = PeftModel.from_pretrained(base, adapter_dir)
         after = tuned(inputs).logits
     assert not torch.allclose(before, after)
+
+
+def test_a_dpo_job_continues_a_supervised_fine_tune_against_it_as_the_reference(client):
+    """SFT, then DPO: the usual recipe. The reference is the fine-tune the job
+    starts from, so the first step's loss is exactly DPO's log 2."""
+    import math
+
+    parent = wait_until_done(client, start_job(client, tiny_chat_jsonl(), n_epochs=1, batch_size=4)["id"])
+    assert parent["status"] == "succeeded", parent["error"]
+    pairs = upload(client, preference_jsonl(24)).json()["id"]
+    response = client.post("/v1/fine_tuning/jobs", json={
+        "model": parent["fine_tuned_model"], "training_file": pairs, "seed": 3,
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4, "beta": 0.5}}},
+    })
+    assert response.status_code == 200, response.text
+    job = wait_until_done(client, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["parent"]["model"] == parent["fine_tuned_model"] and job["method"]["type"] == "dpo"
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
+    assert metrics[0]["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics[0]["train_reward_margin"] == pytest.approx(0, abs=1e-4)
+    recipe = client.get(f"/v1/fine_tuning/jobs/{job['id']}/recipe").json()
+    assert recipe["training_method"] == "dpo" and recipe["parent"]["recipe"]["training_method"] == "supervised"
 
 
 def test_a_validation_file_replaces_the_test_split(client):
@@ -269,6 +339,14 @@ def loss_curve(metrics_csv: str) -> list[tuple]:
     return rows
 
 
+def sdk_job_finished(client, job_id: str, what: str):
+    def finished():
+        current = client.fine_tuning.jobs.retrieve(job_id)
+        return current if current.status in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(finished, 600, what, interval=1.0)
+
+
 @pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
 def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
     import openai
@@ -281,11 +359,7 @@ def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
         model=BASE, training_file=file.id, suffix="animals", hyperparameters={"n_epochs": 1, "batch_size": 4}
     )
 
-    def finished():
-        current = client.fine_tuning.jobs.retrieve(job.id)
-        return current if current.status in ("succeeded", "failed", "cancelled") else None
-
-    job = wait_for(finished, 600, "the SmolLM2 job", interval=1.0)
+    job = sdk_job_finished(client, job.id, "the SmolLM2 job")
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:{BASE}:{user.name}:animals:{job.id}"
     assert job.hyperparameters.n_epochs == 1 and job.trained_tokens > 0
@@ -316,3 +390,26 @@ def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
     assert evaluation["status"] == "succeeded", evaluation["error"]
     assert set(evaluation["results"]) == {BASE, job.fine_tuned_model}
     assert all(results["perplexity"] > 1 for results in evaluation["results"].values())
+
+
+@pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
+def test_the_openai_sdk_trains_smollm2_with_dpo(training):
+    service, _ = training
+    user = service.make_user("dpo-sdk")
+    client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=user.key, max_retries=0)
+    file = client.files.create(file=("pairs.jsonl", preference_jsonl(12)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=file.id, suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+    )
+
+    job = sdk_job_finished(client, job.id, "the SmolLM2 DPO job")
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1
+    steps = [event.data for event in client.fine_tuning.jobs.list_events(job.id, limit=100) if event.type == "metrics"]
+    assert steps and all(0 < step["train_loss"] < 1.5 for step in steps)
+    assert all(0 <= step["train_preference_accuracy"] <= 1 for step in steps)
+    answer = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "What is 3 + 1?"}], max_tokens=8, temperature=0,
+    )
+    assert answer.choices[0].message.content

@@ -39,7 +39,8 @@ BASE_HYPERPARAMETERS = dict(
     eval_interval=4,
 )
 TOTAL_STEPS = 6
-METRIC_KEYS = {"step", "total_steps", "epoch", "train_loss", "learning_rate", "tokens_per_second", "trained_tokens"}
+METRIC_KEYS = {"step", "total_steps", "epoch", "train_loss", "learning_rate", "tokens_per_second", "trained_tokens",
+               "peak_memory_bytes", "device_memory_bytes"}  # memory: worker/training/memory.py (CPU: no reserved figure)
 
 
 def repeat_example(word: str, times: int) -> dict:
@@ -68,7 +69,8 @@ class Run:
 
 
 def run_training(model_dir, work_dir, *, seed=0, train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES,
-                 stop_after_step=None, pause_after_step=None, resume_from=None, **overrides) -> Run:
+                 stop_after_step=None, pause_after_step=None, resume_from=None, method="supervised",
+                 **overrides) -> Run:
     hyperparameters = {**BASE_HYPERPARAMETERS, **overrides}
     metrics, messages, checkpoints = [], [], []
 
@@ -89,7 +91,8 @@ def run_training(model_dir, work_dir, *, seed=0, train_examples=TRAIN_EXAMPLES, 
         should_stop=should_stop,
         should_pause=should_pause,
     )
-    config = TrainingConfig(base_model_dir=model_dir, hyperparameters=hyperparameters, seed=seed, device="cpu")
+    config = TrainingConfig(base_model_dir=model_dir, hyperparameters=hyperparameters, seed=seed, device="cpu",
+                            method=method)
     result = train(config, train_examples, eval_examples, work_dir, hooks=hooks, resume_from=resume_from)
     return Run(result=result, work_dir=work_dir, metrics=metrics, messages=messages, checkpoints=checkpoints)
 
@@ -148,6 +151,7 @@ def test_a_short_run_lowers_the_loss_and_saves_a_working_adapter(tiny_model_dir,
         "attention": "tunehouse_segments", "quantization": None,
         "optimizer": "adamw_torch", "gradient_checkpointing": False,
         "target_modules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"],
+        "training_method": "supervised",
     }
     assert compute["dtype"] == "float32" and compute["reason"].startswith("set to float32")
     assert result.adapter_dir == tmp_path / "adapter"

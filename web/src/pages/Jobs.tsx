@@ -1,13 +1,16 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { keepPreviousData, useQuery } from "@tanstack/react-query";
-import { Link, useNavigate, useParams } from "react-router-dom";
-import { CartesianGrid, Legend, Line, LineChart, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
+import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
 import { apiUrl } from "../api";
 import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
 import { BASIC_HPS, buildHyperparameters, EXTRA_HPS, helpText, HP, parseSeed, type BasicHpName } from "../hyperparameters";
 import { formatDuration } from "../lib";
 import { useCancelJob, useCreateJob, useDownload, useMergedDownload } from "../mutations";
+import { baseChoices, CheckpointModels, FineTuneFurtherLink, JobParentInfo, PauseResumeButtons } from "./JobLineage";
+import { MemoryChart, MemoryFit } from "./JobMemory";
+import { formatWords, methodForFormat, parseBeta, PreferenceCharts, type TrainingMethod } from "./JobPreference";
 import { PagedTable, staticList, usePagedList } from "../PagedTable";
+import { StepChart } from "../StepChart";
 import {
   fileChoicesQuery,
   isJobActive,
@@ -95,10 +98,12 @@ export function NewJobPage() {
   const nav = useNavigate();
   const files = useQuery(fileChoicesQuery("fine-tune"));
   const models = useQuery(modelsQuery());
-  const bases = useMemo(() => models.data?.filter((m) => m.kind === "base"), [models.data]);
+  // ?model=ft:… (a job page's "Fine-tune further"): a fine-tune or checkpoint model as the base.
+  const [params] = useSearchParams();
+  const [pickedModel, setModel] = useState<string | null>(params.get("model"));
+  const bases = useMemo(() => baseChoices(models.data, pickedModel), [models.data, pickedModel]);
   // A select shows the user's pick, else the first choice.
   const [pickedTrainingFile, setTrainingFile] = useState<string | null>(null);
-  const [pickedModel, setModel] = useState<string | null>(null);
   const trainingFile = pickedTrainingFile ?? files.data?.[0]?.id ?? "";
   const model = pickedModel ?? bases?.[0]?.id ?? "";
   const [validationFile, setValidationFile] = useState("");
@@ -106,11 +111,23 @@ export function NewJobPage() {
   const [seed, setSeed] = useState("");
   const [basic, setBasic] = useState<Record<BasicHpName, string>>({ n_epochs: "auto", batch_size: "auto", learning_rate_multiplier: "auto" });
   const [extra, setExtra] = useState<Record<string, string>>({});
+  const [pickedMethod, setMethod] = useState<TrainingMethod | null>(null);
+  const [beta, setBeta] = useState("auto");
+  const fileFormat = files.data?.find((f) => f.id === trainingFile)?.report?.format as string | undefined;
+  // The file's format picks the method until the user picks one.
+  const method = pickedMethod ?? methodForFormat(fileFormat);
   const create = useCreateJob();
 
   // The request body; throws an Error naming what is wrong with the form.
   function requestBody(): CreateJobRequest {
-    const body: CreateJobRequest = { model, training_file: trainingFile, hyperparameters: buildHyperparameters(basic, extra) };
+    const hyperparameters = buildHyperparameters(basic, extra);
+    const body: CreateJobRequest = { model, training_file: trainingFile };
+    if (method === "dpo") {
+      const b = parseBeta(beta);
+      body.method = { type: "dpo", dpo: { hyperparameters: b === undefined ? hyperparameters : { ...hyperparameters, beta: b } } };
+    } else {
+      body.hyperparameters = hyperparameters;
+    }
     if (validationFile) body.validation_file = validationFile;
     if (suffix.trim()) body.suffix = suffix.trim();
     const s = parseSeed(seed);
@@ -127,7 +144,7 @@ export function NewJobPage() {
       return { error };
     }
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [trainingFile, validationFile, model, suffix, seed, basic, extra]);
+  }, [trainingFile, validationFile, model, suffix, seed, basic, extra, method, beta]);
   const previewBody = useDebounced(built.body, PREVIEW_DEBOUNCE_MS);
   const previewQuery = useQuery({
     ...jobPreviewQuery(previewBody!),
@@ -168,6 +185,21 @@ export function NewJobPage() {
             </option>
           ))}
         </select>
+        <div className="muted small" data-testid="file-format">
+          Detected format: {formatWords(fileFormat)}
+        </div>
+        <label htmlFor="method">Method</label>
+        <select id="method" data-testid="method" value={method} onChange={(e) => setMethod(e.target.value as TrainingMethod)}>
+          <option value="supervised">Supervised (chat, text, prompt/completion)</option>
+          <option value="dpo">DPO (preference pairs)</option>
+        </select>
+        {method === "dpo" && (
+          <div className="hp-field">
+            <label htmlFor="hp-beta">beta (“auto” or a number)</label>
+            <input id="hp-beta" data-testid="hp-beta" value={beta} onChange={(e) => setBeta(e.target.value)} />
+            <div className="muted small">How far the fine-tune may move from the starting model; lower lets it move further. “auto”: 0.1.</div>
+          </div>
+        )}
         <label htmlFor="validation-file">Validation file (optional; otherwise the file's TEST split)</label>
         <select id="validation-file" data-testid="validation-file" value={validationFile} onChange={(e) => setValidationFile(e.target.value)}>
           <option value="">— none —</option>
@@ -177,7 +209,7 @@ export function NewJobPage() {
             </option>
           ))}
         </select>
-        <label htmlFor="base-model">Base model</label>
+        <label htmlFor="base-model">Base model (or one of your fine-tunes, trained on further)</label>
         <select id="base-model" data-testid="base-model" value={model} onChange={(e) => setModel(e.target.value)}>
           {bases.map((m) => (
             <option key={m.id} value={m.id}>
@@ -245,6 +277,7 @@ export function NewJobPage() {
         {preview ? (
           <>
             <p className="muted small">{preview.note}</p>
+            <MemoryFit memory={preview.memory} />
             <div className="table-wrap">
               <table>
                 <thead>
@@ -338,6 +371,7 @@ export function JobDetailPage() {
             <div className="muted small">Base model</div>
             {job.model}
           </div>
+          <JobParentInfo job={job} />
           <div>
             <div className="muted small">Fine-tuned model</div>
             <span className="mono" data-testid="fine-tuned-model">{job.fine_tuned_model ?? "—"}</span>
@@ -385,6 +419,7 @@ export function JobDetailPage() {
           </div>
         )}
         <div className="row wrap">
+          <PauseResumeButtons job={job} />
           {active && (
             <button type="button" className="danger" data-testid="cancel-job" onClick={cancel}>
               Cancel job
@@ -392,10 +427,13 @@ export function JobDetailPage() {
           )}
           {job.status === "succeeded" && (
             <>
-              <button type="button" data-testid="download-adapter" onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/adapter"), `${id}-adapter.zip`)}>
-                Download adapter
-              </button>
+              {job.hyperparameters.adapter !== "full" && ( // a full fine-tune has no adapter: its merged weights are the model
+                <button type="button" data-testid="download-adapter" onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/adapter"), `${id}-adapter.zip`)}>
+                  Download adapter
+                </button>
+              )}
               <MergedDownload jobId={job.id} />
+              {job.fine_tuned_model && <FineTuneFurtherLink model={job.fine_tuned_model} testId="fine-tune-further" />}
             </>
           )}
           {job.evaluation_id && (
@@ -416,36 +454,35 @@ export function JobDetailPage() {
           {metrics.length === 0 ? (
             <p className="empty">No training steps yet; the curves appear as soon as the worker reports the first step.</p>
           ) : (
-            <ResponsiveContainer width="100%" height={280}>
-              <LineChart data={metrics}>
-                <CartesianGrid strokeDasharray="3 3" />
-                <XAxis dataKey="step" type="number" domain={["dataMin", "dataMax"]} allowDecimals={false} />
-                <YAxis />
-                <Tooltip />
-                <Legend />
-                <Line dataKey="train_loss" name="train loss" stroke="#3b6ea5" dot={false} connectNulls isAnimationActive={false} />
-                <Line dataKey="valid_loss" name="validation loss" stroke="#d9822b" connectNulls isAnimationActive={false} />
-              </LineChart>
-            </ResponsiveContainer>
+            <StepChart
+              data={metrics}
+              height={280}
+              lines={[
+                { key: "train_loss", name: "train loss", color: "#3b6ea5" },
+                { key: "valid_loss", name: "validation loss", color: "#d9822b", sparse: true },
+              ]}
+            />
           )}
         </div>
         {metrics.length > 0 && (
           <>
             <h3>Learning rate</h3>
             <div data-testid="lr-chart" role="figure" aria-label="Learning rate chart">
-              <ResponsiveContainer width="100%" height={160}>
-                <LineChart data={metrics}>
-                  <CartesianGrid strokeDasharray="3 3" />
-                  <XAxis dataKey="step" type="number" domain={["dataMin", "dataMax"]} allowDecimals={false} />
-                  <YAxis tickFormatter={(v: number) => v.toExponential(1)} width={70} />
-                  <Tooltip />
-                  <Line dataKey="learning_rate" name="learning rate" stroke="#5a9e5a" dot={false} isAnimationActive={false} />
-                </LineChart>
-              </ResponsiveContainer>
+              <StepChart
+                data={metrics}
+                height={160}
+                legend={false}
+                yWidth={70}
+                yTickFormatter={(v: number) => v.toExponential(1)}
+                lines={[{ key: "learning_rate", name: "learning rate", color: "#5a9e5a" }]}
+              />
             </div>
           </>
         )}
       </div>
+
+      <PreferenceCharts metrics={metrics} />
+      <MemoryChart metrics={metrics} recipe={recipe} />
 
       <div className="card">
         <h2>Hyperparameters</h2>
@@ -523,6 +560,7 @@ export function JobDetailPage() {
             },
           ]}
         />
+        <CheckpointModels checkpoints={checkpoints} />
       </div>
 
       <div className="card">
