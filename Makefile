@@ -53,6 +53,9 @@ bench-upload: setup
 bench-train: setup
 	$(BIN)/pip install --quiet -e '.[worker,test,bench]'
 	$(BIN)/python bench/train_throughput.py $(BENCH_ARGS)
+bench-dpo: setup  # DPO throughput: the service's DPO vs TRL's DPOTrainer (BENCH_ARGS=--quick or --timed-steps N)
+	$(BIN)/pip install --quiet -e '.[worker,test,bench]'
+	$(BIN)/python bench/dpo_throughput.py $(BENCH_ARGS)
 
 # Batch inference: the batch endpoint vs a naive generate() loop, mixed vs single adapters (~10 min).
 bench-batch: setup
