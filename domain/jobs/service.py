@@ -25,6 +25,7 @@ from domain.jobs.schemas import CreateJobRequest
 from domain.queue_client import TaskQueue
 from domain.settings import Settings
 from domain.storage import Storage
+from domain.workers.repository import training_devices
 from domain.workers.service import memory_preview, reported_device_kind
 
 # The API cannot know a model's context length without loading it; this only
@@ -158,20 +159,20 @@ def _parent(
     return parent_for_request(session, settings, user.id, request.model, checked.requested)
 
 
-def _training_device(session: Session, settings: Settings) -> str:
+def _training_device(settings: Settings, devices: list[dict]) -> str:
     """The device kind the training workers reported (with `auto`), else the likely one."""
     device = _likely_worker_device(settings)
     if settings.worker_device == "auto":
-        device = reported_device_kind(session) or device
+        device = reported_device_kind(devices) or device
     return device
 
 
 def _memory(session: Session, settings: Settings, request: CreateJobRequest, checked: CheckedRequest, device: str,
-            parent=None) -> dict:
+            devices: list[dict], parent=None) -> dict:
     """The estimate of the run's peak memory and whether it fits (domain/workers/service.py)."""
     return memory_preview(
         session, settings, parent.base_id if parent is not None else request.model, plain_values(checked.preview),
-        device, method=_method(request),
+        device, devices, method=_method(request),
         row_tokens=stats_from_report(checked.training.report).token_length_max or None,
     )
 
@@ -193,12 +194,13 @@ def preview_hyperparameters(
     refuses what create would refuse. Estimates: the worker resolves again on
     the real token counts and device."""
     _check_model(settings, request)
-    device = _training_device(session, settings)
+    devices = training_devices(session)  # one snapshot: the device kind and the fit are judged on it
+    device = _training_device(settings, devices)
     checked = _checked_request(session, storage, user, request, device=device)
     parent = _parent(session, settings, user, request, checked)
     if parent is not None:
         checked.preview = with_inherited(checked.preview, parent)
-    memory = _memory(session, settings, request, checked, device, parent)
+    memory = _memory(session, settings, request, checked, device, devices, parent)
     _refuse_full_that_does_not_fit(checked, memory)
     return {
         "object": "fine_tuning.job.preview",
@@ -222,7 +224,9 @@ def create_job(
     checked = _checked_request(session, storage, user, request)
     parent = _parent(session, settings, user, request, checked)
     if checked.preview["adapter"]["value"] == "full":  # refused now rather than out of memory on a worker
-        _refuse_full_that_does_not_fit(checked, _memory(session, settings, request, checked, _training_device(session, settings), parent))
+        devices = training_devices(session)
+        memory = _memory(session, settings, request, checked, _training_device(settings, devices), devices, parent)
+        _refuse_full_that_does_not_fit(checked, memory)
     training, validation = checked.training, checked.validation
 
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)

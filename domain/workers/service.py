@@ -15,7 +15,7 @@ from domain.jobs.memory import (
     model_shape_from_folder,
 )
 from domain.settings import Settings
-from domain.workers.repository import model_shape, training_devices
+from domain.workers.repository import model_shape
 
 # Where a worker converts the bundled model in embedded mode (worker/models/gguf.py).
 _BUNDLED_DIR = Path("base-models") / "smollm2-135m-instruct"
@@ -44,19 +44,20 @@ def known_model_shape(session: Session, settings: Settings, model: str) -> Model
     return None
 
 
-def reported_device_kind(session: Session) -> str | None:
+def reported_device_kind(devices: list[dict[str, Any]]) -> str | None:
     """cuda if any training worker reported a GPU, cpu if only CPUs did, None if none reported."""
-    kinds = {device["device"] for device in training_devices(session)}
+    kinds = {device["device"] for device in devices}
     return "cuda" if "cuda" in kinds else ("cpu" if kinds else None)
 
 
 def memory_preview(
-    session: Session, settings: Settings, model: str, values: dict[str, Any], device: str, *,
-    method: str = "supervised", row_tokens: int | None = None,
+    session: Session, settings: Settings, model: str, values: dict[str, Any], device: str,
+    devices: list[dict[str, Any]], *, method: str = "supervised", row_tokens: int | None = None,
 ) -> dict[str, Any]:
     """{"estimate", "fits" (true | false | "unknown"), "device", "reason",
-    "devices", "model_shape"} for resolved plain hyperparameter values."""
-    devices = training_devices(session)
+    "devices", "model_shape"} for resolved plain hyperparameter values;
+    `devices`: training_devices(), read once by the caller so that the
+    device kind it chose and the devices judged are the same snapshot."""
     shape = known_model_shape(session, settings, model)
     estimate = None
     if shape is not None:

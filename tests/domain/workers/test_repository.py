@@ -51,11 +51,11 @@ def test_only_training_workers_count_and_a_stopped_worker_is_forgotten(service):
         clear(session)
         report_device(session, "inference@host", "inference", {"device": "cuda", "name": "L4", "total_memory_bytes": 24 * GIB})
         session.commit()
-        assert training_devices(session) == [] and reported_device_kind(session) is None
+        assert training_devices(session) == [] and reported_device_kind(training_devices(session)) is None
         report_device(session, "trainer@host", "train", cpu(8))
         session.commit()
         assert [d["worker"] for d in training_devices(session)] == ["trainer@host"]
-        assert reported_device_kind(session) == "cpu"
+        assert reported_device_kind(training_devices(session)) == "cpu"
         forget_worker(session, "trainer@host")
         session.commit()
         assert training_devices(session) == []
@@ -76,16 +76,16 @@ def test_the_memory_preview_fits_the_reported_device_or_says_why_not(service, tm
         clear(session)
         record_model_shape(session, SMOLLM2, "bundled:smollm2", None, model_shape_from_config(SMOLLM2_CONFIG))
         session.commit()
-        unknown = memory_preview(session, settings, SMOLLM2, HP, "cpu")
+        unknown = memory_preview(session, settings, SMOLLM2, HP, "cpu", training_devices(session))
         assert unknown["fits"] == "unknown" and unknown["estimate"]["peak_bytes"] > 0
         report_device(session, "trainer@host", "train", cpu(64))
         session.commit()
-        fits = memory_preview(session, settings, SMOLLM2, HP, "cpu")
+        fits = memory_preview(session, settings, SMOLLM2, HP, "cpu", training_devices(session))
         assert fits["fits"] is True and fits["device"]["worker"] == "trainer@host"
         assert fits["model_shape"]["num_layers"] == 30
         report_device(session, "trainer@host", "train", cpu(1))
         session.commit()
-        too_small = memory_preview(session, settings, SMOLLM2, HP, "cpu")
+        too_small = memory_preview(session, settings, SMOLLM2, HP, "cpu", training_devices(session))
         assert too_small["fits"] is False and "1.0 GiB" in too_small["reason"]
         clear(session)
 
@@ -94,11 +94,11 @@ def test_without_a_recorded_shape_the_estimate_is_unknown_until_the_model_is_on_
     settings = Settings(data_dir=tmp_path, database_url=service.settings.database_url,
                         base_models={"local-model": f"path:{tmp_path / 'model'}"})
     with service.state.sessionmaker() as session:
-        missing = memory_preview(session, settings, "local-model", HP, "cpu")
+        missing = memory_preview(session, settings, "local-model", HP, "cpu", training_devices(session))
         assert missing["estimate"] is None and missing["fits"] == "unknown" and "not known" in missing["reason"]
         (tmp_path / "model").mkdir()
         import json
 
         (tmp_path / "model" / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
-        found = memory_preview(session, settings, "local-model", HP, "cpu")
+        found = memory_preview(session, settings, "local-model", HP, "cpu", training_devices(session))
         assert found["model_shape"]["parameters"] == 134_515_008
