@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -72,3 +73,10 @@ def sign_in(page, site) -> None:
     page.get_by_test_id("api-key-input").fill(site["key"])
     page.get_by_test_id("sign-in-submit").click()
     expect(page.get_by_test_id("sign-out")).to_be_visible()
+
+
+@pytest.fixture
+def api(site):
+    """The API of a module's `site` (tests/web/test_ui.py), as its user, over HTTP."""
+    with httpx.Client(base_url=site["url"], headers={"Authorization": f"Bearer {site['key']}"}, timeout=60) as client:
+        yield client

@@ -5,24 +5,15 @@ playground."""
 
 import re
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.api.files.test_endpoints import upload
 from tests.e2e import TINY, tiny_chat_jsonl
 from tests.web.conftest import sign_in
-from tests.web.test_ui import select_file, site  # noqa: F401  (the same site: API, web/dist, a training and an inference worker)
+from tests.web.test_ui import JOB_TIMEOUT_MS, select_file, site  # noqa: F401  (the same site: API, web/dist, a training and an inference worker)
 
 pytestmark = pytest.mark.slow
-
-JOB_TIMEOUT_MS = 240_000
-
-
-@pytest.fixture
-def api(site):
-    with httpx.Client(base_url=site["url"], headers={"Authorization": f"Bearer {site['key']}"}, timeout=60) as client:
-        yield client
 
 
 def test_pause_and_resume_a_running_job_then_open_a_checkpoint_in_the_playground(page, site, api):

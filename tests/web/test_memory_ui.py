@@ -3,7 +3,6 @@ with a training and an inference worker (the tiny Llama): the New job form
 shows the estimate and whether it fits the worker's device, and the job page
 puts the measured peak per step beside the estimate."""
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -11,17 +10,9 @@ from tests.api.files.test_endpoints import upload
 from tests.conftest import wait_for
 from tests.e2e import TINY, tiny_chat_jsonl
 from tests.web.conftest import sign_in
-from tests.web.test_ui import select_file, site  # noqa: F401  (the same site: API, web/dist, a training and an inference worker)
+from tests.web.test_ui import JOB_TIMEOUT_MS, select_file, site  # noqa: F401  (the same site: API, web/dist, a training and an inference worker)
 
 pytestmark = pytest.mark.slow
-
-JOB_TIMEOUT_MS = 240_000
-
-
-@pytest.fixture
-def api(site):
-    with httpx.Client(base_url=site["url"], headers={"Authorization": f"Bearer {site['key']}"}, timeout=60) as client:
-        yield client
 
 
 def test_the_new_job_form_and_the_job_page_show_memory(page, site, api):
