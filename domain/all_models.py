@@ -8,3 +8,4 @@ import domain.files.models  # noqa: F401
 import domain.jobs.models  # noqa: F401
 import domain.exports.models  # noqa: F401
 import domain.workers.models  # noqa: F401
+import domain.sharing.models  # noqa: F401
