@@ -181,6 +181,10 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 _WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
+# In the ASGI scope of a request made through a signed download link
+# (api/links.py), which no client can set: the id of the user who signed it,
+# whom the request is made as, without a key.
+SIGNED_LINK_USER = "tunehouse.signed_link_user"
 
 
 def current_user(request: Request, session: SessionDep) -> User:
@@ -190,6 +194,13 @@ def current_user(request: Request, session: SessionDep) -> User:
         # Before the key is even looked at: an IP that failed too often waits,
         # whatever it sends now, so guessing keys does not pay.
         limits.check_client(ip)
+    if SIGNED_LINK_USER in request.scope:
+        user = session.get(User, request.scope[SIGNED_LINK_USER])
+        if user is None:
+            raise APIError(403, "The user who signed this link does not exist any more.", code="invalid_link")
+        if limits is not None:
+            limits.check_key(f"signed-link-user-{user.id}")
+        return user
     try:
         user, key = _authenticated_user(request, session)
     except APIError:

@@ -1,11 +1,14 @@
 """Sending stored objects to clients: streamed from local disk, or for S3 either
 streamed through the API or (large artifacts) a redirect to a short-lived URL."""
 
+import tempfile
+from collections.abc import Callable
+from typing import IO
 from urllib.parse import quote
 
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
-from domain.storage import Storage
+from domain.storage import DEFAULT_CHUNK_SIZE, Storage
 
 PRESIGNED_URL_SECONDS = 300
 
@@ -57,3 +60,24 @@ def download(
             return RedirectResponse(url, status_code=307)
     headers["Content-Length"] = str(storage.size(key))
     return StreamingResponse(storage.iter_bytes(key), media_type=media_type, headers=headers)
+
+
+def download_made(write: Callable[[IO[bytes]], None], filename: str, media_type: str = "application/octet-stream"):
+    """Bytes made for this request (a stored zip re-packed, ...): written to an
+    anonymous temporary file, which is gone once the answer is sent or dropped."""
+    spool = tempfile.TemporaryFile()
+    try:
+        write(spool)
+        size = spool.tell()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+
+    def chunks():
+        with spool:
+            while chunk := spool.read(DEFAULT_CHUNK_SIZE):
+                yield chunk
+
+    headers = {"Content-Disposition": attachment(filename), "Content-Length": str(size)}
+    return StreamingResponse(chunks(), media_type=media_type, headers=headers)

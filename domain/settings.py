@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 3000
     # "text" (human-readable lines) or "json" (one JSON object per line, domain/observability/logs.py).
     log_format: str = "text"
+    # Signs download links (domain/links.py): at least 32 characters, the same in
+    # every API process. Unset: a random one made on first use in the data dir
+    # (data_dir/link-secret), which serves the API processes that share that dir.
+    link_secret: str | None = None
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
@@ -107,6 +111,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TUNEHOUSE_AUTH_FAILURES_PER_MINUTE and TUNEHOUSE_RATE_LIMIT_PER_MINUTE must be 0 (off) or positive"
             )
+        if self.link_secret is not None and len(self.link_secret) < 32:
+            raise ValueError("TUNEHOUSE_LINK_SECRET must be at least 32 characters")
         self.log_format = self.log_format.strip().lower()
         if self.log_format not in ("text", "json"):
             raise ValueError("TUNEHOUSE_LOG_FORMAT must be 'text' or 'json'")
