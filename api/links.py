@@ -30,7 +30,7 @@ from api.downloads import download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, ErrorResponse, error_responses
 from domain.links import LINK_SECONDS, ExpiredLink, InvalidLink, SignedLink, link_secret, sign_link, verify_link
 
-router = APIRouter(prefix="/v1/downloads", tags=["downloads"])
+router = APIRouter(prefix="/v1/downloads", tags=["downloads"], responses=COMMON_ERROR_RESPONSES)
 
 # The downloads a link may stand for (path only; the query is kept as given).
 _ID = r"[A-Za-z0-9_-]+"
@@ -62,7 +62,6 @@ class DownloadLink(BaseModel):
     response_model=DownloadLink,
     responses={
         202: {"description": "The download is being prepared (its own 202 body); ask again after Retry-After seconds."},
-        **COMMON_ERROR_RESPONSES,
         **error_responses(403, 404, 409),
     },
 )

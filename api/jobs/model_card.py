@@ -27,7 +27,7 @@ def succeeded_job(session: Session, user: User, job_id: str) -> FineTuningJob:
 
 @router.get(
     "/{job_id}/model_card",
-    response_class=PlainTextResponse,
+    response_class=Response,
     responses={
         200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "The card, as Markdown."},
         **error_responses(404, 409),

@@ -7,8 +7,6 @@ import base64
 import json
 import time
 
-import pytest
-
 from domain.exports.service import request_export
 from domain.jobs.models import FineTuningJob
 from domain.links import SignedLink, link_secret, sign_link
@@ -129,11 +127,3 @@ def test_what_is_not_ready_or_not_a_download_gets_no_link(service, alice, anonym
         bad = alice.post("/v1/downloads", json={"path": path})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "not_a_download", path
     assert anonymous.post("/v1/downloads", json={"path": f"/v1/fine_tuning/jobs/{job.id}/adapter"}).status_code == 401
-
-
-@pytest.mark.parametrize("secret", ["too short"])
-def test_a_configured_secret_must_be_long(secret):
-    from domain.settings import Settings
-
-    with pytest.raises(ValueError, match="LINK_SECRET"):
-        Settings(link_secret=secret)

@@ -29,3 +29,8 @@ def test_the_data_dirs_secret_is_made_once_and_private(tmp_path):
     assert link_secret(Settings(data_dir=tmp_path / "data")) == first
     assert link_secret(Settings(data_dir=tmp_path / "other")) != first
     assert link_secret(Settings(data_dir=tmp_path / "data", link_secret="x" * 40)) == b"x" * 40
+
+
+def test_a_configured_secret_must_be_long():
+    with pytest.raises(ValueError, match="LINK_SECRET"):
+        Settings(link_secret="too short")

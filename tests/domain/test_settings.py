@@ -92,6 +92,7 @@ def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypa
         "auth_failures_per_minute": 0,
         "rate_limit_per_minute": 7,
         "log_format": "json",
+        "link_secret": "l" * 40,
     }
     assert set(non_default) == set(Settings.model_fields), "give every setting a non-default value here"
     for name, value in non_default.items():

@@ -11,6 +11,7 @@ const JobsPage = lazy(() => import("./pages/Jobs").then((m) => ({ default: m.Job
 const NewJobPage = lazy(() => import("./pages/Jobs").then((m) => ({ default: m.NewJobPage })));
 const JobDetailPage = lazy(() => import("./pages/Jobs").then((m) => ({ default: m.JobDetailPage })));
 const ModelsPage = lazy(() => import("./pages/Models"));
+const ModelDetailPage = lazy(() => import("./pages/ModelDetail"));
 const ComparePage = lazy(() => import("./pages/Compare"));
 const BatchesPage = lazy(() => import("./pages/Batches"));
 
@@ -101,6 +102,7 @@ export default function App() {
           <Route path="/jobs/new" element={<NewJobPage />} />
           <Route path="/jobs/:id" element={<JobDetailPage />} />
           <Route path="/models" element={<ModelsPage />} />
+          <Route path="/models/:jobId" element={<ModelDetailPage />} />
           <Route path="/compare" element={<ComparePage />} />
           <Route path="/compare/:id" element={<ComparePage />} />
           <Route path="/batches" element={<BatchesPage />} />

@@ -1,8 +1,7 @@
 // Everything that changes server state. Each mutation updates or invalidates
 // the query keys it affects (queries.ts), so every page showing them follows.
-import { useEffect, useRef } from "react";
 import { useMutation, useQueryClient, type InfiniteData, type QueryClient, type QueryKey } from "@tanstack/react-query";
-import { apiUrl, download, request, uploadFile } from "./api";
+import { download, request, uploadFile } from "./api";
 import { queryKeys } from "./queries";
 import type { CreateJobRequest, CursorPage, Schemas } from "./types";
 
@@ -92,30 +91,6 @@ export function useJobControl() {
       qc.setQueryData(queryKeys.jobs.detail(job.id), job);
       updateLists(qc, queryKeys.jobs.lists(), (data) => withItem(data, job));
     },
-  });
-}
-
-/** The merged weights download is a 202 until a worker has made them. */
-class NotReadyYet extends Error {}
-const MERGED_RETRY_MS = 3000;
-
-/** Download the merged weights; while the API answers 202, try again every 3 s (until the page is left). */
-export function useMergedDownload(jobId: string) {
-  const mounted = useRef(true);
-  useEffect(() => {
-    mounted.current = true;
-    return () => {
-      mounted.current = false;
-    };
-  }, []);
-  return useMutation({
-    mutationFn: async () => {
-      if (!mounted.current) return;
-      const status = await download(apiUrl("/v1/fine_tuning/jobs/{job_id}/merged", { job_id: jobId }), `${jobId}-merged.zip`);
-      if (status === 202) throw new NotReadyYet("The merged weights are being prepared");
-    },
-    retry: (_, error) => error instanceof NotReadyYet && mounted.current,
-    retryDelay: MERGED_RETRY_MS,
   });
 }
 

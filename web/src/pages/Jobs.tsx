@@ -5,9 +5,10 @@ import { apiUrl } from "../api";
 import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
 import { BASIC_HPS, buildHyperparameters, EXTRA_HPS, helpText, HP, parseSeed, type BasicHpName } from "../hyperparameters";
 import { formatDuration } from "../lib";
-import { useCancelJob, useCreateJob, useDownload, useMergedDownload } from "../mutations";
+import { useCancelJob, useCreateJob, useDownload } from "../mutations";
 import { baseChoices, CheckpointModels, FineTuneFurtherLink, JobParentInfo, PauseResumeButtons } from "./JobLineage";
 import { MemoryChart, MemoryFit } from "./JobMemory";
+import { LinkedDownloadButton } from "./ModelDetail";
 import { formatWords, methodForFormat, parseBeta, PreferenceCharts, type TrainingMethod } from "./JobPreference";
 import { PagedTable, staticList, usePagedList } from "../PagedTable";
 import { StepChart } from "../StepChart";
@@ -311,19 +312,6 @@ export function NewJobPage() {
   );
 }
 
-function MergedDownload({ jobId }: { jobId: string }) {
-  const merged = useMergedDownload(jobId);
-  const preparing = merged.isPending;
-  return (
-    <>
-      <button type="button" className="secondary" data-testid="download-merged" disabled={preparing} onClick={() => merged.mutate()}>
-        {preparing ? "Merging weights… (download starts when ready)" : "Download merged weights"}
-      </button>
-      <ErrorBox error={merged.error} />
-    </>
-  );
-}
-
 function fmtNum(v: unknown): string {
   if (typeof v === "number") return Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(2) : String(Math.round(v * 10000) / 10000);
   if (v === null || v === undefined) return "—";
@@ -428,11 +416,12 @@ export function JobDetailPage() {
           {job.status === "succeeded" && (
             <>
               {job.hyperparameters.adapter !== "full" && ( // a full fine-tune has no adapter: its merged weights are the model
-                <button type="button" data-testid="download-adapter" onClick={() => save(jobFile("/v1/fine_tuning/jobs/{job_id}/adapter"), `${id}-adapter.zip`)}>
-                  Download adapter
-                </button>
+                <LinkedDownloadButton path={jobFile("/v1/fine_tuning/jobs/{job_id}/adapter")} label="Download adapter" testId="download-adapter" secondary={false} />
               )}
-              <MergedDownload jobId={job.id} />
+              <LinkedDownloadButton path={jobFile("/v1/fine_tuning/jobs/{job_id}/merged")} label="Download merged weights" testId="download-merged" />
+              <Link to={`/models/${job.id}`} className="button secondary" data-testid="model-page-link">
+                Model page: card, GGUF, bundle
+              </Link>
               {job.fine_tuned_model && <FineTuneFurtherLink model={job.fine_tuned_model} testId="fine-tune-further" />}
             </>
           )}
