@@ -10,6 +10,7 @@ from api.downloads import download, download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from domain.evaluations import service
 from domain.evaluations.repository import EvaluationRepository
+from domain.sharing.service import readable_evaluation
 from domain.evaluations.schemas import (
     CreateEvaluationRequest,
     EvaluationList,
@@ -47,7 +48,8 @@ def list_evaluations(
 
 @router.get("/{evaluation_id}", response_model=EvaluationObject, responses=error_responses(404))
 def retrieve_evaluation(evaluation_id: str, user: CurrentUser, session: SessionDep) -> EvaluationObject:
-    return EvaluationObject.of(service.get_evaluation(session, user, evaluation_id))
+    # Also the automatic evaluation of a fine-tune shared with the caller.
+    return EvaluationObject.of(readable_evaluation(session, user, evaluation_id))
 
 
 @router.post("/{evaluation_id}/cancel", response_model=EvaluationObject, responses=error_responses(404))

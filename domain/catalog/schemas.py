@@ -16,6 +16,8 @@ class ModelObject(BaseModel):
     step_number: int | None = None
     # A fine-tune (or checkpoint) of a job that continued an earlier fine-tune: that model.
     parent_model: str | None = None
+    # A fine-tune another user shared with the caller (read-only): its owner.
+    shared_by: str | None = None
 
 
 class ModelList(BaseModel):

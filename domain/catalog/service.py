@@ -1,5 +1,6 @@
 """/v1/models: the deployment's base models, the caller's fine-tunes and the
-checkpoints of their jobs (each one a model, listed after its job's fine-tune)."""
+checkpoints of their jobs (each one a model, listed after its job's fine-tune),
+then the fine-tunes other users shared with the caller (domain/sharing)."""
 
 from sqlalchemy.orm import Session
 
@@ -11,6 +12,8 @@ from domain.jobs.lineage import checkpoint_model_name, find_fine_tune
 from domain.jobs.models import FineTuningCheckpoint, FineTuningJob
 from domain.jobs.repository import JobRepository
 from domain.settings import Settings
+from domain.sharing.repository import ShareRepository, shared_jobs
+from domain.sharing.service import owner_name, refuse_sharee_model
 from domain.storage import Storage
 
 BASE_MODEL_OWNER = "tunehouse"
@@ -21,7 +24,7 @@ def _base(model_id: str) -> ModelObject:
     return ModelObject(id=model_id, created=0, owned_by=BASE_MODEL_OWNER, kind="base")
 
 
-def _fine_tune(job: FineTuningJob, owner: str) -> ModelObject:
+def _fine_tune(job: FineTuningJob, owner: str, *, shared: bool = False) -> ModelObject:
     return ModelObject(
         id=job.fine_tuned_model,
         created=job.finished_at or job.created_at,
@@ -30,6 +33,7 @@ def _fine_tune(job: FineTuningJob, owner: str) -> ModelObject:
         base_model=job.model,
         fine_tuning_job=job.id,
         parent_model=job.parent_model,
+        shared_by=owner if shared else None,
     )
 
 
@@ -62,15 +66,18 @@ def list_models(session: Session, settings: Settings, user: User) -> list[ModelO
     # Checkpoints of jobs without a fine-tune (yet): running, paused, cancelled, failed.
     for job in jobs_with_checkpoints:
         models += checkpoints.pop(job.id, [])
+    models += [_fine_tune(job, owner, shared=True) for job, owner in shared_jobs(session, user.id)]
     return models
 
 
 def get_model(session: Session, settings: Settings, user: User, model_id: str) -> ModelObject:
     if model_id in settings.base_models:
         return _base(model_id)
-    fine_tune = find_fine_tune(session, user.id, model_id)
+    fine_tune = find_fine_tune(session, user.id, model_id, shared=True)
     if fine_tune is None:
         raise model_not_found(model_id)
+    if fine_tune.job.owner_id != user.id:
+        return _fine_tune(fine_tune.job, owner_name(session, fine_tune.job), shared=True)
     if fine_tune.step is not None:
         checkpoint = JobRepository(session, user.id).checkpoint(fine_tune.job.id, fine_tune.step)
         return _checkpoint(fine_tune.job, checkpoint, user.name)
@@ -95,9 +102,11 @@ def delete_model(session: Session, storage: Storage, settings: Settings, user: U
         )
     job = JobRepository(session, user.id).get_by_model(model_id)
     if job is None:
+        refuse_sharee_model(session, user, model_id)
         raise model_not_found(model_id)
     job.model_deleted = True
     job.adapter_key = None
+    ShareRepository(session, user.id).delete_all(job.id)  # a model deleted is no longer shared
     export_keys = delete_exports(session, job)
     session.commit()
     storage.delete_prefix(f"jobs/{job.id}/adapter")

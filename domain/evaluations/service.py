@@ -27,6 +27,7 @@ from domain.runs.leases import send_to_worker
 from domain.queue_client import TaskQueue
 from domain.settings import Settings
 from domain.storage import Storage
+from domain.sharing.service import refuse_sharee_evaluation
 
 
 def split_size(report: dict, split: str) -> int:
@@ -137,8 +138,11 @@ def enqueue(session: Session, queue: TaskQueue, evaluation: Evaluation) -> None:
 
 
 def get_evaluation(session: Session, user: User, evaluation_id: str) -> Evaluation:
+    """The user's own evaluation (a shared one is read through
+    domain.sharing.service.readable_evaluation; this answers its sharee 403)."""
     evaluation = EvaluationRepository(session, user.id).get(evaluation_id)
     if evaluation is None:
+        refuse_sharee_evaluation(session, user, evaluation_id)
         raise NotFound.of("evaluation", evaluation_id, param="evaluation_id")
     return evaluation
 

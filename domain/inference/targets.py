@@ -1,7 +1,8 @@
 """Which weights answer a model name: a base model of the deployment, or one
-of the caller's fine-tunes or checkpoint models (its root base plus that LoRA
-adapter, domain/jobs/lineage.py). Used by the API before queueing and by
-workers for batch lines and evaluations; no HTTP here."""
+of the caller's fine-tunes or checkpoint models, or a fine-tune shared with
+them (its root base plus that LoRA adapter, domain/jobs/lineage.py). Used by
+the API before queueing and by workers for batch lines and evaluations; no
+HTTP here."""
 
 from dataclasses import dataclass
 
@@ -31,12 +32,14 @@ class InferenceTarget:
 
 
 def resolve_target(session: Session, owner_id: int, settings: Settings, model: str) -> InferenceTarget | None:
-    """None when the model does not exist for this owner (or its base is no
-    longer offered by the deployment); InvalidRequest for a full fine-tune,
-    which exists but is not served here."""
+    """None when the model does not exist for this user, or is no longer
+    shared with them (or its base is no longer offered by the deployment);
+    InvalidRequest for a full fine-tune, which exists but is not served here.
+    Asked again for every request, each chunk of a batch's lines and each
+    evaluation run, so a revoked share stops them at once."""
     if model in settings.base_models:
         return InferenceTarget(model=model, base_id=model, job_id=None)
-    fine_tune = find_fine_tune(session, owner_id, model)
+    fine_tune = find_fine_tune(session, owner_id, model, shared=True)
     if fine_tune is None or fine_tune.base_id not in settings.base_models:
         return None
     if is_full_fine_tune(fine_tune.job):  # its own whole model, not an adapter on a base this serves

@@ -23,6 +23,7 @@ from domain.jobs.models import FineTuningCheckpoint, FineTuningJob
 from domain.jobs.repository import JobRepository
 from domain.jobs.schemas import fine_tuned_model_name
 from domain.settings import Settings
+from domain.sharing.repository import shared_job_by_model
 
 _CHECKPOINT_SUFFIX = re.compile(r"^(?P<fine_tune>ft:.+):ckpt-step-(?P<step>[0-9]{1,9})$")
 
@@ -55,15 +56,20 @@ class FineTuneModel:
         return self.job.id if self.step is None else f"{self.job.id}.ckpt-step-{self.step}"
 
 
-def find_fine_tune(session: Session, owner_id: int, model: str) -> FineTuneModel | None:
+def find_fine_tune(session: Session, owner_id: int, model: str, *, shared: bool = False) -> FineTuneModel | None:
     """The owner's fine-tune or checkpoint model called `model`, or None (not
-    theirs, no such model, deleted, or its adapter is gone)."""
+    theirs, no such model, deleted, or its adapter is gone). With `shared`,
+    also another user's fine-tune shared with them (domain/sharing; its
+    checkpoint models are not shared): for using a model, never for changing
+    it or training on it."""
     if not model.startswith("ft:"):
         return None
     jobs = JobRepository(session, owner_id)
     match = _CHECKPOINT_SUFFIX.match(model)
     if match is None:
         job = jobs.get_by_model(model)
+        if job is None and shared:
+            job = shared_job_by_model(session, owner_id, model)
         if job is None or job.adapter_key is None:
             return None
         return FineTuneModel(model, job, None, final_adapter_key(job.id))

@@ -27,6 +27,7 @@ from domain.settings import Settings
 from domain.storage import Storage
 from domain.workers.repository import training_devices
 from domain.workers.service import memory_preview, reported_device_kind
+from domain.sharing.service import refuse_sharee_job
 
 # The API cannot know a model's context length without loading it; this only
 # lets the preview resolution check what it can (batch size vs examples, …).
@@ -279,8 +280,11 @@ def enqueue(session: Session, queue: TaskQueue, job: FineTuningJob) -> None:
 
 
 def get_job(session: Session, user: User, job_id: str) -> FineTuningJob:
+    """The user's own job, to change it (reads that sharees may make go
+    through domain.sharing.service.readable_job)."""
     job = JobRepository(session, user.id).get(job_id)
     if job is None:
+        refuse_sharee_job(session, user, job_id)
         raise NotFound.of("fine-tuning job", job_id, param="fine_tuning_job_id")
     return job
 

@@ -14,7 +14,9 @@ from openai import OpenAI
 
 from domain.settings import Settings
 from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
+from tests.api.files.test_endpoints import upload
 from tests.e2e import TINY, Workers, start_job, tiny_chat_jsonl, wait_until_done
+from tests.worker.evaluation.test_run_e2e import wait_for_status
 
 HEARTBEAT_TIMEOUT = 3.0
 PROMPT = [{"role": "user", "content": "What sound does a cat make?"}]
@@ -130,6 +132,52 @@ def test_another_users_fine_tune_does_not_exist_for_you(inference):
     with service.client(stranger.key) as client:
         response = client.post("/v1/chat/completions", json={"model": tuned, "messages": PROMPT})
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_shared_fine_tune_answers_its_sharee_until_revoked(inference, sdk):
+    """Chat, streamed chat, a batch line and an evaluation of the sharee's,
+    and the download, answer as for the owner; after the revoke, each is a
+    404 at once (domain/sharing)."""
+    import openai
+
+    service, _, owner, tuned, adapter = inference
+    job_id = tuned.rsplit(":", 1)[-1]  # a fine-tune's id ends with its job's
+    sharee = service.make_user("sharee")
+    theirs = OpenAI(api_key=sharee.key, base_url=f"{service.base_url}/v1", max_retries=0, timeout=120)
+    with service.client(owner.key) as owner_client:
+        share_id = owner_client.post(f"/v1/models/{tuned}/shares", json={"user": sharee.name}).json()["id"]
+    owners = sdk.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=6, temperature=0)
+    answer = theirs.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=6, temperature=0)
+    assert answer.model == tuned and answer.choices[0].message.content == owners.choices[0].message.content
+    stream = theirs.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == owners.choices[0].message.content
+    line = {"custom_id": "shared", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": tuned, "messages": PROMPT, "max_tokens": 6, "temperature": 0}}
+    batch = wait_for_batch(theirs, run_batch(theirs, [line]).id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1, batch.errors
+    body = read_jsonl(theirs, batch.output_file_id)["shared"]["response"]["body"]
+    assert body["choices"][0]["message"]["content"] == owners.choices[0].message.content
+    with service.client(sharee.key) as client:
+        file_id = upload(client, tiny_chat_jsonl()).json()["id"]
+        evaluation = client.post("/v1/evaluations", json={"models": [tuned], "file_id": file_id, "split": "all",
+                                                         "metrics": ["exact_match"], "max_tokens": 4, "limit": 4}).json()
+        evaluation = wait_for_status(client, f"/v1/evaluations/{evaluation['id']}")
+        assert evaluation["status"] == "succeeded" and tuned in evaluation["results"], evaluation["error"]
+        theirs_zip = client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter", follow_redirects=True).content
+        weights = "adapter_model.safetensors"  # the zip's card is made at each download; the weights are the owner's
+        assert zipfile.ZipFile(io.BytesIO(theirs_zip)).read(weights) == zipfile.ZipFile(io.BytesIO(adapter)).read(weights)
+        with service.client(owner.key) as owner_client:
+            owner_client.delete(f"/v1/models/{tuned}/shares/{share_id}")
+        for call in (lambda: theirs.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=2),
+                     lambda: list(theirs.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=2,
+                                                                  stream=True))):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter").status_code == 404
+        assert client.post("/v1/evaluations", json={"models": [tuned], "file_id": file_id}).status_code == 404
+    batch = wait_for_batch(theirs, run_batch(theirs, [line]).id)
+    error = read_jsonl(theirs, batch.error_file_id)["shared"]["response"]
+    assert (error["status_code"], error["body"]["error"]["code"]) == (404, "model_not_found")
 
 
 def test_a_prompt_longer_than_the_context_is_a_400(inference, sdk):
