@@ -173,10 +173,11 @@ def _method_section(job: FineTuningJob, recipe: dict, full: bool) -> str:
 
 def _hyperparameters_section(job: FineTuningJob, recipe: dict) -> str:
     resolved = recipe.get("hyperparameters") or job.hyperparameters or {}
-    rows = [
-        (name, _show(detail.get("value")), str(detail.get("origin") or ""), str(detail.get("reason") or ""))
-        for name, detail in resolved.items()
-    ]
+    rows = []
+    for name, detail in resolved.items():
+        if not isinstance(detail, dict):  # a bare value (a recipe written by hand, an imported one)
+            detail = {"value": detail}
+        rows.append((name, _show(detail.get("value")), str(detail.get("origin") or ""), str(detail.get("reason") or "")))
     seed = recipe.get("seed") or {"value": job.seed, "origin": job.seed_origin}
     rows.append(("seed", _show(seed.get("value")), str(seed.get("origin") or ""), "the seed of the data order and the adapter's initialisation"))
     return (

@@ -200,3 +200,15 @@ def test_a_stored_zip_is_repacked_with_the_card(service, alice_user):
     assert sorted(archive.namelist()) == sorted(["adapter_config.json", "adapter_model.safetensors", CARD_NAME, CURVES_NAME])
     assert archive.read(CARD_NAME) == b"# the card\n"
     assert archive.read("adapter_model.safetensors") == b"weights" * 100
+
+
+def test_a_sparse_recipe_still_gives_a_card(service, alice_user):
+    """A recipe with bare values and nothing else (written by hand, or imported) is shown as far as it goes."""
+    job = recorded_job(service, alice_user)
+    with service.state.sessionmaker() as session:
+        stored = session.get(FineTuningJob, job.id)
+        stored.recipe, stored.evaluation_id, stored.hyperparameters = {"hyperparameters": {"n_epochs": 1}}, None, None
+        session.commit()
+        card = model_card(session, service.settings, stored)
+    assert "| n_epochs | 1 |  |  |" in card and "No automatic evaluation" in card
+    assert "## Libraries and hardware\n\nNot recorded." in card
