@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, migrate, train, keys, convert."""
+"""The `tunehouse` command: serve, worker, migrate, train, import, keys, convert."""
 
 import argparse
 import logging
@@ -262,22 +262,64 @@ def cmd_keys_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    settings = _settings(args.data_dir)
-    from worker.training.offline import train_from_recipe
+    from domain.errors import ServiceError
 
+    if (args.recipe is None) == (args.bundle is None):
+        print("error: give --recipe (with --data) or --bundle", file=sys.stderr)
+        return 2
+    if args.recipe and not args.data:
+        print("error: --recipe needs --data, the training JSONL file", file=sys.stderr)
+        return 2
+    settings = _settings(args.data_dir)
+    from worker.training.offline import train_from_bundle, train_from_recipe
+
+    optional = {
+        "validation_path": Path(args.validation_data) if args.validation_data else None,
+        "device": args.device,
+        "settings": settings,
+        "parent_adapter": Path(args.parent_adapter) if args.parent_adapter else None,
+    }
     try:
-        train_from_recipe(
-            Path(args.recipe),
-            Path(args.data),
-            Path(args.out),
-            validation_path=Path(args.validation_data) if args.validation_data else None,
-            device=args.device,
-            settings=settings,
-            parent_adapter=Path(args.parent_adapter) if args.parent_adapter else None,
-        )
-    except (OSError, ValueError, KeyError) as exc:
+        if args.bundle:
+            train_from_bundle(Path(args.bundle), Path(args.out),
+                              data_path=Path(args.data) if args.data else None, **optional)
+        else:
+            train_from_recipe(Path(args.recipe), Path(args.data), Path(args.out), **optional)
+    except (OSError, ValueError, KeyError, ServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_import(args) -> int:
+    """A bundle as a user's fine-tune in this deployment (domain/bundles/importer.py)."""
+    from domain.auth.repository import UserRepository
+    from domain.bundles.importer import import_bundle
+    from domain.db import make_engine, make_sessionmaker
+    from domain.errors import ServiceError
+    from domain.storage import storage_from_url
+
+    settings = _settings(args.data_dir)
+    _prepare_database(settings)
+    engine = make_engine(settings.database_url)
+    db = make_sessionmaker(engine)
+    try:
+        with db() as session:
+            user = UserRepository(session).get_by_name(args.user)
+            if user is None:
+                print(f"error: no user '{args.user}' (`tunehouse keys create --user {args.user}` makes one)",
+                      file=sys.stderr)
+                return 2
+            session.expunge(user)
+        storage = storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+        with open(args.bundle, "rb") as handle:
+            job = import_bundle(db, storage, settings, user, handle)
+    except (OSError, ServiceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"Imported as {job.fine_tuned_model} (job {job.id}) for user '{args.user}'")
     return 0
 
 
@@ -327,9 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--data-dir")
     migrate.set_defaults(func=cmd_migrate)
 
-    train = commands.add_parser("train", help="re-run a job's training from its recipe, without the service")
-    train.add_argument("--recipe", required=True, help="recipe.yaml (or .json) from GET /v1/fine_tuning/jobs/{id}/recipe")
-    train.add_argument("--data", required=True, help="the training JSONL file")
+    train = commands.add_parser(
+        "train", help="re-run a job's training from its recipe or its bundle, without the service"
+    )
+    train.add_argument("--recipe", help="recipe.yaml (or .json) from GET /v1/fine_tuning/jobs/{id}/recipe")
+    train.add_argument(
+        "--bundle",
+        help="a bundle from GET /v1/fine_tuning/jobs/{id}/bundle: checked against its SHA256SUMS, re-run on its "
+        "data (or --data), then the largest difference from its losses is printed",
+    )
+    train.add_argument("--data", help="the training JSONL file (with --bundle: instead of the bundle's)")
     train.add_argument("--validation-data", help="the validation JSONL file, if the job had one")
     train.add_argument("--out", required=True, help="output folder (adapter/, metrics.csv, recipe.yaml)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -340,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data-dir", help="where the base model cache lives")
     train.set_defaults(func=cmd_train)
+
+    importing = commands.add_parser(
+        "import", help="register a bundle (GET /v1/fine_tuning/jobs/{id}/bundle) as a user's fine-tune here"
+    )
+    importing.add_argument("bundle", help="the bundle zip")
+    importing.add_argument("--user", required=True, help="the user whose fine-tune it becomes (must exist)")
+    importing.add_argument("--data-dir")
+    importing.set_defaults(func=cmd_import)
 
     convert = commands.add_parser(
         "convert", help="convert Alpaca, ShareGPT or 'Human: ... Bot: ...' data into chat JSONL (docs/data-formats.md)"

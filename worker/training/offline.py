@@ -1,12 +1,17 @@
 """`tunehouse train`: a job's training re-run from its recipe, without the
-service: the same split, resolved hyperparameters, seed and training code."""
+service: the same split, resolved hyperparameters, seed and training code;
+or from its bundle, checked against its SHA256SUMS and compared with its losses."""
 
+import csv
 import hashlib
+import io
+import math
 import shutil
 from pathlib import Path
 
 import yaml
 
+from domain.bundles import format as bundle_format
 from domain.jobs.hyperparameters import plain_values
 from domain.jobs.training_metrics import metrics_csv
 from domain.settings import Settings, get_settings
@@ -103,3 +108,75 @@ def train_from_recipe(
     echo(f"adapter written to {adapter_dir}")
     return adapter_dir
 
+
+def _loss_curve(metrics: str) -> dict[int, tuple[float | None, float | None]]:
+    """step -> (train_loss, valid_loss) of a metrics CSV."""
+    def number(text: str | None) -> float | None:
+        return float(text) if text not in (None, "") else None
+
+    return {int(row["step"]): (number(row.get("train_loss")), number(row.get("valid_loss")))
+            for row in csv.DictReader(io.StringIO(metrics))}
+
+
+def largest_loss_difference(bundled: str, rerun: str) -> float:
+    """The largest absolute difference between two metrics CSVs' training and
+    validation losses, step by step; infinite when their steps differ."""
+    expected, actual = _loss_curve(bundled), _loss_curve(rerun)
+    if expected.keys() != actual.keys():
+        return math.inf
+    largest = 0.0
+    for step, losses in expected.items():
+        for want, got in zip(losses, actual[step]):
+            if (want is None) != (got is None):
+                return math.inf
+            if want is not None:
+                largest = max(largest, abs(want - got))
+    return largest
+
+
+def train_from_bundle(
+    bundle_path: Path,
+    out_dir: Path,
+    *,
+    data_path: Path | None = None,
+    validation_path: Path | None = None,
+    echo=print,
+    **options,
+) -> float:
+    """Re-run the training of a bundle (GET /v1/fine_tuning/jobs/{id}/bundle),
+    checked against its SHA256SUMS first, on its own data unless `data_path`
+    is given; returns (and prints) the largest difference between the re-run's
+    losses and the bundled metrics.csv. `options`: train_from_recipe's
+    (device, settings, parent_adapter)."""
+    with bundle_path.open("rb") as handle:
+        bundle = bundle_format.verify_bundle(handle)
+        echo(f"{bundle_path}: every member matches its SHA256SUMS")
+        unpacked = out_dir / "bundle"
+        unpacked.mkdir(parents=True, exist_ok=True)
+        for name in (bundle_format.RECIPE_YAML, bundle_format.METRICS_CSV, bundle_format.TRAINING_DATA,
+                     bundle_format.VALIDATION_DATA):
+            if bundle.has(name):
+                target = unpacked / name  # names checked by verify_bundle: plain relative paths
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as out:
+                    for chunk in bundle.chunks(name):
+                        out.write(chunk)
+    bundled_data = unpacked / bundle_format.TRAINING_DATA
+    if data_path is None and not bundled_data.is_file():
+        raise ValueError(f"{bundle_path} holds no training data (download it with ?include_data=true): give --data")
+    bundled_validation = unpacked / bundle_format.VALIDATION_DATA
+    if validation_path is None and bundled_validation.is_file():
+        validation_path = bundled_validation
+    train_from_recipe(
+        unpacked / bundle_format.RECIPE_YAML,
+        data_path or bundled_data,
+        out_dir,
+        validation_path=validation_path,
+        echo=echo,
+        **options,
+    )
+    difference = largest_loss_difference(
+        (unpacked / bundle_format.METRICS_CSV).read_text(), (out_dir / "metrics.csv").read_text()
+    )
+    echo(f"largest loss difference from the bundle's metrics.csv: {difference:.6g}")
+    return difference
