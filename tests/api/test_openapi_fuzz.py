@@ -90,6 +90,8 @@ def real_objects(service, user, client) -> dict[str, list[str]]:
         )
         session.commit()
     service.state.storage.put_bytes(job.adapter_key, b"PK\x05\x06" + bytes(18))  # an empty zip
+    shared = client.post(f"/v1/models/{job.fine_tuned_model}/shares", json={"everyone": True})
+    assert shared.status_code == 200, shared.text
 
     return {
         "file_id": [file_id],
@@ -98,6 +100,7 @@ def real_objects(service, user, client) -> dict[str, list[str]]:
         "evaluation_id": [evaluation.json()["id"]],
         "batch_id": [batch.json()["id"]],
         "model_id": [BASE, job.fine_tuned_model],
+        "share_id": [shared.json()["id"]],
     }
 
 
