@@ -42,7 +42,8 @@ def shared(service, alice, alice_user):
         service.state.storage.put_bytes(f"jobs/{job.id}/{name}.zip", weights_zip())
     with service.state.sessionmaker() as session:
         row = session.get(FineTuningJob, job.id)
-        row.training_file_id = training
+        # Files of hers the job names: the data, and a result file (metrics) standing in for the worker's.
+        row.training_file_id, row.result_files = training, [chat_file(alice)]
         row.recipe = {"data": {"training_file": {"id": training, "filename": "train.jsonl"}}}
         evaluation = create_job_evaluation(session, service.settings, row, job.fine_tuned_model)
         row.evaluation_id = evaluation.id
@@ -165,8 +166,8 @@ def test_the_owners_files_never_leak_through_what_a_sharee_fetches(service, shar
     share(alice, job.fine_tuned_model, user=bob_user.name)
     fetched = [bob.get(f"/v1/fine_tuning/jobs/{job.id}").json(), bob.get(f"/v1/evaluations/{evaluation_id}").json(),
                bob.get(f"/v1/fine_tuning/jobs/{job.id}/recipe").json(), bob.get("/v1/models").json()]
-    file_ids = {training} | set(_file_ids(fetched))
-    assert training in set(_file_ids(fetched))  # the job names the file: its id must lead nowhere
+    file_ids = set(_file_ids(fetched))
+    assert {training, *job.result_files} <= file_ids  # the job names them: their ids must lead nowhere
     for file_id in file_ids:
         assert alice.get(f"/v1/files/{file_id}").status_code == 200
         assert error_code(bob.get(f"/v1/files/{file_id}"), 404) == "file_not_found"
