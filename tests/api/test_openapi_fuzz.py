@@ -92,6 +92,8 @@ def real_objects(service, user, client) -> dict[str, list[str]]:
     service.state.storage.put_bytes(job.adapter_key, b"PK\x05\x06" + bytes(18))  # an empty zip
     shared = client.post(f"/v1/models/{job.fine_tuned_model}/shares", json={"everyone": True})
     assert shared.status_code == 200, shared.text
+    link = client.post("/v1/downloads", json={"path": f"/v1/fine_tuning/jobs/{job.id}/adapter"})
+    assert link.status_code == 200, link.text
 
     return {
         "file_id": [file_id],
@@ -101,6 +103,7 @@ def real_objects(service, user, client) -> dict[str, list[str]]:
         "batch_id": [batch.json()["id"]],
         "model_id": [BASE, job.fine_tuned_model],
         "share_id": [shared.json()["id"]],
+        "token": [link.json()["url"].rsplit("/", 1)[-1]],  # a signed download link
     }
 
 
