@@ -4,9 +4,10 @@ import yaml
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from api.downloads import S3_REDIRECT, download, download_response
+from api.downloads import S3_REDIRECT, download, download_made, download_response
 from api.errors import COMMON_ERROR_RESPONSES, APIError, error_responses
 from domain.jobs import pause, service
+from domain.jobs.model_card import model_card_files, write_zip_with_card
 from domain.jobs.training_metrics import metrics_by_step, metrics_csv
 from domain.exports.service import request_export
 from domain.jobs.repository import JobRepository
@@ -182,16 +183,20 @@ def job_recipe(
 
 
 @router.get(
-    "/{job_id}/adapter", response_class=Response, responses={200: _ZIP_DOWNLOAD, **S3_REDIRECT, **_NOT_READY}
+    "/{job_id}/adapter", response_class=Response, responses={200: _ZIP_DOWNLOAD, **_NOT_READY}
 )
 def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
-    """Extension: the PEFT adapter folder as a zip (loads with PeftModel.from_pretrained)."""
+    """Extension: the PEFT adapter folder as a zip (loads with PeftModel.from_pretrained),
+    with its model card (README.md, training_curves.png)."""
     job = service.get_job(session, user, job_id)
     if is_full_fine_tune(job):
         raise APIError(409, no_adapter_message(job), code="full_fine_tune_has_no_adapter")
     if job.status != "succeeded" or not job.adapter_key:
         raise APIError(409, f"Job '{job_id}' is {job.status}; the adapter exists once it succeeds.", code="adapter_not_ready")
-    return download(state.storage, job.adapter_key, f"{job.id}-adapter.zip", redirect_s3=True)
+    # The stored zip with the model card as it is now (the evaluation may have finished since).
+    card = model_card_files(session, state.settings, job)
+    session.close()  # packing needs no database turn
+    return download_made(lambda out: write_zip_with_card(state.storage, job.adapter_key, card, out), f"{job.id}-adapter.zip")
 
 
 @router.get(
