@@ -14,6 +14,7 @@ from domain.jobs.repository import JobRepository
 from domain.jobs.weights import is_full_fine_tune, no_adapter_message
 from domain.runs.kinds import EXPORT
 from domain.runs.leases import send_to_worker
+from domain.sharing.service import owner_name, readable_job
 from domain.jobs.schemas import (
     CheckpointList,
     CheckpointObject,
@@ -74,7 +75,8 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobObject, responses=_NOT_FOUND)
 def retrieve_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobObject:
-    return JobObject.of(service.get_job(session, user, job_id), user.name)
+    job = readable_job(session, user, job_id)
+    return JobObject.of(job, owner_name(session, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject, responses=_NOT_FOUND)
@@ -140,7 +142,7 @@ def job_metrics(
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Extension: every training step's metrics, for live curves."""
-    job = service.get_job(session, user, job_id)
+    job = readable_job(session, user, job_id)
     rows = metrics_by_step(JobRepository(session, user.id).metrics_events(job.id))
     if format == "csv":
         return PlainTextResponse(metrics_csv(rows), media_type="text/csv")
@@ -166,7 +168,7 @@ def job_recipe(
     format: Annotated[Literal["json", "yaml"], Query()] = "json",
 ) -> Any:
     """Extension: everything needed to report and re-run this training."""
-    job = service.get_job(session, user, job_id)
+    job = readable_job(session, user, job_id)
     if not job.recipe:
         raise APIError(
             409,
@@ -188,7 +190,7 @@ def job_recipe(
 def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     """Extension: the PEFT adapter folder as a zip (loads with PeftModel.from_pretrained),
     with its model card (README.md, training_curves.png)."""
-    job = service.get_job(session, user, job_id)
+    job = readable_job(session, user, job_id)
     if is_full_fine_tune(job):
         raise APIError(409, no_adapter_message(job), code="full_fine_tune_has_no_adapter")
     if job.status != "succeeded" or not job.adapter_key:
@@ -212,7 +214,7 @@ def download_adapter(job_id: str, user: CurrentUser, session: SessionDep, state:
 def download_merged(job_id: str, user: CurrentUser, session: SessionDep, state: StateDep):
     """Extension: base + adapter merged into full weights. Made by a worker on
     the first request (202 until ready), then kept in storage."""
-    job = service.get_job(session, user, job_id)
+    job = readable_job(session, user, job_id)
     if job.status != "succeeded" or not job.adapter_key:
         raise APIError(409, f"Job '{job_id}' is {job.status}; merged weights exist once it succeeds.", code="adapter_not_ready")
     export, queued = request_export(session, job, "merged")

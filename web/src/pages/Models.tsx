@@ -5,6 +5,7 @@ import { useDeleteModel } from "../mutations";
 import { PagedTable, staticList } from "../PagedTable";
 import { modelsQuery } from "../queries";
 import type { ModelObject } from "../types";
+import { sharedByLabel } from "./ModelSharing";
 
 export default function ModelsPage() {
   const { data: models, error } = useQuery(modelsQuery());
@@ -44,7 +45,25 @@ export default function ModelsPage() {
             </p>
           }
           columns={[
-            { header: "Model", cell: (m) => m.id, className: "mono small" },
+            {
+              header: "Model",
+              cell: (m) => (
+                <>
+                  {m.fine_tuning_job ? ( // its page: the card, the downloads, the sharing
+                    <Link to={`/models/${m.fine_tuning_job}`} className="mono small" data-testid="model-page-link">
+                      {m.id}
+                    </Link>
+                  ) : (
+                    <span className="mono small">{m.id}</span>
+                  )}
+                  {m.shared_by && (
+                    <span className="chip" data-testid="shared-by">
+                      {sharedByLabel(m)}
+                    </span>
+                  )}
+                </>
+              ),
+            },
             { header: "Base", cell: (m) => m.base_model, className: "small" },
             {
               header: "Job",
@@ -57,11 +76,13 @@ export default function ModelsPage() {
             },
             {
               header: "",
-              cell: (m) => (
-                <button type="button" className="danger small" onClick={() => confirmRemove(m)} aria-label={`Delete ${m.id}`}>
-                  Delete
-                </button>
-              ),
+              // Shared with you: read-only, only its owner deletes it.
+              cell: (m) =>
+                !m.shared_by && (
+                  <button type="button" className="danger small" onClick={() => confirmRemove(m)} aria-label={`Delete ${m.id}`}>
+                    Delete
+                  </button>
+                ),
             },
           ]}
         />
