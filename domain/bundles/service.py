@@ -23,7 +23,6 @@ from domain.evaluations.repository import EvaluationRepository
 from domain.evaluations.schemas import EvaluationObject, predictions_csv_key
 from domain.files.models import File
 from domain.files.repository import FileRepository
-from domain.jobs import service as jobs
 from domain.jobs.lineage import final_adapter_key
 from domain.jobs.model_card import model_card_files
 from domain.jobs.models import FineTuningJob
@@ -32,6 +31,7 @@ from domain.jobs.schemas import EventObject
 from domain.jobs.training_metrics import metrics_by_step, metrics_csv
 from domain.jobs.weights import is_full_fine_tune, merged_weights_key
 from domain.settings import Settings
+from domain.sharing.service import readable_job
 from domain.storage import Storage
 
 ALL_EVENTS = 10**9
@@ -75,14 +75,14 @@ def _weights(storage: Storage, job: FineTuningJob) -> list[Member]:
     return members
 
 
-def _evaluation(session: Session, storage: Storage, job: FineTuningJob) -> list[Member]:
+def _evaluation(session: Session, storage: Storage, job: FineTuningJob, *, predictions: bool) -> list[Member]:
     if not job.evaluation_id:
         return []
     evaluation = EvaluationRepository(session, job.owner_id).get(job.evaluation_id)
     if evaluation is None:
         return []
     members = [Member(fmt.EVALUATION_METRICS, data=_json(EvaluationObject.of(evaluation).model_dump(mode="json")))]
-    if evaluation.status == "succeeded" and evaluation.predictions_key:
+    if predictions and evaluation.status == "succeeded" and evaluation.predictions_key:
         for name, key in ((fmt.PREDICTIONS_JSONL, evaluation.predictions_key),
                           (fmt.PREDICTIONS_CSV, predictions_csv_key(evaluation.predictions_key))):
             if member := _stored(storage, name, key):
@@ -110,14 +110,17 @@ def plan_bundle(
     session: Session, storage: Storage, settings: Settings, user: User, job_id: str, *, include_data: bool
 ) -> BundlePlan:
     """Everything a succeeded job's bundle holds, read now (Conflict for a job
-    that has not succeeded or whose weights are gone)."""
-    job = jobs.get_job(session, user, job_id)
+    that has not succeeded or whose weights are gone). A sharee gets the
+    model's bundle without what sharing keeps with the owner: the events and
+    the evaluation's predictions (they quote the owner's held-out examples)."""
+    job = readable_job(session, user, job_id)
+    owner = job.owner_id == user.id
     if job.status != "succeeded" or not job.adapter_key or not job.recipe:
         raise Conflict(f"Job '{job_id}' is {job.status}; its bundle exists once it succeeds.", code="bundle_not_ready")
     created_at = job.finished_at or int(time.time())
     # The job's own history; files only the caller's (a job shared with them does not share its files).
     repository = JobRepository(session, job.owner_id)
-    events = list(reversed(repository.events(job.id, after=None, limit=ALL_EVENTS)))
+    events = list(reversed(repository.events(job.id, after=None, limit=ALL_EVENTS))) if owner else []
     rows = metrics_by_step(repository.metrics_events(job.id))
     data_members = _files(session, storage, user, job, include_data)
     manifest = fmt.BundleManifest(
@@ -143,9 +146,9 @@ def plan_bundle(
         Member(fmt.RECIPE_YAML, data=recipe_yaml(job.recipe).encode()),
         *(Member(name, data=data, deflate=not name.endswith(".png")) for name, data in card.items()),
         Member(fmt.METRICS_CSV, data=metrics_csv(rows).encode()),
-        Member(fmt.EVENTS_JSONL, data="".join(
-            EventObject.of(event).model_dump_json() + "\n" for event in events).encode()),
-        *_evaluation(session, storage, job),
+        *([Member(fmt.EVENTS_JSONL, data="".join(
+            EventObject.of(event).model_dump_json() + "\n" for event in events).encode())] if owner else []),
+        *_evaluation(session, storage, job, predictions=owner),
         *data_members,
     ]
     return BundlePlan(filename=f"{job.id}-bundle.zip", created_at=created_at, members=members)

@@ -21,7 +21,7 @@ from tests.domain.catalog.test_service import BASE, fine_tune, user
 PROMPT = [{"role": "user", "content": "Hi"}]
 WEIGHTS = "adapter_model.safetensors"
 # What a sharee may read of the shared model's job, and what only its owner may do.
-READABLE_JOB_PATHS = ("", "/metrics", "/recipe", "/adapter", "/merged")
+READABLE_JOB_PATHS = ("", "/metrics", "/recipe", "/adapter", "/merged", "/bundle")
 OWNER_ONLY_JOB_CALLS = (("POST", "/cancel"), ("POST", "/pause"), ("POST", "/resume"), ("GET", "/events"),
                         ("GET", "/checkpoints"))
 
@@ -40,6 +40,7 @@ def shared(service, alice, alice_user):
     job = fine_tune(service, user(service, alice_user), "shared")
     for name in ("adapter", "merged"):  # downloads are zips (the model card is added to them)
         service.state.storage.put_bytes(f"jobs/{job.id}/{name}.zip", weights_zip())
+    service.state.storage.put_bytes(f"jobs/{job.id}/adapter/{WEIGHTS}", b"weights")  # what a bundle holds
     with service.state.sessionmaker() as session:
         row = session.get(FineTuningJob, job.id)
         # Files of hers the job names: the data, and a result file (metrics) standing in for the worker's.
@@ -241,3 +242,20 @@ def test_bad_shares_are_refused_clearly(service, shared, alice, alice_user, bob)
     # Only an owner learns whether a user name exists: bob owns no such model.
     assert error_code(share(bob, model, user="nobody-by-this-name"), 404) == "model_not_found"
     assert alice.get(f"/v1/models/{model}/shares").json()["data"] == []
+
+
+def test_a_sharees_bundle_leaves_out_what_stays_with_the_owner(service, shared, alice, bob, bob_user):
+    job, _, _ = shared
+    share(alice, job.fine_tuned_model, user=bob_user.name)
+
+    def members(client) -> set[str]:
+        response = client.get(f"/v1/fine_tuning/jobs/{job.id}/bundle", params={"include_data": "true"})
+        assert response.status_code == 200, response.text
+        return set(zipfile.ZipFile(io.BytesIO(response.content)).namelist())
+
+    owners, sharees = members(alice), members(bob)
+    assert f"adapter/{WEIGHTS}" in sharees and "README.md" in sharees
+    # The events and the training data stay with the owner.
+    assert "events.jsonl" in owners and "events.jsonl" not in sharees
+    assert any(name.startswith("data/") for name in owners)
+    assert not any(name.startswith("data/") for name in sharees)
