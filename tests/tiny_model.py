@@ -25,21 +25,22 @@ def save_smollm2_tokenizer(dest: Path) -> Path:
     return dest
 
 
-def build_tiny_llama(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Random-init tiny Llama (safetensors) + tokenizer files in `dest`."""
+def build_tiny_llama(dest: Path, tokenizer_dir: Path, seed: int = 0, *, config_class=None, **config) -> Path:
+    """Random-init tiny Llama (safetensors) + tokenizer files in `dest`;
+    `config_class` (e.g. Qwen2Config) and `config` change the model."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
+    config = (config_class or LlamaConfig)(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **TINY_CONFIG,
+        **{**TINY_CONFIG, **config},
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     return dest

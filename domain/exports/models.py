@@ -1,4 +1,4 @@
-"""Exports: a fine-tune's weights in another form (merged safetensors today),
+"""Exports: a fine-tune's weights in another form (merged safetensors, GGUF),
 made by a worker on first request and kept in storage. Each is leased work
 (domain/runs/leases.py): a worker that dies while exporting leaves the export
 to be redone by another."""
@@ -10,11 +10,12 @@ from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base
+from domain.exports.gguf import FORMAT_PREFIX, QUANTIZATIONS
 from domain.runs.leases import LeaseColumns
 
 # queued -> running -> ready | failed. A failed export is made anew when asked again.
 CLAIMABLE_STATUSES = ("queued", "running")
-FORMATS = ("merged",)
+FORMATS = ("merged", *(FORMAT_PREFIX + quantization for quantization in QUANTIZATIONS))
 
 
 def failed_values(code: str, message: str) -> dict[str, Any]:

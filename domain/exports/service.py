@@ -11,13 +11,14 @@ from domain.ids import new_id
 from domain.jobs.models import FineTuningJob
 
 
-def request_export(session: Session, job: FineTuningJob, format: str) -> tuple[Export, bool]:
+def request_export(session: Session, job: FineTuningJob, format: str, *, retry_failed: bool = True) -> tuple[Export, bool]:
     """The job's export in `format`, and whether this request queued it (the
     caller then sends it to a worker, after this commit). A failed export is
-    replaced by a new one: its attempts do not count against the new try."""
+    replaced by a new one (its attempts do not count against the new try),
+    unless `retry_failed` is false: then it is returned, for its error."""
     repository = ExportRepository(session, job.owner_id)
     export = repository.get(job.id, format)
-    if export is not None and export.status != "failed":
+    if export is not None and (export.status != "failed" or not retry_failed):
         return export, False
     if export is not None:
         repository.delete(export.id)
