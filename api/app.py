@@ -12,12 +12,17 @@ from sqlalchemy import text
 
 from api.errors import error_body, install_error_handlers
 from api.batches.endpoints import router as batches_router
+from api.bundles.endpoints import router as bundles_router
 from api.catalog.endpoints import router as models_router
 from api.evaluations.endpoints import router as evaluations_router
+from api.exports.endpoints import router as exports_router
 from api.files.endpoints import router as files_router
 from api.inference.endpoints import router as chat_router
 from domain.inference.streams import sweep_streams
 from api.jobs.endpoints import router as jobs_router
+from api.jobs.model_card import router as model_card_router
+from api.links import router as links_router
+from api.sharing.endpoints import router as sharing_router
 
 from api.observability import RequestContextMiddleware, install_metrics
 from api.rate_limit import RateLimits
@@ -51,10 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files_router)
     app.include_router(jobs_router)
+    app.include_router(model_card_router)
+    app.include_router(links_router)
+    app.include_router(exports_router)
+    app.include_router(sharing_router)  # before models_router: its {model_id:path} would take /shares
     app.include_router(models_router)
     app.include_router(evaluations_router)
     app.include_router(chat_router)
     app.include_router(batches_router)
+    app.include_router(bundles_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:

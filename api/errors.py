@@ -97,6 +97,7 @@ _ERROR_DOCS: dict[int, dict[str, Any]] = {
     404: {"description": "No such object (or it belongs to someone else), or no such URL."},
     409: {"description": "The object is not in a state that allows this yet."},
     413: {"description": "The upload is larger than this server's limit."},
+    422: {"description": "The request is well formed but cannot be done for this object (e.g. its architecture)."},
     429: {"description": "Too many requests, or too many failed authentications.", "headers": _RETRY_AFTER},
     502: {"description": "The inference worker ended the answer early."},
     503: {
@@ -275,7 +276,8 @@ def _document_validation_errors_as_400(app: FastAPI) -> None:
             for path_item in schema.get("paths", {}).values():
                 for operation in path_item.values():
                     responses = operation.get("responses", {})
-                    responses.pop("422", None)
+                    if "HTTPValidationError" in json.dumps(responses.get("422", {})):  # FastAPI's, not ours
+                        responses.pop("422")
                     operation["responses"] = dict(sorted(responses.items()))
             schemas = schema.get("components", {}).get("schemas", {})
             for name in _FASTAPI_VALIDATION_SCHEMAS:  # HTTPValidationError refers to ValidationError
