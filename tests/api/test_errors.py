@@ -20,9 +20,9 @@ def test_every_operation_documents_its_errors_in_openai_shape(anonymous):
     assert len(operations) >= 30
     for method, path, operation in operations:
         responses = operation["responses"]
-        # Validation errors are answered as 400s in the error shape, never FastAPI's 422.
-        assert "422" not in responses, (method, path)
-        for status in ("400", "401", "429", "503"):
+        # Validation errors are answered as 400s in the error shape, never FastAPI's 422;
+        # a 422 documented is one of ours (the GGUF export of an architecture it cannot write).
+        for status in ("400", "401", "429", "503") + (("422",) if "422" in responses else ()):
             assert responses[status]["content"]["application/json"]["schema"] == error_ref, (method, path, status)
         if "{" in path:
             assert "404" in responses, (method, path)
