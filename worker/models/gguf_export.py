@@ -297,7 +297,6 @@ def write_gguf(
 
 def _write(model_dir, out_path, quantization, config, architecture, name, on_stage) -> TokenizerFacts:
     import gguf
-    import numpy as np
 
     scaling = _rope_scaling(config)
     if scaling is not None and scaling["rope_type"] != "linear":
@@ -305,12 +304,12 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
             "unsupported_architecture",
             f"GGUF export does not write the rotary scaling {scaling['rope_type']!r} of this model's config.",
         )
-    on_stage("reading the weights")
+    on_stage(f"reading and converting the weights ({quantization})")
     blocks = int(config["num_hidden_layers"])
     heads, kv_heads = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if architecture.gguf_name == "llama" else gguf.MODEL_ARCH.QWEN2, blocks)
     tied = bool(config.get("tie_word_embeddings", False))
-    tensors: list[tuple[str, Any]] = []
+    tensors: list[tuple] = []
     n_vocab = None
     for hf_name, array in _safetensors_tensors(model_dir):
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
@@ -322,7 +321,8 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
             array = _pairs_layout(array, heads if ".q_proj." in hf_name else kv_heads)
         if gguf_name == "token_embd.weight":
             n_vocab = array.shape[0]
-        tensors.append((gguf_name, array))
+        # Converted as read: only the written form of each tensor is held.
+        tensors.append((gguf_name, *_converted(array, quantization)))
     if n_vocab is None:
         raise GGUFExportError("export_failed", "The merged weights have no token embeddings.")
 
@@ -336,15 +336,8 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     _add_tokenizer_metadata(writer, facts)
 
-    on_stage(f"converting the weights ({quantization})")
-    for gguf_name, array in tensors:
-        if array.ndim == 1:
-            writer.add_tensor(gguf_name, array.astype(np.float32))
-        elif quantization == "q8_0" and array.shape[-1] % 32 == 0:
-            quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(gguf_name, array.astype(np.float16))
+    for gguf_name, array, raw_dtype in tensors:
+        writer.add_tensor(gguf_name, array, raw_dtype=raw_dtype)
     on_stage("writing the GGUF file")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer.write_header_to_file()
@@ -352,6 +345,19 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
     writer.write_tensors_to_file()
     writer.close()
     return facts
+
+
+def _converted(array, quantization: str):
+    """(the array as written, its GGML type when quantized): 1-D tensors
+    (norms, biases) in f32, matrices in f16 or Q8_0 (rows of 32 values)."""
+    import gguf
+    import numpy as np
+
+    if array.ndim == 1:
+        return array.astype(np.float32), None
+    if quantization == "q8_0" and array.shape[-1] % 32 == 0:
+        return gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return array.astype(np.float16), None
 
 
 def _add_model_metadata(writer, config, name: str, n_vocab: int, file_type) -> None:

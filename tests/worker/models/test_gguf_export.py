@@ -48,9 +48,10 @@ TOKENIZER_TEXTS = [
     "Ünïcödé — 東京 🙂 naïve café's",
     "<|im_start|>user\nspecial tokens inline<|im_end|>\n",
 ]
-# The agreement a quantized file must keep with the f16 one on FIXED_TEXT:
-# (top-1 agreement at least, mean KL(f16 || quantized) in nats at most).
-TOLERANCES = {"q8_0": (0.97, 0.01), "q4_k_m": (0.85, 0.15)}
+# The agreement a quantized file must keep with the f16 one on FIXED_TEXT
+# (77 tokens): top-1 agreement at least, mean KL(f16 || quantized) in nats at
+# most. Measured: q8_0 1.0 and 0.0001, q4_k_m 0.987 and 0.002.
+TOLERANCES = {"q8_0": (0.97, 0.002), "q4_k_m": (0.9, 0.02)}
 FIXED_TEXT = (
     "<|im_start|>user\nWhat sound does a cat make? (12)<|im_end|>\n<|im_start|>assistant\nMeow.<|im_end|>\n"
     "<|im_start|>user\nWhat sound does a dog make? (13)<|im_end|>\n<|im_start|>assistant\nWoof.<|im_end|>\n"
