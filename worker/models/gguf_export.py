@@ -14,7 +14,8 @@ rotary embeddings to adjacent pairs of a head's dimensions, where the Hugging
 Face layout rotates the two halves, so q_proj/k_proj rows are reordered
 within each head; `qwen2` uses the halves layout and keeps them as they are
 (with its q/k/v biases). Tied embeddings are written once (no output.weight).
-1-D tensors (norms, biases) stay float32."""
+1-D tensors (norms, biases) stay float32. Rotary scaling: linear (a factor in
+the metadata) and Llama 3.1's (the rope_freqs tensor)."""
 
 from __future__ import annotations
 
@@ -299,10 +300,11 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
     import gguf
 
     scaling = _rope_scaling(config)
-    if scaling is not None and scaling["rope_type"] != "linear":
+    if scaling is not None and scaling["rope_type"] not in ("linear", "llama3"):
         raise GGUFExportError(
             "unsupported_architecture",
-            f"GGUF export does not write the rotary scaling {scaling['rope_type']!r} of this model's config.",
+            f"GGUF export does not write the rotary scaling {scaling['rope_type']!r} of this model's config "
+            "(supported: none, linear, llama3).",
         )
     on_stage(f"reading and converting the weights ({quantization})")
     blocks = int(config["num_hidden_layers"])
@@ -325,13 +327,15 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
         tensors.append((gguf_name, *_converted(array, quantization)))
     if n_vocab is None:
         raise GGUFExportError("export_failed", "The merged weights have no token embeddings.")
+    if scaling is not None and scaling["rope_type"] == "llama3":
+        tensors.append(("rope_freqs.weight", _llama3_frequency_factors(model_dir, config), None))
 
     on_stage("reading the tokenizer")
     facts = tokenizer_facts(model_dir, n_vocab)
     writer = gguf.GGUFWriter(out_path, architecture.gguf_name)
     file_type = gguf.LlamaFileType.MOSTLY_F16 if quantization == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
     _add_model_metadata(writer, config, name, n_vocab, file_type)
-    if scaling is not None:  # linear
+    if scaling is not None and scaling["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     _add_tokenizer_metadata(writer, facts)
@@ -345,6 +349,21 @@ def _write(model_dir, out_path, quantization, config, architecture, name, on_sta
     writer.write_tensors_to_file()
     writer.close()
     return facts
+
+
+def _llama3_frequency_factors(model_dir: Path, config: Mapping[str, Any]):
+    """Llama 3.1's rotary scaling as llama.cpp takes it: per frequency, what
+    the plain frequency is divided by (the rope_freqs tensor). Computed from
+    transformers' own scaled frequencies, so both scale alike."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    head_dim = _head_dim(config)
+    plain = 1.0 / (_rope_theta(config) ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](AutoConfig.from_pretrained(model_dir, trust_remote_code=False), "cpu")
+    return (plain / scaled).numpy().astype(np.float32)
 
 
 def _converted(array, quantization: str):

@@ -330,6 +330,24 @@ def _trained_bpe_tokenizer(dest: Path, pattern: str, *, ignore_merges: bool) -> 
     return dest
 
 
+def sharpen_attention(model_dir: Path) -> None:
+    """A random model attends almost evenly, whatever the positions: larger
+    query and key weights (and biases, zero at init) make its logits depend
+    on the rotary embeddings, so a wrong rotary layout or scaling shows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(8.0)
+            elif name.endswith("_proj.bias"):
+                parameter.copy_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(model_dir, safe_serialization=True)
+
+
 @pytest.mark.parametrize(
     "model_type, pre, config",
     [
@@ -348,13 +366,7 @@ def test_qwen2_and_mistral_load_in_llama_cpp_with_the_logits_of_transformers(tmp
     model_dir = build_tiny_llama(
         tmp_path / model_type, tokenizer_dir, config_class=type(AutoConfig.for_model(model_type)), **config
     )
-    if model_type == "qwen2":  # its q/k/v biases are zero at init: make them count
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith("_proj.bias"):
-                    parameter.copy_(torch.randn_like(parameter) * 0.5)
-        model.save_pretrained(model_dir, safe_serialization=True)
+    sharpen_attention(model_dir)
     out = tmp_path / f"{model_type}.gguf"
     facts = write_gguf(model_dir, out, "f16", name=model_type)
     assert facts.pre == pre and facts.chatml and facts.stop_strings == ["<|im_end|>"]
@@ -375,6 +387,32 @@ def test_qwen2_and_mistral_load_in_llama_cpp_with_the_logits_of_transformers(tmp
     assert np.abs(logits - reference).max() < 0.02 * np.abs(reference).max()
     top1, kl = agreement(reference, logits)
     assert top1 >= 0.97 and kl < 1e-3, (top1, kl)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "linear", "factor": 4.0},
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 32},
+    ],
+    ids=["linear", "llama3"],
+)
+def test_scaled_rotary_embeddings_give_the_logits_of_transformers(tmp_path, smollm2_tokenizer_dir, rope):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = build_tiny_llama(tmp_path / "scaled", smollm2_tokenizer_dir, rope_parameters={"rope_theta": 10000.0, **rope})
+    sharpen_attention(model_dir)
+    out = tmp_path / "scaled.gguf"
+    write_gguf(model_dir, out, "f16", name="scaled")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = list(range(100, 300))  # far past the original 32 positions
+    with loaded(out) as llm:
+        logits = llama_cpp_logits(llm, ids)
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(logits - reference).max() < 0.02 * np.abs(reference).max()
 
 
 # ---------------------------------------------------------------- refusals
