@@ -460,7 +460,7 @@ def modelfile(gguf_name: str, facts: TokenizerFacts, system: str | None) -> str:
             "",
         ]
     for stop in facts.stop_strings:
-        lines.append(f"PARAMETER stop {json.dumps(stop)}")
+        lines.append(f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}")
     system = system if system is not None else facts.default_system
     if system:
         lines += ["", f'SYSTEM """{system.replace(chr(34) * 3, chr(39) * 3)}"""']
