@@ -20,9 +20,9 @@ from domain.exports.gguf import (
 )
 from domain.exports.schemas import GGUFExportPending
 from domain.exports.service import request_export
-from domain.jobs import service
 from domain.runs.kinds import EXPORT
 from domain.runs.leases import send_to_worker
+from domain.sharing.service import readable_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=COMMON_ERROR_RESPONSES)
 
@@ -56,7 +56,7 @@ def download_gguf(
     by a worker on the first request (202 with its status and stage until
     ready), then kept. A failed export answers with its error (422 when the
     model cannot be exported at all) until asked again with retry=true."""
-    job = service.get_job(session, user, job_id)
+    job = readable_job(session, user, job_id)  # the owner's, or shared with the caller
     if job.status != "succeeded" or not job.adapter_key:
         raise APIError(409, f"Job '{job_id}' is {job.status}; a GGUF export exists once it succeeds.", code="adapter_not_ready")
     model_type = known_model_type(session, state.settings, job)

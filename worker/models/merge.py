@@ -16,6 +16,7 @@ from pathlib import Path
 
 from domain.exports.gguf import quantization_of, shared_system_prompt, stage_key
 from domain.files.repository import FileRepository
+from domain.jobs.model_card import CARD_NAME, model_card_files
 from domain.jobs.models import FineTuningJob
 from domain.jobs.weights import is_full_fine_tune
 from domain.runs.kinds import EXPORT
@@ -50,13 +51,16 @@ def merge_adapter(base: BaseModel, adapter_dir: Path, out_dir: Path, *, dtype=No
     return out_dir
 
 
-def folder_zip(folder: Path) -> bytes:
+def folder_zip(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:
+    """The folder's files, then `extra_files` (name -> bytes) beside them."""
     buffer = io.BytesIO()
     # Stored, not deflated: safetensors barely compress and this stays fast.
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 archive.write(path, path.relative_to(folder).as_posix())
+        for name, data in (extra_files or {}).items():
+            archive.writestr(name, data)
     return buffer.getvalue()
 
 
@@ -96,7 +100,8 @@ class ExportRun(LeasedRun):
         if format == "merged":
             merged_dir = self._merge(job, work_dir)
             key = f"jobs/{job.id}/merged.zip"
-            self.stored("Uploading the merged weights", lambda: self.storage.put_bytes(key, folder_zip(merged_dir)))
+            card = self._model_card(job)
+            self.stored("Uploading the merged weights", lambda: self.storage.put_bytes(key, folder_zip(merged_dir, card)))
         else:
             key = self._gguf(job, quantization, work_dir)
         self.write("recording the export", status="ready", storage_key=key, finished_at=int(time.time()))
@@ -137,20 +142,18 @@ class ExportRun(LeasedRun):
         facts = write_gguf(merged_dir, gguf_path, quantization, name=name, on_stage=self._stage)
         shutil.rmtree(merged_dir, ignore_errors=True)
         system = self._training_system_prompt(job)
-        readme = self.gguf_readme(job, download_readme(name, gguf_path.name, quantization, system))
-        files = (gguf_path, gguf_path.name, modelfile(gguf_path.name, facts, system), readme, self.gguf_extra_files(job))
+        # The download's README is the model card followed by how to run the file.
+        card = self._model_card(job)
+        readme = f"{card.pop(CARD_NAME).decode().rstrip()}\n\n---\n\n{download_readme(name, gguf_path.name, quantization, system)}"
+        files = (gguf_path, gguf_path.name, modelfile(gguf_path.name, facts, system), readme, card)
         key = f"jobs/{job.id}/gguf-{quantization}.zip"
         self._stage("uploading the GGUF download")
         self.stored("Uploading the GGUF download", lambda: self._upload_chunks(key, gguf_zip(*files)))
         return key
 
-    # Where the integration puts the model card: the README of the GGUF
-    # download (`readme` is the one written here) and files beside it.
-    def gguf_readme(self, job: FineTuningJob, readme: str) -> str:
-        return readme
-
-    def gguf_extra_files(self, job: FineTuningJob) -> dict[str, bytes]:
-        return {}
+    def _model_card(self, job: FineTuningJob) -> dict[str, bytes]:
+        """The model card as it is now (domain/jobs/model_card.py): README.md and its curves."""
+        return self.transaction(lambda: model_card_files(self.session, self.settings, job), "writing the model card")
 
     def _upload_chunks(self, key: str, chunks) -> None:
         with self.storage.writer(key) as writer:

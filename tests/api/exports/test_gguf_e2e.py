@@ -93,7 +93,7 @@ def test_a_lora_fine_tune_downloads_as_gguf_with_its_system_prompt_in_the_modelf
     archive = gguf_download(client, job["id"], "q8_0")
     names = archive.namelist()
     [gguf_name] = [name for name in names if name.endswith(".gguf")]
-    assert sorted(names) == sorted(["README.md", "Modelfile", gguf_name])
+    assert sorted(names) == sorted(["README.md", "Modelfile", "training_curves.png", gguf_name])
     assert gguf_name == f"tiny-llama-{job['id']}-q8_0.gguf"
     assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
     modelfile = archive.read("Modelfile").decode()
@@ -101,6 +101,8 @@ def test_a_lora_fine_tune_downloads_as_gguf_with_its_system_prompt_in_the_modelf
     assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     readme = archive.read("README.md").decode()
     assert f"ollama create {gguf_name.removesuffix('.gguf')} -f Modelfile" in readme and "llama-cli" in readme
+    # The model card first (front matter, the hyperparameters), then how to run the file.
+    assert readme.startswith("---\nbase_model: tiny-llama\n") and "learning_rate_multiplier" in readme
 
     path = extract_gguf(archive, tmp_path)
     prompt, _ = llama_cpp_chat(path, QUESTION)

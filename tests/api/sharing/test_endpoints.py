@@ -102,6 +102,8 @@ def assert_sees_it(client, service, job: FineTuningJob, evaluation_id: str, owne
     assert client.get(f"/v1/fine_tuning/jobs/{job.id}").json()["organization_id"] == owner
     assert client.get(f"/v1/evaluations/{evaluation_id}").json()["models"] == [BASE, model]
     assert evaluate(client, model).status_code == 200
+    # The GGUF export too: asked for here, made by a worker (none runs in these tests).
+    assert client.get(f"/v1/fine_tuning/jobs/{job.id}/gguf").status_code == 202
     assert error_code(chat(client, model), 503) == "no_inference_worker"
     assert error_code(chat(client, model, stream=True), 503) == "no_inference_worker"
 
@@ -110,7 +112,7 @@ def assert_sees_nothing(client, job: FineTuningJob, evaluation_id: str):
     model = job.fine_tuned_model
     assert model not in listed(client)
     assert error_code(client.get(f"/v1/models/{model}"), 404) == "model_not_found"
-    for method, path in [("GET", p) for p in READABLE_JOB_PATHS] + list(OWNER_ONLY_JOB_CALLS):
+    for method, path in [("GET", p) for p in (*READABLE_JOB_PATHS, "/gguf")] + list(OWNER_ONLY_JOB_CALLS):
         assert error_code(client.request(method, f"/v1/fine_tuning/jobs/{job.id}{path}"), 404) == "fine-tuning job_not_found"
     for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/predictions")):
         assert error_code(client.request(method, f"/v1/evaluations/{evaluation_id}{path}"), 404) == "evaluation_not_found"

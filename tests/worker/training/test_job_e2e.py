@@ -260,9 +260,14 @@ def test_merged_weights_are_made_on_request(client, tmp_path):
         return response if response.status_code == 200 else None
 
     merged = wait_for(ready, JOB_TIMEOUT, "merged weights")
-    names = zipfile.ZipFile(io.BytesIO(merged.content)).namelist()
+    archive = zipfile.ZipFile(io.BytesIO(merged.content))
+    names = archive.namelist()
     assert "config.json" in names and any(n.endswith(".safetensors") for n in names)
     assert not any(n.startswith("adapter_") for n in names)
+    # With its model card, as the job's own card endpoint gives it.
+    assert "training_curves.png" in names
+    card = client.get(f"/v1/fine_tuning/jobs/{job['id']}/model_card")
+    assert archive.read("README.md").decode() == card.text
 
 
 def test_cancel_a_running_job_frees_the_worker(client):
