@@ -29,8 +29,9 @@ from tests.conftest import running_service, service_settings, wait_for
 
 CLIENTS = 100
 REQUESTS_EACH = 5
-# Generous: answers take milliseconds; the old code took 30 s.
-SLOWEST_ALLOWED_S = 10.0
+# Generous: answers take milliseconds alone; the old code hung for the 30 s
+# pool timeout. In the full suite on 2 cores the slowest took 10.3 s once.
+SLOWEST_ALLOWED_S = 15.0
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
