@@ -45,6 +45,27 @@ class Evaluation(LeaseColumns, Base):
     predictions_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    # The LLM judges asked for (JudgeSpec dicts); None: supervised metrics only.
+    judges: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # From the pairwise judgments (domain/evaluations/ratings.py), set on success.
+    ratings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    pairwise: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # {model: {tag: count}}: the automatic tags (set on success) and the users' own
+    # (recounted from evaluation_item_tags whenever they change).
+    tag_counts: Mapped[dict[str, dict[str, int]] | None] = mapped_column(JSON, nullable=True)
+    user_tag_counts: Mapped[dict[str, dict[str, int]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class EvaluationItemTags(Base):
+    """A user's own tags on one model's output for one item of an evaluation."""
+
+    __tablename__ = "evaluation_item_tags"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    item: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    updated_at: Mapped[int] = mapped_column(BigInteger)

@@ -35,6 +35,27 @@ MAX_MODELS = 8
 DEFAULT_MAX_TOKENS = 256
 
 
+MAX_JUDGES = 4
+DEFAULT_JUDGE_MAX_TOKENS = 128
+
+
+class JudgeSpec(BaseModel):
+    """An LLM judge (opt-in; docs/evaluations.md). "reference": a 1–5 score and
+    a one-line rationale for each model's output against the reference answer.
+    "pairwise": each pair of the evaluation's models per item, judged in both
+    orders (position bias cancels out); ties allowed. Any model may judge: a
+    base model, a fine-tune, or an external model ("conn:{connection}/{model}")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["reference", "pairwise"]
+    model: str = Field(min_length=1, max_length=255)
+    # None: the default rubric of the kind (domain/evaluations/judges.py).
+    rubric: str | None = Field(default=None, min_length=1, max_length=4000)
+    # The judge's answer length (None: 128, or the deployment's limit if lower).
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
 class CreateEvaluationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +71,38 @@ class CreateEvaluationRequest(BaseModel):
     limit: int | None = Field(default=None, ge=1, le=1_000_000)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: Metadata = None
+    # None: supervised metrics only.
+    judges: list[JudgeSpec] | None = Field(default=None, max_length=MAX_JUDGES)
+
+
+class EvaluationEstimate(BaseModel):
+    """What an evaluation would cost before it runs: calls to models and judges,
+    and the judges' prompt tokens (approximate: about 4 characters a token,
+    from the file's average example size and max_tokens per judged output)."""
+
+    object: Literal["evaluation.estimate"] = "evaluation.estimate"
+    items: int
+    generation_calls: int
+    judge_calls: int
+    judge_prompt_tokens: int
+    external_calls: int = Field(description="Calls to external models (conn:), answering or judging.")
+
+
+class Rating(BaseModel):
+    model: str
+    rating: float = Field(description="Bradley–Terry rating on the Elo scale (1000: the models' geometric mean).")
+    ci_low: float
+    ci_high: float
+    games: int = Field(description="The model's readable pairwise judgments.")
+
+
+class PairRecord(BaseModel):
+    model_a: str
+    model_b: str
+    wins: int = Field(description="Judgments model_a won, over both orders.")
+    ties: int
+    losses: int
+    invalid: int = Field(description="Judgments that could not be read.")
 
 
 class EvaluationError(BaseModel):
@@ -86,6 +139,11 @@ class EvaluationObject(BaseModel):
     results: dict[str, dict[str, float | None]]
     error: EvaluationError | None
     metadata: dict[str, str] | None
+    judges: list[JudgeSpec] | None = None
+    ratings: list[Rating] | None = None
+    pairwise: list[PairRecord] | None = None
+    # {model: {tag: count}}: automatic tags once it succeeded, plus the users' own.
+    tag_counts: dict[str, dict[str, int]] | None = None
 
     @classmethod
     def of(cls, evaluation: Evaluation) -> "EvaluationObject":
@@ -113,7 +171,69 @@ class EvaluationObject(BaseModel):
             results=evaluation.results or {},
             error=EvaluationError(**evaluation.error) if evaluation.error else None,
             metadata=evaluation.user_metadata,
+            judges=evaluation.judges,
+            ratings=evaluation.ratings,
+            pairwise=evaluation.pairwise,
+            tag_counts=merged_counts(evaluation.tag_counts, evaluation.user_tag_counts),
         )
+
+
+def merged_counts(*counts: dict[str, dict[str, int]] | None) -> dict[str, dict[str, int]] | None:
+    if all(c is None for c in counts):
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for per_model in counts:
+        for model, tags in (per_model or {}).items():
+            for tag, count in tags.items():
+                out.setdefault(model, {})[tag] = out.get(model, {}).get(tag, 0) + count
+    return out
+
+
+class ItemOutput(BaseModel):
+    output: str | None = Field(description="None when the model could not be asked (see error).")
+    finish_reason: str | None
+    scores: dict[str, float | None]
+    tags: list[str] = Field(description="Automatic tags (docs/evaluations.md).")
+    user_tags: list[str]
+    latency_ms: int | None = None
+    usage: dict[str, int] | None = None
+    error: EvaluationError | None = None
+
+
+class Judgment(BaseModel):
+    kind: Literal["reference", "pairwise"]
+    judge: str = Field(description="The judge model.")
+    models: list[str] = Field(description="The judged model (reference), or the pair in the order shown (pairwise).")
+    order: int = Field(description="Pairwise: 0 as the evaluation lists the pair, 1 swapped. Reference: 0.")
+    prompt: list[dict[str, Any]]
+    raw: str | None = Field(description="The judge's answer as written; None when the call failed.")
+    score: int | None = None
+    rationale: str | None = None
+    winner: str | None = Field(default=None, description="Pairwise: the winning model, \"tie\", or None if unreadable.")
+    valid: bool
+
+
+class EvaluationItem(BaseModel):
+    object: Literal["evaluation.item"] = "evaluation.item"
+    item: int
+    line: int
+    prompt: list[dict[str, Any]] | str
+    reference: str
+    outputs: dict[str, ItemOutput]
+    judgments: list[Judgment]
+
+
+EvaluationItemList = ListPage[EvaluationItem]
+
+
+class SetItemTagsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=255)
+    tags: list[str] = Field(max_length=20, description="Replaces the user's tags on this model's output; [] clears them.")
+
+
+ItemFilter = Literal["disagree", "worse_than_base"]
 
 
 EvaluationList = ListPage[EvaluationObject]
@@ -124,10 +244,12 @@ def predictions_csv_key(jsonl_key: str) -> str:
     return jsonl_key.removesuffix(".jsonl") + ".csv"
 
 
-def item_columns(models: list[str], metrics: list[str]) -> list[str]:
+def item_columns(models: list[str], metrics: list[str], *, judged: bool = False) -> list[str]:
     """The predictions' columns, in order: the item, then per model its output
-    (a column named after the model) and its scores ("{metric}:{model}";
-    metric names have no ':', so the split at the first ':' is exact)."""
+    (a column named after the model), its scores ("{metric}:{model}";
+    metric names have no ':', so the split at the first ':' is exact), its
+    automatic tags, latency, usage and error (the last three: external models
+    only), and with judges, every judgment of the item (JSON in the CSV)."""
     columns = ["item", "line", "prompt", "reference"]
     for model in models:
         columns.append(model)
@@ -137,6 +259,10 @@ def item_columns(models: list[str], metrics: list[str]) -> list[str]:
                 columns += [f"loss:{model}", f"perplexity:{model}"]
             else:
                 columns.append(f"{metric}:{model}")
+        columns += [f"tags:{model}", f"latency_ms:{model}", f"usage:{model}", f"error:{model}"]
+    if judged:
+        columns.append("judgments")
+    columns.append("worse_than_base")
     return columns
 
 

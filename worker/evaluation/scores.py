@@ -38,11 +38,12 @@ sacrebleu alone would say 0.
 from __future__ import annotations
 
 import math
-import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
+
+from domain.evaluations.text import normalize, token_f1
+from domain.evaluations.text import tokens as _tokens
 
 METRIC_NAMES: tuple[str, ...] = (
     "exact_match",
@@ -77,38 +78,6 @@ def _check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
         )
     # Keep the canonical order, drop duplicates.
     return tuple(m for m in METRIC_NAMES if m in metrics)
-
-
-def normalize(text: str) -> str:
-    """Normalize text for lenient comparison.
-
-    Lowercases (``str.casefold``), removes every punctuation character
-    (unicode category ``P*``, so ``"don't"`` becomes ``"dont"`` and ``"。"`` is
-    removed too; symbols such as emoji or ``$`` are kept), collapses runs of
-    whitespace into one space and strips the ends.
-    """
-    text = text.casefold()
-    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
-    return " ".join(text.split())
-
-
-def _tokens(text: str) -> list[str]:
-    return normalize(text).split()
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style token F1 on the bags of normalized whitespace tokens."""
-    pred, ref = _tokens(prediction), _tokens(reference)
-    if not pred and not ref:
-        return 1.0
-    if not pred or not ref:
-        return 0.0
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision = common / len(pred)
-    recall = common / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
