@@ -14,6 +14,8 @@ const ModelsPage = lazy(() => import("./pages/Models"));
 const ModelDetailPage = lazy(() => import("./pages/ModelDetail"));
 const ComparePage = lazy(() => import("./pages/Compare"));
 const BatchesPage = lazy(() => import("./pages/Batches"));
+const ConnectionsPage = lazy(() => import("./pages/Connections"));
+const MovePage = lazy(() => import("./pages/Move"));
 
 function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
   const [key, setKeyInput] = useState("");
@@ -83,6 +85,8 @@ export default function App() {
           <NavLink to="/models">Models</NavLink>
           <NavLink to="/compare">Compare</NavLink>
           <NavLink to="/batches">Batches</NavLink>
+          <NavLink to="/connections">Connections</NavLink>
+          <NavLink to="/move">Move from a provider</NavLink>
         </nav>
         <button
           type="button"
@@ -106,6 +110,8 @@ export default function App() {
           <Route path="/compare" element={<ComparePage />} />
           <Route path="/compare/:id" element={<ComparePage />} />
           <Route path="/batches" element={<BatchesPage />} />
+          <Route path="/connections" element={<ConnectionsPage />} />
+          <Route path="/move" element={<MovePage />} />
           <Route path="*" element={<p>Page not found. <NavLink to="/datasets">Go to datasets</NavLink></p>} />
         </Routes>
         </Suspense>

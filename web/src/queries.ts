@@ -2,7 +2,9 @@
 // options every page uses. Pages call useQuery/useInfiniteQuery with these;
 // mutations (mutations.ts) invalidate by the same keys.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
-import { apiUrl, request, text } from "./api";
+import { api, apiUrl, buildUrl, request, text } from "./api";
+import type { ConnectionObject } from "./connections";
+import { filterParams, type ItemFilters } from "./evaluationAnalysis";
 import { FINAL_BATCH_STATUSES, FINAL_JOB_STATUSES, nextCursor, parseJsonl } from "./lib";
 import type { CursorPage, CreateJobRequest, JobObject, JobPreview, MetricRow } from "./types";
 
@@ -63,6 +65,22 @@ const evaluations = {
   pages: () => [...evaluations.lists(), "pages"] as const,
   detail: (id: string) => [...evaluations.all, "detail", id] as const,
   predictions: (id: string) => [...evaluations.detail(id), "predictions"] as const,
+  /** The items under some filters (a cursor list). */
+  items: (id: string, filters: ItemFilters) => [...evaluations.detail(id), "items", filters] as const,
+  /** What a request would cost (calls, tokens). */
+  estimate: (body: unknown) => [...evaluations.all, "estimate", body] as const,
+};
+
+const connections = {
+  all: ["connections"] as const,
+  list: () => [...connections.all, "list"] as const,
+  /** The models an endpoint serves (through the allow-list). */
+  models: (name: string) => [...connections.all, "models", name] as const,
+};
+
+const moves = {
+  all: ["moves"] as const,
+  list: () => [...moves.all, "list"] as const,
 };
 
 const batches = {
@@ -71,7 +89,7 @@ const batches = {
   pages: () => [...batches.lists(), "pages"] as const,
 };
 
-export const queryKeys = { files, jobs, models, evaluations, batches };
+export const queryKeys = { files, jobs, models, evaluations, batches, connections, moves };
 
 // ---------------------------------------------------------------------------
 // Polling: a refetchInterval is a number while something shown is still
@@ -229,4 +247,69 @@ export const batchPagesQuery = () =>
   cursorList(queryKeys.batches.pages(), (after: string | undefined) => request("get", "/v1/batches", { query: { limit: PAGE_SIZE, after } }), {
     isActive: isBatchActive,
     ms: POLL_MS,
+  });
+
+/** Connections are few: one request lists them all. */
+export const CONNECTIONS_LIMIT = 100;
+/** Items per page of an evaluation's items. */
+export const ITEMS_PAGE_SIZE = 20;
+/** An endpoint's model list is asked for again after this long (ms): each ask is a call to the endpoint. */
+export const CONNECTION_MODELS_STALE_MS = 5 * 60_000;
+
+export const connectionsQuery = () =>
+  queryOptions({
+    queryKey: queryKeys.connections.list(),
+    queryFn: async () => (await api<CursorPage<ConnectionObject>>(buildUrl("/v1/connections", {}, { limit: CONNECTIONS_LIMIT }))).data,
+  });
+
+export const connectionModelsQuery = (name: string) =>
+  queryOptions({
+    queryKey: queryKeys.connections.models(name),
+    queryFn: async () => (await api<CursorPage<{ id: string; owned_by?: string }>>(buildUrl("/v1/connections/{name}/models", { name }))).data,
+    staleTime: CONNECTION_MODELS_STALE_MS,
+    retry: false, // an endpoint that is down says so at once
+  });
+
+export interface EvaluationItemOutput {
+  output: string | null;
+  finish_reason?: string | null;
+  scores?: Record<string, number | null>;
+  tags: string[];
+  user_tags: string[];
+  latency_ms?: number | null;
+  usage?: Record<string, number> | null;
+}
+
+export interface EvaluationJudgment {
+  kind: string;
+  judge: string;
+  models: string[];
+  order?: unknown;
+  prompt?: unknown;
+  raw?: string | null;
+  score?: number | null;
+  winner?: string | null;
+}
+
+export interface EvaluationItem {
+  object: "evaluation.item";
+  item: number;
+  line: number;
+  prompt: unknown;
+  reference: unknown;
+  outputs: Record<string, EvaluationItemOutput>;
+  judgments: EvaluationJudgment[];
+}
+
+/** An evaluation's items under some filters, a page at a time (the cursor is the last item's number). */
+export const evaluationItemsQuery = (id: string, filters: ItemFilters) =>
+  infiniteQueryOptions({
+    queryKey: queryKeys.evaluations.items(id, filters),
+    queryFn: ({ pageParam }) =>
+      api<CursorPage<EvaluationItem>>(
+        buildUrl("/v1/evaluations/{id}/items", { id }, { ...filterParams(filters), limit: ITEMS_PAGE_SIZE, after: pageParam ?? undefined }),
+      ),
+    initialPageParam: null as string | null,
+    getNextPageParam: (last: CursorPage<EvaluationItem>) =>
+      last.has_more && last.data.length ? (last.last_id ?? String(last.data[last.data.length - 1].item)) : null,
   });

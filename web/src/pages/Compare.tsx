@@ -1,4 +1,4 @@
-import { useMemo, useState, type FormEvent } from "react";
+import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { useQuery } from "@tanstack/react-query";
 import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
 import { apiUrl, request, saveBlob } from "../api";
@@ -6,39 +6,12 @@ import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
 import { bestPerColumn, formatError, modelsDisagree, sameAnswer, toCsv } from "../lib";
 import { useCreateEvaluation, useDownload } from "../mutations";
 import { PagedTable, usePagedList } from "../PagedTable";
-import { evaluationPagesQuery, evaluationPredictionsQuery, evaluationQuery, fileChoicesQuery, isEvaluationActive, modelsQuery } from "../queries";
-import type { ChatMessage, EvaluationObject, ModelObject } from "../types";
-
-function ModelPicker({
-  models,
-  selected,
-  onChange,
-  testId,
-  legend,
-}: {
-  models: ModelObject[];
-  selected: string[];
-  onChange: (s: string[]) => void;
-  testId: string;
-  legend: string;
-}) {
-  return (
-    <fieldset data-testid={testId} className="model-picker">
-      <legend>{legend}</legend>
-      {/* Checkpoint models only when chosen (a job page's "Open in playground"): a job may have many. */}
-      {models.filter((m) => m.kind !== "checkpoint" || selected.includes(m.id)).map((m) => (
-        <label key={m.id} className="check">
-          <input
-            type="checkbox"
-            checked={selected.includes(m.id)}
-            onChange={(e) => onChange(e.target.checked ? [...selected, m.id] : selected.filter((x) => x !== m.id))}
-          />
-          <span className="mono small">{m.id}</span> <span className="muted small">({m.kind})</span>
-        </label>
-      ))}
-    </fieldset>
-  );
-}
+import { ModelPicker, ModelSelect, useModelChoices } from "../ModelChoices";
+import { describeEstimate, toRequest, type EvaluationForm, type JudgeSpec, type PairwiseResult, type Rating } from "../evaluationAnalysis";
+import { evaluationPagesQuery, evaluationPredictionsQuery, evaluationQuery, fileChoicesQuery, isEvaluationActive, queryKeys } from "../queries";
+import { api } from "../api";
+import type { ChatMessage, EvaluationObject, Schemas } from "../types";
+import { EvaluationItems, Leaderboard, ModelName } from "./EvaluationAnalysis";
 
 function fmt(v: unknown): string {
   if (typeof v === "number") return (Math.round(v * 10000) / 10000).toString();
@@ -50,6 +23,13 @@ function promptText(p: unknown): string {
   if (typeof p === "string") return p;
   if (Array.isArray(p)) return p.map((m: any) => `${m.role}: ${m.content ?? ""}`).join("\n");
   return JSON.stringify(p);
+}
+
+interface EvaluationAnalysisFields {
+  judges: JudgeSpec[] | null;
+  ratings: Rating[] | null;
+  pairwise: PairwiseResult[] | null;
+  tag_counts: Record<string, Record<string, number>> | null;
 }
 
 function EvaluationView({ id }: { id: string }) {
@@ -64,6 +44,8 @@ function EvaluationView({ id }: { id: string }) {
 
   const best = useMemo(() => bestPerColumn(ev?.results ?? {}), [ev?.results]);
   if (!ev) return error ? <ErrorBox error={error} /> : <p className="muted">Loading…</p>;
+  // Judges, ratings and tags (servers that have them send "tag_counts", null until scored).
+  const analysis = "tag_counts" in ev ? (ev as EvaluationObject & EvaluationAnalysisFields) : null;
   const metricNames = Array.from(new Set(Object.values(ev.results).flatMap((r) => Object.keys(r ?? {}))));
   const total = (ev.progress.items_total ?? 0) * ev.models.length;
   const shown = rows ? (onlyDisagree ? rows.filter((r) => modelsDisagree(r, ev.models)) : rows) : [];
@@ -115,7 +97,9 @@ function EvaluationView({ id }: { id: string }) {
             <tbody>
               {ev.models.map((model) => (
                 <tr key={model}>
-                  <td className="mono small">{model}</td>
+                  <td>
+                    <ModelName model={model} />
+                  </td>
                   {metricNames.map((m) => {
                     const isBest = best[m]?.includes(model);
                     return (
@@ -130,7 +114,14 @@ function EvaluationView({ id }: { id: string }) {
           </table>
         </div>
       )}
-      {ev.status === "succeeded" && (
+      {analysis?.judges && analysis.judges.length > 0 && (
+        <p className="muted small" data-testid="evaluation-judges">
+          Judges: {analysis.judges.map((j) => `${j.kind} by ${j.model}`).join(" · ")}
+        </p>
+      )}
+      <Leaderboard ratings={analysis?.ratings} pairwise={analysis?.pairwise} />
+      {ev.status === "succeeded" && analysis && <EvaluationItems evaluationId={id} models={ev.models} tagCounts={analysis.tag_counts} />}
+      {ev.status === "succeeded" && !analysis && (
         <>
           <div className="row wrap between">
             <h3>Items</h3>
@@ -225,26 +216,81 @@ function EvaluationView({ id }: { id: string }) {
   );
 }
 
+/** `value`, once it has not changed for `ms` (the estimate is asked for when the form rests). */
+function useDebounced<T>(value: T, ms = 400): T {
+  const [settled, setSettled] = useState(value);
+  useEffect(() => {
+    const t = setTimeout(() => setSettled(value), ms);
+    return () => clearTimeout(t);
+  }, [value, ms]);
+  return settled;
+}
+
+interface Estimate {
+  items: number;
+  generation_calls: number;
+  judge_calls: number;
+  judge_prompt_tokens: number;
+  external_calls: number;
+}
+
+/** What the run will call (POST /v1/evaluations/estimate), shown before it runs. */
+function EstimateLine({ body }: { body: ReturnType<typeof toRequest> | null }) {
+  const settled = useDebounced(body ? JSON.stringify(body) : null);
+  const estimate = useQuery({
+    queryKey: queryKeys.evaluations.estimate(settled),
+    queryFn: () => api<Estimate>("/v1/evaluations/estimate", { json: JSON.parse(settled!) }),
+    enabled: settled !== null,
+    retry: false,
+  });
+  if (!body) return null;
+  return (
+    <div className="estimate" data-testid="evaluation-estimate">
+      {estimate.data ? (
+        <span>
+          Estimated: <strong>{describeEstimate(estimate.data)}</strong>
+        </span>
+      ) : estimate.error ? (
+        <ErrorBox error={estimate.error} testId="estimate-error" />
+      ) : (
+        <span className="muted">Estimating…</span>
+      )}
+    </div>
+  );
+}
+
 function Evaluations() {
   const { id } = useParams();
   const nav = useNavigate();
-  const { data: models, error: modelsError } = useQuery(modelsQuery());
+  const { choices, error: modelsError, unreachable } = useModelChoices();
   const files = useQuery(fileChoicesQuery("fine-tune"));
   // The user's pick, else the newest fine-tune file.
   const [pickedFile, setFileId] = useState<string | null>(null);
+  const [form, setForm] = useState<Omit<EvaluationForm, "fileId">>({
+    split: "test",
+    limit: "",
+    models: [],
+    referenceJudge: false,
+    pairwiseJudge: false,
+    judgeModel: "",
+    rubric: "",
+  });
+  const set = (patch: Partial<typeof form>) => setForm((f) => ({ ...f, ...patch }));
   const fileId = pickedFile ?? files.data?.[0]?.id ?? "";
-  const [split, setSplit] = useState<EvaluationObject["split"]>("test");
-  const [limit, setLimit] = useState("");
-  const [picked, setPicked] = useState<string[]>([]);
   const create = useCreateEvaluation();
   const list = usePagedList(evaluationPagesQuery());
+  const judged = form.referenceJudge || form.pairwiseJudge;
+  let body: ReturnType<typeof toRequest> | null = null;
+  let formError: unknown = null;
+  try {
+    if (fileId && form.models.length) body = toRequest({ ...form, fileId });
+  } catch (err) {
+    formError = err;
+  }
 
   function run(e: FormEvent) {
     e.preventDefault();
-    create.mutate(
-      { file_id: fileId, split, models: picked, ...(limit.trim() ? { limit: Number(limit) } : {}) },
-      { onSuccess: (ev) => nav(`/compare/${ev.id}`) },
-    );
+    if (body) create.mutate(body as Schemas["CreateEvaluationRequest"], { onSuccess: (ev) => nav(`/compare/${ev.id}`) });
   }
 
   return (
@@ -267,18 +313,58 @@ function Evaluations() {
           ))}
         </select>
         <label htmlFor="eval-split">Split</label>
-        <select id="eval-split" data-testid="eval-split" value={split} onChange={(e) => setSplit(e.target.value as EvaluationObject["split"])}>
+        <select id="eval-split" data-testid="eval-split" value={form.split} onChange={(e) => set({ split: e.target.value as EvaluationObject["split"] })}>
           <option value="test">test</option>
           <option value="train">train</option>
           <option value="all">all</option>
         </select>
         <label htmlFor="eval-limit">At most this many items (optional)</label>
-        <input id="eval-limit" data-testid="eval-limit" value={limit} onChange={(e) => setLimit(e.target.value)} inputMode="numeric" />
-        {models && <ModelPicker models={models} selected={picked} onChange={setPicked} testId="eval-models" legend="Models to compare (1–8)" />}
-        <button type="submit" data-testid="run-evaluation" disabled={create.isPending || !fileId || picked.length === 0}>
+        <input id="eval-limit" data-testid="eval-limit" value={form.limit} onChange={(e) => set({ limit: e.target.value })} inputMode="numeric" />
+        {choices && (
+          <ModelPicker
+            choices={choices}
+            unreachable={unreachable}
+            selected={form.models}
+            onChange={(models) => set({ models })}
+            testId="eval-models"
+            legend="Models to compare (1–8; external ones through your connections)"
+          />
+        )}
+        <fieldset className="model-picker" data-testid="eval-judges">
+          <legend>LLM judges (optional; supervised metrics are always computed)</legend>
+          <label className="check">
+            <input type="checkbox" data-testid="judge-reference" checked={form.referenceJudge} onChange={(e) => set({ referenceJudge: e.target.checked })} />
+            Reference judge: a 1–5 score with a one-line rationale against the reference answer
+          </label>
+          <label className="check">
+            <input type="checkbox" data-testid="judge-pairwise" checked={form.pairwiseJudge} onChange={(e) => set({ pairwiseJudge: e.target.checked })} />
+            Pairwise judge: each pair of models per item, in both orders; gives ratings with intervals
+          </label>
+          {judged && choices && (
+            <>
+              <label htmlFor="judge-model">Judge model</label>
+              <ModelSelect id="judge-model" testId="judge-model" choices={choices} value={form.judgeModel} onChange={(judgeModel) => set({ judgeModel })} />
+            </>
+          )}
+          {form.referenceJudge && (
+            <>
+              <label htmlFor="judge-rubric">Rubric of the reference judge (optional; empty: the default rubric)</label>
+              <textarea
+                id="judge-rubric"
+                data-testid="judge-rubric"
+                rows={3}
+                value={form.rubric}
+                onChange={(e) => set({ rubric: e.target.value })}
+                placeholder="e.g. 5: same meaning as the reference; 1: wrong or off-topic. Ignore style."
+              />
+            </>
+          )}
+        </fieldset>
+        <EstimateLine body={body} />
+        <button type="submit" data-testid="run-evaluation" disabled={create.isPending || !body}>
           {create.isPending ? "Starting…" : "Run evaluation"}
         </button>
-        <ErrorBox error={create.error ?? files.error} testId="evaluation-error" />
+        <ErrorBox error={create.error ?? formError ?? files.error} testId="evaluation-error" />
       </form>
       <div className="card">
         <h2>Evaluations</h2>
@@ -313,7 +399,7 @@ interface Answer {
 }
 
 function Playground({ initial = [] }: { initial?: string[] }) {
-  const { data: models, error: modelsError } = useQuery(modelsQuery());
+  const { choices, error: modelsError, unreachable } = useModelChoices();
   const [system, setSystem] = useState("");
   const [prompt, setPrompt] = useState("");
   const [picked, setPicked] = useState<string[]>(initial);
@@ -365,7 +451,9 @@ function Playground({ initial = [] }: { initial?: string[] }) {
           <label htmlFor="pg-temperature">temperature</label>
           <input id="pg-temperature" className="narrow" value={temperature} onChange={(e) => setTemperature(e.target.value)} />
         </div>
-        {models && <ModelPicker models={models} selected={picked} onChange={setPicked} testId="playground-models" legend="Models" />}
+        {choices && (
+          <ModelPicker choices={choices} unreachable={unreachable} selected={picked} onChange={setPicked} testId="playground-models" legend="Models (external ones through your connections)" />
+        )}
         <button type="submit" data-testid="playground-send" disabled={pending || !prompt.trim() || picked.length === 0}>
           {pending ? "Waiting for answers…" : "Send"}
         </button>
@@ -377,7 +465,9 @@ function Playground({ initial = [] }: { initial?: string[] }) {
             const a = answers[m];
             return (
               <section key={m} className="card answer" data-testid="playground-answer" data-model={m} aria-label={`Answer from ${m}`}>
-                <h3 className="mono small">{m}</h3>
+                <h3>
+                  <ModelName model={m} />
+                </h3>
                 {a?.status === "pending" && <p className="muted">Generating… (the first request loads the model)</p>}
                 {a?.status === "done" && (
                   <>
