@@ -46,7 +46,7 @@ export async function api<T = unknown>(path: string, init: RequestInit & { json?
 // generated from the API's OpenAPI schema (src/generated/openapi.ts), so a
 // change to the API that the UI does not follow fails `tsc`.
 
-export type Method = "get" | "post" | "delete";
+export type Method = "get" | "post" | "put" | "delete";
 /** The operation behind `method path`. */
 type Operation<P extends keyof paths, M extends Method> = M extends keyof paths[P] ? paths[P][M] : never;
 type JsonContent<R> = R extends { content: { "application/json": infer J } } ? J : never;

@@ -1,24 +1,10 @@
 // Connections to OpenAI-compatible endpoints (POST/GET/DELETE /v1/connections)
 // and the model choices they add: `conn:{name}/{model}` beside the local
 // models. Pure helpers, unit-tested in connections.test.ts.
-import type { ModelObject } from "./types";
+import type { ModelObject, Schemas } from "./types";
 
-export interface ConnectionObject {
-  object: "connection";
-  id: string;
-  name: string;
-  base_url: string;
-  models: string[] | null;
-  created_at: number;
-}
-
-export interface ConnectionTest {
-  object: "connection.test";
-  ok: boolean;
-  models: string[];
-  latency_ms: number;
-  error: { code: string; message: string } | null;
-}
+export type ConnectionObject = Schemas["ConnectionObject"];
+export type ConnectionTest = Schemas["ConnectionTest"];
 
 /** The prefix of an external model's id. */
 export const CONNECTION_PREFIX = "conn:";

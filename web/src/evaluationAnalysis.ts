@@ -2,32 +2,12 @@
 // New-evaluation form sends, the leaderboard's order, the tag chips and the
 // items' filters. Pure helpers, unit-tested in evaluationAnalysis.test.ts.
 import { pageQuery } from "./lib";
+import type { Schemas } from "./types";
 
-export type JudgeKind = "reference" | "pairwise";
-
-export interface JudgeSpec {
-  kind: JudgeKind;
-  model: string;
-  rubric?: string | null;
-  max_tokens?: number | null;
-}
-
-export interface Rating {
-  model: string;
-  rating: number;
-  ci_low: number;
-  ci_high: number;
-  games: number;
-}
-
-export interface PairwiseResult {
-  model_a: string;
-  model_b: string;
-  wins: number;
-  ties: number;
-  losses: number;
-  invalid: number;
-}
+export type JudgeSpec = Schemas["JudgeSpec"];
+export type Rating = Schemas["Rating"];
+export type PairwiseResult = Schemas["PairRecord"];
+export type Estimate = Schemas["EvaluationEstimate"];
 
 /** What the form holds; `toRequest` makes the API's body of it. */
 export interface EvaluationForm {
@@ -42,7 +22,7 @@ export interface EvaluationForm {
 }
 
 /** The body of POST /v1/evaluations (and of /v1/evaluations/estimate). Throws a readable error for a form that cannot be sent. */
-export function toRequest(form: EvaluationForm) {
+export function toRequest(form: EvaluationForm): Schemas["CreateEvaluationRequest"] {
   const judges: JudgeSpec[] = [];
   if (form.referenceJudge || form.pairwiseJudge) {
     if (!form.judgeModel) throw new Error("Pick a judge model");
@@ -109,8 +89,8 @@ export interface ItemFilters {
 export const NO_FILTERS: ItemFilters = { tag: "", model: "", filter: "" };
 
 /** The filters as query parameters (empty ones left out): the same for the list and for the download. */
-export function filterParams(f: ItemFilters): Record<string, string> {
-  const params: Record<string, string> = {};
+export function filterParams(f: ItemFilters): { tag?: string; model?: string; filter?: Exclude<ItemFilter, ""> } {
+  const params: { tag?: string; model?: string; filter?: Exclude<ItemFilter, ""> } = {};
   if (f.tag) params.tag = f.tag;
   if (f.model) params.model = f.model;
   if (f.filter) params.filter = f.filter;
@@ -128,7 +108,7 @@ export function parseTags(text: string): string[] {
 }
 
 /** The estimate in one line: what the run will call, before it runs. */
-export function describeEstimate(e: { items: number; generation_calls: number; judge_calls: number; judge_prompt_tokens: number; external_calls: number }): string {
+export function describeEstimate(e: Estimate): string {
   const parts = [`${e.items} items`, `${e.generation_calls} generation calls`];
   if (e.judge_calls) parts.push(`${e.judge_calls} judge calls (~${e.judge_prompt_tokens.toLocaleString("en-US")} judge prompt tokens)`);
   if (e.external_calls) parts.push(`${e.external_calls} calls to external endpoints`);

@@ -6,13 +6,11 @@ import {
   formatError,
   lineErrors,
   mergePages,
-  modelsDisagree,
   sameAnswer,
   nextCursor,
   pageQuery,
   parseApiError,
   parseJsonl,
-  toCsv,
 } from "./lib";
 
 describe("API errors", () => {
@@ -88,23 +86,11 @@ describe("metrics table", () => {
   });
 });
 
-describe("disagreement filter", () => {
-  it("compares outputs after whitespace/case normalization", () => {
-    expect(modelsDisagree({ a: "Paris", b: " paris " }, ["a", "b"])).toBe(false);
-    expect(modelsDisagree({ a: "Paris", b: "Lyon" }, ["a", "b"])).toBe(true);
-    expect(modelsDisagree({ a: "x" }, ["a"])).toBe(false);
-    expect(modelsDisagree({ a: "x", b: null }, ["a", "b"])).toBe(true);
-  });
-});
-
 describe("formatting", () => {
   it("formats durations", () => {
     expect(formatDuration(5)).toBe("5s");
     expect(formatDuration(125)).toBe("2m 05s");
     expect(formatDuration(3720)).toBe("1h 02m");
-  });
-  it("writes CSV with quoting", () => {
-    expect(toCsv([{ a: 'x,"y"', b: 1 }, { a: "z" }])).toBe('a,b\n"x,""y""",1\nz,\n');
   });
 });
 

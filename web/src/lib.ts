@@ -135,13 +135,6 @@ export function sameAnswer(a: unknown, b: unknown): boolean {
   return norm(a) === norm(b);
 }
 
-/** True when the models' outputs in a prediction row are not all the same (after whitespace/case normalization). */
-export function modelsDisagree(row: Record<string, unknown>, models: string[]): boolean {
-  if (models.length < 2) return false;
-  const first = norm(row[models[0]]);
-  return models.some((m) => norm(row[m]) !== first);
-}
-
 // The hyperparameter form's fields and ranges are in hyperparameters.ts.
 
 /** Seconds → "1h 02m", "3m 05s", "12s". */
@@ -154,16 +147,6 @@ export function formatDuration(seconds: number): string {
   if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
   if (m) return `${m}m ${String(r).padStart(2, "0")}s`;
   return `${r}s`;
-}
-
-/** Rows → CSV text (RFC 4180 quoting). */
-export function toCsv(rows: Record<string, unknown>[], columns?: string[]): string {
-  const cols = columns ?? Array.from(new Set(rows.flatMap((r) => Object.keys(r))));
-  const cell = (v: unknown) => {
-    const s = v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
-    return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-  };
-  return [cols.map(cell).join(","), ...rows.map((r) => cols.map((c) => cell(r[c])).join(","))].join("\n") + "\n";
 }
 
 export const FINAL_JOB_STATUSES = new Set(["succeeded", "failed", "cancelled"]);

@@ -26,7 +26,7 @@ describe("query keys", () => {
       expect(startsWith(key, k.files.all)).toBe(true);
     for (const key of [k.jobs.pages(), k.jobs.detail("j"), k.jobs.metrics("j"), k.jobs.events("j"), k.jobs.checkpoints("j"), k.jobs.recipe("j")])
       expect(startsWith(key, k.jobs.all)).toBe(true);
-    expect(startsWith(k.evaluations.predictions("e"), k.evaluations.detail("e"))).toBe(true);
+    expect(startsWith(k.evaluations.items("e", { tag: "", model: "", filter: "" }), k.evaluations.detail("e"))).toBe(true);
     expect(startsWith(k.batches.pages(), k.batches.lists())).toBe(true);
     expect(startsWith(k.models.list(), k.models.all)).toBe(true);
   });

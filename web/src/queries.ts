@@ -2,11 +2,10 @@
 // options every page uses. Pages call useQuery/useInfiniteQuery with these;
 // mutations (mutations.ts) invalidate by the same keys.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
-import { api, apiUrl, buildUrl, request, text } from "./api";
-import type { ConnectionObject } from "./connections";
+import { apiUrl, request, text } from "./api";
 import { filterParams, type ItemFilters } from "./evaluationAnalysis";
 import { FINAL_BATCH_STATUSES, FINAL_JOB_STATUSES, nextCursor, parseJsonl } from "./lib";
-import type { CursorPage, CreateJobRequest, JobObject, JobPreview, MetricRow } from "./types";
+import type { CursorPage, CreateJobRequest, EvaluationItem, JobObject, JobPreview, MetricRow, Schemas } from "./types";
 
 /** Active jobs, evaluations and batches are refreshed this often (ms). */
 export const POLL_MS = 2000;
@@ -64,7 +63,6 @@ const evaluations = {
   lists: () => [...evaluations.all, "list"] as const,
   pages: () => [...evaluations.lists(), "pages"] as const,
   detail: (id: string) => [...evaluations.all, "detail", id] as const,
-  predictions: (id: string) => [...evaluations.detail(id), "predictions"] as const,
   /** The items under some filters (a cursor list). */
   items: (id: string, filters: ItemFilters) => [...evaluations.detail(id), "items", filters] as const,
   /** What a request would cost (calls, tokens). */
@@ -234,15 +232,6 @@ export const evaluationQuery = (id: string) =>
     refetchInterval: (query) => pollWhileActive(query.state.data && [query.state.data], isEvaluationActive, POLL_MS),
   });
 
-/** A finished evaluation's predictions, one row per item (JSONL). */
-export const evaluationPredictionsQuery = (id: string) =>
-  queryOptions({
-    queryKey: queryKeys.evaluations.predictions(id),
-    queryFn: async () =>
-      parseJsonl(await text(apiUrl("/v1/evaluations/{evaluation_id}/predictions", { evaluation_id: id }, { format: "jsonl" }))).rows as Record<string, unknown>[],
-    staleTime: Infinity,
-  });
-
 export const batchPagesQuery = () =>
   cursorList(queryKeys.batches.pages(), (after: string | undefined) => request("get", "/v1/batches", { query: { limit: PAGE_SIZE, after } }), {
     isActive: isBatchActive,
@@ -259,57 +248,35 @@ export const CONNECTION_MODELS_STALE_MS = 5 * 60_000;
 export const connectionsQuery = () =>
   queryOptions({
     queryKey: queryKeys.connections.list(),
-    queryFn: async () => (await api<CursorPage<ConnectionObject>>(buildUrl("/v1/connections", {}, { limit: CONNECTIONS_LIMIT }))).data,
+    queryFn: async () => (await request("get", "/v1/connections", { query: { limit: CONNECTIONS_LIMIT } })).data,
   });
 
 export const connectionModelsQuery = (name: string) =>
   queryOptions({
     queryKey: queryKeys.connections.models(name),
-    queryFn: async () => (await api<CursorPage<{ id: string; owned_by?: string }>>(buildUrl("/v1/connections/{name}/models", { name }))).data,
+    queryFn: async () => (await request("get", "/v1/connections/{name}/models", { path: { name } })).data,
     staleTime: CONNECTION_MODELS_STALE_MS,
     retry: false, // an endpoint that is down says so at once
   });
-
-export interface EvaluationItemOutput {
-  output: string | null;
-  finish_reason?: string | null;
-  scores?: Record<string, number | null>;
-  tags: string[];
-  user_tags: string[];
-  latency_ms?: number | null;
-  usage?: Record<string, number> | null;
-}
-
-export interface EvaluationJudgment {
-  kind: string;
-  judge: string;
-  models: string[];
-  order?: unknown;
-  prompt?: unknown;
-  raw?: string | null;
-  score?: number | null;
-  winner?: string | null;
-}
-
-export interface EvaluationItem {
-  object: "evaluation.item";
-  item: number;
-  line: number;
-  prompt: unknown;
-  reference: unknown;
-  outputs: Record<string, EvaluationItemOutput>;
-  judgments: EvaluationJudgment[];
-}
 
 /** An evaluation's items under some filters, a page at a time (the cursor is the last item's number). */
 export const evaluationItemsQuery = (id: string, filters: ItemFilters) =>
   infiniteQueryOptions({
     queryKey: queryKeys.evaluations.items(id, filters),
     queryFn: ({ pageParam }) =>
-      api<CursorPage<EvaluationItem>>(
-        buildUrl("/v1/evaluations/{id}/items", { id }, { ...filterParams(filters), limit: ITEMS_PAGE_SIZE, after: pageParam ?? undefined }),
-      ),
-    initialPageParam: null as string | null,
-    getNextPageParam: (last: CursorPage<EvaluationItem>) =>
-      last.has_more && last.data.length ? (last.last_id ?? String(last.data[last.data.length - 1].item)) : null,
+      request("get", "/v1/evaluations/{evaluation_id}/items", {
+        path: { evaluation_id: id },
+        query: { ...filterParams(filters), limit: ITEMS_PAGE_SIZE, after: pageParam ?? undefined },
+      }),
+    initialPageParam: null as number | null,
+    getNextPageParam: (last: { has_more: boolean; data: EvaluationItem[] }) => (last.has_more && last.data.length ? last.data[last.data.length - 1].item : null),
+  });
+
+/** What an evaluation request would call (models, judges, external endpoints), before it runs. */
+export const evaluationEstimateQuery = (body: Schemas["CreateEvaluationRequest"] | null) =>
+  queryOptions({
+    queryKey: queryKeys.evaluations.estimate(body),
+    queryFn: () => request("post", "/v1/evaluations/estimate", { json: body! }),
+    enabled: body !== null,
+    retry: false,
   });

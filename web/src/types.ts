@@ -17,6 +17,7 @@ export type ModelObject = Schemas["ModelObject"];
 export type EvaluationObject = Schemas["EvaluationObject"];
 export type BatchObject = Schemas["BatchObject"];
 export type ChatMessage = Schemas["ChatMessage"];
+export type EvaluationItem = Schemas["EvaluationItem"];
 
 /** An OpenAI cursor list page: every `ListPage_*` schema is one (checked below). */
 export interface CursorPage<T> {
@@ -33,6 +34,7 @@ export type CursorPages = [
   IsCursorPage<Schemas["ListPage_CheckpointObject_"]>,
   IsCursorPage<Schemas["ListPage_EvaluationObject_"]>,
   IsCursorPage<Schemas["ListPage_BatchObject_"]>,
+  IsCursorPage<Schemas["ListPage_ConnectionObject_"]>,
 ];
 
 // ---------------------------------------------------------------------------

@@ -1,15 +1,14 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { useQuery } from "@tanstack/react-query";
 import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
-import { apiUrl, request, saveBlob } from "../api";
+import { apiUrl, request } from "../api";
 import { ErrorBox, fmtTime, ProgressBar, StatusChip } from "../common";
-import { bestPerColumn, formatError, modelsDisagree, sameAnswer, toCsv } from "../lib";
+import { bestPerColumn } from "../lib";
 import { useCreateEvaluation, useDownload } from "../mutations";
 import { PagedTable, usePagedList } from "../PagedTable";
 import { ModelPicker, ModelSelect, useModelChoices } from "../ModelChoices";
-import { describeEstimate, toRequest, type EvaluationForm, type JudgeSpec, type PairwiseResult, type Rating } from "../evaluationAnalysis";
-import { evaluationPagesQuery, evaluationPredictionsQuery, evaluationQuery, fileChoicesQuery, isEvaluationActive, queryKeys } from "../queries";
-import { api } from "../api";
+import { describeEstimate, toRequest, type EvaluationForm } from "../evaluationAnalysis";
+import { evaluationEstimateQuery, evaluationPagesQuery, evaluationQuery, fileChoicesQuery, isEvaluationActive } from "../queries";
 import type { ChatMessage, EvaluationObject, Schemas } from "../types";
 import { EvaluationItems, Leaderboard, ModelName } from "./EvaluationAnalysis";
 
@@ -19,36 +18,15 @@ function fmt(v: unknown): string {
   return String(v);
 }
 
-function promptText(p: unknown): string {
-  if (typeof p === "string") return p;
-  if (Array.isArray(p)) return p.map((m: any) => `${m.role}: ${m.content ?? ""}`).join("\n");
-  return JSON.stringify(p);
-}
-
-interface EvaluationAnalysisFields {
-  judges: JudgeSpec[] | null;
-  ratings: Rating[] | null;
-  pairwise: PairwiseResult[] | null;
-  tag_counts: Record<string, Record<string, number>> | null;
-}
-
 function EvaluationView({ id }: { id: string }) {
   const { data: ev, error } = useQuery(evaluationQuery(id));
-  const predictions = useQuery({ ...evaluationPredictionsQuery(id), enabled: ev?.status === "succeeded" });
-  const rows = predictions.data;
-  const rowsError = predictions.error;
-  const [onlyDisagree, setOnlyDisagree] = useState(false);
   const dl = useDownload();
-  const actionError = dl.error;
   const active = !!ev && isEvaluationActive(ev);
 
   const best = useMemo(() => bestPerColumn(ev?.results ?? {}), [ev?.results]);
   if (!ev) return error ? <ErrorBox error={error} /> : <p className="muted">Loading…</p>;
-  // Judges, ratings and tags (servers that have them send "tag_counts", null until scored).
-  const analysis = "tag_counts" in ev ? (ev as EvaluationObject & EvaluationAnalysisFields) : null;
   const metricNames = Array.from(new Set(Object.values(ev.results).flatMap((r) => Object.keys(r ?? {}))));
   const total = (ev.progress.items_total ?? 0) * ev.models.length;
-  const shown = rows ? (onlyDisagree ? rows.filter((r) => modelsDisagree(r, ev.models)) : rows) : [];
   const predictionsUrl = (format: "csv" | "jsonl") => apiUrl("/v1/evaluations/{evaluation_id}/predictions", { evaluation_id: id }, { format });
 
   return (
@@ -114,102 +92,35 @@ function EvaluationView({ id }: { id: string }) {
           </table>
         </div>
       )}
-      {analysis?.judges && analysis.judges.length > 0 && (
+      {ev.judges && ev.judges.length > 0 && (
         <p className="muted small" data-testid="evaluation-judges">
-          Judges: {analysis.judges.map((j) => `${j.kind} by ${j.model}`).join(" · ")}
+          Judges: {ev.judges.map((j) => `${j.kind} by ${j.model}`).join(" · ")}
         </p>
       )}
-      <Leaderboard ratings={analysis?.ratings} pairwise={analysis?.pairwise} />
-      {ev.status === "succeeded" && analysis && <EvaluationItems evaluationId={id} models={ev.models} tagCounts={analysis.tag_counts} />}
-      {ev.status === "succeeded" && !analysis && (
+      <Leaderboard ratings={ev.ratings} pairwise={ev.pairwise} />
+      {ev.status === "succeeded" && (
         <>
-          <div className="row wrap between">
-            <h3>Items</h3>
-            <div className="row wrap">
-              <label className="check">
-                <input type="checkbox" data-testid="disagree-filter" checked={onlyDisagree} onChange={(e) => setOnlyDisagree(e.target.checked)} />
-                Only items where models disagree
-              </label>
-              <button
-                type="button"
-                className="secondary small"
-                data-testid="download-predictions-csv"
-                onClick={() => dl.mutate({ path: predictionsUrl("csv"), filename: `${id}-predictions.csv` })}
-              >
-                CSV
-              </button>
-              <button
-                type="button"
-                className="secondary small"
-                data-testid="download-predictions-jsonl"
-                onClick={() => dl.mutate({ path: predictionsUrl("jsonl"), filename: `${id}-predictions.jsonl` })}
-              >
-                JSONL
-              </button>
-              {onlyDisagree && rows && (
-                <button
-                  type="button"
-                  className="secondary small"
-                  onClick={() => saveBlob(new Blob([toCsv(shown)], { type: "text/csv" }), `${id}-disagreements.csv`)}
-                >
-                  CSV of shown
-                </button>
-              )}
-            </div>
+          <div className="row wrap">
+            <span className="muted small">Every prediction, score and judgment:</span>
+            <button
+              type="button"
+              className="secondary small"
+              data-testid="download-predictions-csv"
+              onClick={() => dl.mutate({ path: predictionsUrl("csv"), filename: `${id}-predictions.csv` })}
+            >
+              CSV
+            </button>
+            <button
+              type="button"
+              className="secondary small"
+              data-testid="download-predictions-jsonl"
+              onClick={() => dl.mutate({ path: predictionsUrl("jsonl"), filename: `${id}-predictions.jsonl` })}
+            >
+              JSONL
+            </button>
           </div>
-          <ErrorBox error={actionError} />
-          {rowsError ? <div className="error" role="alert">{formatError(rowsError)}</div> : null}
-          {!rows && !rowsError && <p className="muted">Loading predictions…</p>}
-          {rows && (
-            <>
-              <p className="muted small">
-                {shown.length} of {rows.length} items
-              </p>
-              {shown.length === 0 && (
-                <p className="empty" data-testid="items-empty">
-                  {onlyDisagree
-                    ? ev.models.length < 2
-                      ? "Disagreement needs two models or more; this evaluation has one. Untick the filter to see every item."
-                      : "All models gave the same answer on every item. Untick the filter to see them."
-                    : "This evaluation has no items."}
-                </p>
-              )}
-              <div className="table-wrap">
-                <table data-testid="items-table" className="items">
-                  <thead>
-                    <tr>
-                      <th>#</th>
-                      <th>Prompt</th>
-                      <th>Reference</th>
-                      {ev.models.map((m) => (
-                        <th key={m} className="mono small">
-                          {m}
-                        </th>
-                      ))}
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {shown.map((r, i) => (
-                      <tr key={String(r.item ?? i)} data-testid="item-row" data-disagree={modelsDisagree(r, ev.models)}>
-                        <td className="num">{String(r.item ?? i)}</td>
-                        <td className="pre">{promptText(r.prompt)}</td>
-                        <td className="pre">{String(r.reference ?? "")}</td>
-                        {ev.models.map((m) => (
-                          <td
-                            key={m}
-                            className={`pre ${sameAnswer(r[m], r.reference) ? "answer-matches" : "answer-differs"}`}
-                            title={sameAnswer(r[m], r.reference) ? "same as the reference" : "differs from the reference"}
-                          >
-                            {String(r[m] ?? "")}
-                          </td>
-                        ))}
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              </div>
-            </>
-          )}
+          <ErrorBox error={dl.error} />
+          <EvaluationItems evaluationId={id} models={ev.models} tagCounts={ev.tag_counts} />
         </>
       )}
     </div>
@@ -226,23 +137,11 @@ function useDebounced<T>(value: T, ms = 400): T {
   return settled;
 }
 
-interface Estimate {
-  items: number;
-  generation_calls: number;
-  judge_calls: number;
-  judge_prompt_tokens: number;
-  external_calls: number;
-}
-
 /** What the run will call (POST /v1/evaluations/estimate), shown before it runs. */
-function EstimateLine({ body }: { body: ReturnType<typeof toRequest> | null }) {
+function EstimateLine({ body }: { body: Schemas["CreateEvaluationRequest"] | null }) {
+  // Debounced by value: the body is a new object at every render.
   const settled = useDebounced(body ? JSON.stringify(body) : null);
-  const estimate = useQuery({
-    queryKey: queryKeys.evaluations.estimate(settled),
-    queryFn: () => api<Estimate>("/v1/evaluations/estimate", { json: JSON.parse(settled!) }),
-    enabled: settled !== null,
-    retry: false,
-  });
+  const estimate = useQuery(evaluationEstimateQuery(settled ? JSON.parse(settled) : null));
   if (!body) return null;
   return (
     <div className="estimate" data-testid="evaluation-estimate">
@@ -280,7 +179,7 @@ function Evaluations() {
   const create = useCreateEvaluation();
   const list = usePagedList(evaluationPagesQuery());
   const judged = form.referenceJudge || form.pairwiseJudge;
-  let body: ReturnType<typeof toRequest> | null = null;
+  let body: Schemas["CreateEvaluationRequest"] | null = null;
   let formError: unknown = null;
   try {
     if (fileId && form.models.length) body = toRequest({ ...form, fileId });
@@ -290,7 +189,7 @@ function Evaluations() {
 
   function run(e: FormEvent) {
     e.preventDefault();
-    if (body) create.mutate(body as Schemas["CreateEvaluationRequest"], { onSuccess: (ev) => nav(`/compare/${ev.id}`) });
+    if (body) create.mutate(body, { onSuccess: (ev) => nav(`/compare/${ev.id}`) });
   }
 
   return (

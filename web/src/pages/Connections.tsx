@@ -4,9 +4,10 @@
 import { useState, type FormEvent } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { Link } from "react-router-dom";
-import { api, buildUrl } from "../api";
+import { request } from "../api";
 import { ErrorBox, fmtTime } from "../common";
 import { describeTest, parseAllowList, type ConnectionObject, type ConnectionTest } from "../connections";
+import type { Schemas } from "../types";
 import { PagedTable, staticList } from "../PagedTable";
 import { connectionsQuery, queryKeys } from "../queries";
 
@@ -32,8 +33,7 @@ function AddConnection() {
   const [apiKey, setApiKey] = useState("");
   const [allowList, setAllowList] = useState("");
   const add = useMutation({
-    mutationFn: (body: { name: string; base_url: string; api_key: string; models?: string[] }) =>
-      api<ConnectionObject>("/v1/connections", { json: body }),
+    mutationFn: (body: Schemas["CreateConnectionRequest"]) => request("post", "/v1/connections", { json: body }),
     onSuccess: () => {
       setName("");
       setBaseUrl("");
@@ -88,12 +88,12 @@ function AddConnection() {
 function ConnectionActions({ connection }: { connection: ConnectionObject }) {
   const qc = useQueryClient();
   const test = useMutation({
-    mutationFn: () => api<ConnectionTest>(buildUrl("/v1/connections/{name}/test", { name: connection.name }), { method: "POST" }),
+    mutationFn: () => request("post", "/v1/connections/{name}/test", { path: { name: connection.name } }),
     // A successful test lists the models: the pickers follow.
     onSuccess: (r) => r.ok && void qc.invalidateQueries({ queryKey: queryKeys.connections.models(connection.name) }),
   });
   const remove = useMutation({
-    mutationFn: () => api(buildUrl("/v1/connections/{name}", { name: connection.name }), { method: "DELETE" }),
+    mutationFn: () => request("delete", "/v1/connections/{name}", { path: { name: connection.name } }),
     onSuccess: () => {
       qc.removeQueries({ queryKey: queryKeys.connections.models(connection.name) });
       void qc.invalidateQueries({ queryKey: queryKeys.connections.list() });

@@ -4,7 +4,7 @@
 // and the filtered items' download.
 import { useState, type FormEvent } from "react";
 import { useInfiniteQuery, useMutation, useQueryClient } from "@tanstack/react-query";
-import { api, buildUrl } from "../api";
+import { request } from "../api";
 import { ErrorBox } from "../common";
 import { isExternalModel } from "../connections";
 import {
@@ -22,8 +22,10 @@ import {
   type Rating,
 } from "../evaluationAnalysis";
 import { useDownload } from "../mutations";
+import { sameAnswer } from "../lib";
 import { LoadMore } from "../PagedTable";
-import { evaluationItemsQuery, queryKeys, type EvaluationItem } from "../queries";
+import { evaluationItemsQuery, queryKeys } from "../queries";
+import type { EvaluationItem } from "../types";
 
 export function ModelName({ model }: { model: string }) {
   return (
@@ -164,7 +166,7 @@ function UserTags({ evaluationId, item, model, tags }: { evaluationId: string; i
   const [text, setText] = useState(tags.join(", "));
   const save = useMutation({
     mutationFn: (next: string[]) =>
-      api<EvaluationItem>(buildUrl("/v1/evaluations/{id}/items/{item}/tags", { id: evaluationId, item }), { method: "PUT", json: { model, tags: next } }),
+      request("put", "/v1/evaluations/{evaluation_id}/items/{item}/tags", { path: { evaluation_id: evaluationId, item }, json: { model, tags: next } }),
     onSuccess: () => {
       setEditing(false);
       // The counts and every filtered list may change.
@@ -217,8 +219,9 @@ function Judgments({ item }: { item: EvaluationItem }) {
         {item.judgments.map((j, i) => (
           <li key={i} data-testid="judgment">
             <span className="mono">{j.kind}</span> by <span className="mono">{j.judge}</span> on {j.models.join(" vs ")}:{" "}
-            <strong>{j.kind === "reference" ? `score ${j.score ?? "invalid"}` : `winner ${j.winner ?? "invalid"}`}</strong>
-            {j.raw && <div className="pre muted">{j.raw}</div>}
+            <strong>{j.kind === "reference" ? `score ${j.score ?? "unreadable"}` : `winner ${j.winner ?? "unreadable"}`}</strong>
+            {j.rationale && <span> — {j.rationale}</span>}
+            {j.raw && !j.rationale && <div className="pre muted">{j.raw}</div>}
           </li>
         ))}
       </ul>
@@ -326,8 +329,19 @@ export function EvaluationItems({
                   {models.map((m) => {
                     const out = r.outputs[m];
                     return (
-                      <td key={m} data-model={m} data-testid="item-output">
+                      <td
+                        key={m}
+                        data-model={m}
+                        data-testid="item-output"
+                        className={sameAnswer(out?.output, r.reference) ? "answer-matches" : "answer-differs"}
+                        title={sameAnswer(out?.output, r.reference) ? "same as the reference" : "differs from the reference"}
+                      >
                         <div className="pre">{out?.output ?? ""}</div>
+                        {out?.error && (
+                          <div className="error small" data-testid="item-output-error">
+                            {out.error.message} ({out.error.code})
+                          </div>
+                        )}
                         <div className="row wrap">
                           {(out?.tags ?? []).map((t) => (
                             <span key={t} className="chip" data-testid="auto-tag">
