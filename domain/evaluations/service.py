@@ -7,14 +7,21 @@ Also the automatic evaluation of a fine-tuning job that succeeded
 
 import secrets
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from domain.auth.models import User
-from domain.errors import InvalidRequest, NotFound, model_not_found
+from domain.errors import Conflict, InvalidRequest, NotFound, model_not_found
+from domain.evaluations.items import checked_user_tags, filtered_items, set_user_tags
 from domain.evaluations.models import WORKING_STATUSES, Evaluation
 from domain.evaluations.repository import EvaluationRepository
-from domain.evaluations.schemas import DEFAULT_MAX_TOKENS, EVALUATION_METRICS, PERPLEXITY, CreateEvaluationRequest
+from domain.evaluations.judges import PAIRWISE, approximate_prompt_tokens
+from domain.evaluations.judges import judge_calls as count_judge_calls
+from domain.evaluations.schemas import (
+    DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_MAX_TOKENS, EVALUATION_METRICS, PERPLEXITY, CreateEvaluationRequest,
+    SetItemTagsRequest)
+from domain.files.models import File
 from domain.files.repository import FileRepository
 from domain.files.service import usable_file
 from domain.files.validation.formats import TEXT
@@ -76,6 +83,13 @@ def _checked_text_metrics(file_id: str, report: dict, metrics: list[str] | None)
             )
 
 
+CONNECTION_PREFIX = "conn:"  # TODO(B): domain.connections.service.CONNECTION_PREFIX once it exists
+
+
+def is_external(model: str) -> bool:
+    return model.startswith(CONNECTION_PREFIX)
+
+
 def _checked_models(session: Session, settings: Settings, user: User, models: list[str]) -> list[str]:
     for index, model in enumerate(models):
         if model in models[:index]:
@@ -85,11 +99,39 @@ def _checked_models(session: Session, settings: Settings, user: User, models: li
     return list(models)
 
 
-def create_evaluation(
+def _checked_judges(session: Session, settings: Settings, user: User, request: CreateEvaluationRequest,
+                    file_format: str | None) -> list[dict] | None:
+    """The judges as stored (JudgeSpec dicts with max_tokens filled in)."""
+    if not request.judges:
+        return None
+    if file_format == TEXT:
+        raise InvalidRequest("A text file has no answers to judge; leave 'judges' out.", param="judges",
+                             code="judges_not_available")
+    judges = []
+    for index, judge in enumerate(request.judges):
+        if judge.kind == PAIRWISE and len(request.models) < 2:
+            raise InvalidRequest("A pairwise judge compares models: give at least two.",
+                                 param=f"judges[{index}].kind", code="too_few_models")
+        if resolve_target(session, user.id, settings, judge.model) is None:
+            raise model_not_found(judge.model, param=f"judges[{index}].model")
+        check_max_tokens(judge.max_tokens, settings, param=f"judges[{index}].max_tokens")
+        max_tokens = judge.max_tokens or min(DEFAULT_JUDGE_MAX_TOKENS, settings.max_completion_tokens)
+        judges.append({**judge.model_dump(), "max_tokens": max_tokens})
+    return judges
+
+
+@dataclass(frozen=True)
+class _Checked:
+    metrics: list[str]
+    max_tokens: int
+    models: list[str]
+    file: File
+    judges: list[dict] | None
+
+
+def _checked_request(
     session: Session, storage: Storage, settings: Settings, user: User, request: CreateEvaluationRequest
-) -> Evaluation:
-    """Everything checkable is checked here; a request that cannot run is
-    refused with the parameter named, and nothing is stored or queued."""
+) -> _Checked:
     metrics = _checked_metrics(request.metrics)
     check_max_tokens(request.max_tokens, settings, param="max_tokens")
     max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_completion_tokens)
@@ -101,6 +143,48 @@ def create_evaluation(
         raise InvalidRequest(
             f"File '{file.id}' has no examples in the '{request.split}' split.", param="split", code="no_items"
         )
+    judges = _checked_judges(session, settings, user, request, file.report.get("format"))
+    return _Checked(metrics, max_tokens, models, file, judges)
+
+
+def estimate_evaluation(
+    session: Session, storage: Storage, settings: Settings, user: User, request: CreateEvaluationRequest
+) -> dict:
+    """The calls an evaluation would make, checked like its creation; nothing is stored."""
+    checked = _checked_request(session, storage, settings, user, request)
+    report = checked.file.report
+    items = split_size(report, request.split)
+    if request.limit is not None:
+        items = min(items, request.limit)
+    generating = report.get("format") != TEXT
+    generation_calls = items * len(checked.models) if generating else 0
+    external = sum(1 for model in checked.models if is_external(model))
+    example_chars = checked.file.bytes // max(1, int(report.get("examples", 0) or 1))
+    judge_calls = judge_prompt_tokens = external_judge_calls = 0
+    for judge in checked.judges or []:
+        calls = count_judge_calls(judge["kind"], items, len(checked.models))
+        judge_calls += calls
+        judge_prompt_tokens += calls * approximate_prompt_tokens(
+            judge["kind"], judge["rubric"], example_chars, checked.max_tokens)
+        if is_external(judge["model"]):
+            external_judge_calls += calls
+    return {
+        "object": "evaluation.estimate",
+        "items": items,
+        "generation_calls": generation_calls,
+        "judge_calls": judge_calls,
+        "judge_prompt_tokens": judge_prompt_tokens,
+        "external_calls": (items * external if generating else 0) + external_judge_calls,
+    }
+
+
+def create_evaluation(
+    session: Session, storage: Storage, settings: Settings, user: User, request: CreateEvaluationRequest
+) -> Evaluation:
+    """Everything checkable is checked here; a request that cannot run is
+    refused with the parameter named, and nothing is stored or queued."""
+    checked = _checked_request(session, storage, settings, user, request)
+    file, models, metrics, max_tokens = checked.file, checked.models, checked.metrics, checked.max_tokens
     evaluation = EvaluationRepository(session, user.id).add(
         _new_evaluation(
             owner_id=user.id,
@@ -113,6 +197,7 @@ def create_evaluation(
             item_limit=request.limit,
             seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
             user_metadata=request.metadata,
+            judges=checked.judges,
         )
     )
     session.commit()
@@ -202,3 +287,36 @@ def create_job_evaluation(
     )
     session.add(evaluation)
     return evaluation
+
+
+def evaluation_with_predictions(session: Session, storage: Storage, user: User, evaluation_id: str) -> Evaluation:
+    """The user's evaluation once it succeeded and its predictions are stored; 409 before."""
+    evaluation = get_evaluation(session, user, evaluation_id)
+    if evaluation.status != "succeeded" or not evaluation.predictions_key:
+        raise Conflict(
+            f"Evaluation '{evaluation_id}' is {evaluation.status}; its predictions exist once it succeeds.",
+            param="evaluation_id", code="predictions_not_ready")
+    if not storage.exists(evaluation.predictions_key):
+        raise Conflict(f"The predictions of evaluation '{evaluation_id}' are missing from storage.",
+                       code="predictions_missing")
+    return evaluation
+
+
+def set_item_tags(
+    session: Session, storage: Storage, user: User, evaluation_id: str, item: int, request: SetItemTagsRequest
+) -> dict:
+    """Replaces the user's tags on one model's output of one item; the item as it is now."""
+    evaluation = evaluation_with_predictions(session, storage, user, evaluation_id)
+    if request.model not in evaluation.models:
+        raise InvalidRequest(f"Model '{request.model}' is not one of this evaluation's models.", param="model",
+                             code="model_not_evaluated")
+    if not 0 <= item < (evaluation.items_total or 0):
+        raise NotFound.of("evaluation item", str(item), param="item")
+    tags = checked_user_tags(request.tags)
+    set_user_tags(session, evaluation, item, request.model, tags)
+    session.commit()
+    for found in filtered_items(session, storage, evaluation, tag=None, model=None, filter_=None, after=item - 1):
+        if found["item"] == item:
+            return found
+        break
+    raise NotFound.of("evaluation item", str(item), param="item")

@@ -41,12 +41,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from domain.evaluations.judges import PAIRWISE
+from domain.evaluations.ratings import pair_records, ratings
 from domain.evaluations.schemas import PERPLEXITY, as_json_safe, item_columns, predictions_csv_key
+from domain.evaluations.tags import REGRESSED, item_tags, tag_counts
 from domain.files.repository import FileRepository
 from domain.files.split import DEFAULT_SPLIT_SEED, split_lines
 from domain.files.validation.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, TEXT, detect_format
 from domain.inference.targets import InferenceTarget, resolve_target
 from domain.runs.kinds import EVALUATION
+from worker.evaluation.judges import games, judge_calls, judgment, reference_scores
 from worker.runs import FailureWords, HandBack, LeasedRun, RunFailure, RunLost, run_leased
 
 log = logging.getLogger("tunehouse.worker")
@@ -166,12 +170,12 @@ class EvaluationRun(LeasedRun):
     def evaluation_id(self) -> str:
         return self.row_id
 
-    def _check_stop(self, model_index: int) -> None:
+    def _check_stop(self) -> None:
         if self.should_stop():
             raise RunLost
         if self.should_pause():
-            # Models finished are in storage; the one under way is redone.
-            raise HandBack(f"model {model_index + 1} of its {len(self._models)}")
+            # Models and judges finished are in storage; the one under way is redone.
+            raise HandBack(self._stage)
 
     def work(self) -> None:
         self._evaluate()
@@ -183,7 +187,8 @@ class EvaluationRun(LeasedRun):
         self.session.refresh(row)
         # Plain values: reads that end transactions (should_stop) expire ORM rows.
         models, metrics = list(row.models), list(row.metrics)
-        self._models = models
+        judges, seed = list(row.judges or []), row.seed
+        self._stage = "its start"
         owner_id, results = row.owner_id, dict(row.results or {})
         file = FileRepository(self.session, owner_id).get(row.file_id)
         if file is None:
@@ -214,6 +219,7 @@ class EvaluationRun(LeasedRun):
             if index in finished:
                 log.info("evaluation %s: %s was finished by an earlier attempt", self.evaluation_id, model)
                 continue
+            self._stage = f"model {index + 1} of its {len(models)}"
             records = self._run_model(engine, target, items, metrics, params, index)
             self.stored(
                 f"Storing the results of {model}",
@@ -224,19 +230,34 @@ class EvaluationRun(LeasedRun):
             results[model] = model_aggregate(items, records, metrics)
             self.write("recording progress", results=dict(results), items_done=(index + 1) * len(items))
 
+        per_model = self._stored_records(models, items)
+        judgments: list[dict] = []
+        for index, judge in enumerate(judges):
+            self._stage = f"judge {index + 1} of its {len(judges)}"
+            judgments += self._judge(engine, owner_id, index, judge, models, items, per_model)
+        base_of = {
+            model: target.base_id if target.job_id is not None and target.base_id in models else None
+            for model, target in zip(models, targets, strict=True)
+        }
         key = predictions_key(self.evaluation_id)
-        jsonl, csv_text = self._predictions(models, metrics, items)
+        jsonl, csv_text, counts = self._predictions(models, metrics, items, per_model, base_of, judgments,
+                                                    judged=bool(judges))
 
         def publish() -> None:
             self.storage.put_bytes(key, jsonl.encode())
             self.storage.put_bytes(predictions_csv_key(key), csv_text.encode())
 
         self.stored("Storing the predictions", publish)
-        self.write("recording progress", 
+        pairwise = any(judge["kind"] == PAIRWISE for judge in judges)
+        played = games(judgments)
+        self.write("recording progress",
             status="succeeded",
             predictions_key=key,
             results=dict(results),
             items_done=len(models) * len(items),
+            tag_counts=counts,
+            pairwise=pair_records(played, models) if pairwise else None,
+            ratings=ratings(played, models, seed=seed) if pairwise else None,
             finished_at=int(time.time()),
         )
         log.info("evaluation %s succeeded", self.evaluation_id)
@@ -249,7 +270,7 @@ class EvaluationRun(LeasedRun):
         from worker.inference.engine import context_length
         from worker.inference.requests import acquired
 
-        self._check_stop(model_index)
+        self._check_stop()
         with acquired(engine, target.as_dict()) as (loaded, adapter):
             context = context_length(loaded.model)
             if items[0].format == TEXT:  # perplexity only, nothing to generate
@@ -258,7 +279,7 @@ class EvaluationRun(LeasedRun):
                 outputs = self._generate(engine.loop, loaded, adapter, items, params, context, model_index)
             losses: list[tuple[float, int] | None] = [None] * len(items)
             if PERPLEXITY in metrics:
-                self._check_stop(model_index)
+                self._check_stop()
                 losses = self._reference_losses(engine.loop, loaded, adapter, items, outputs, model_index)
         text_metrics = [m for m in metrics if m != PERPLEXITY]
         records: list[dict] = []
@@ -279,14 +300,28 @@ class EvaluationRun(LeasedRun):
 
     def _generate(self, loop, loaded, adapter, items: list[Item], params: dict, context: int, model_index: int):
         """(output, finish reason, output tokens) of every item, through the decode loop."""
+        from worker.inference.requests import prompt_ids as prompt_ids_of
+
+        prompts = [
+            (plain_prompt_ids(loaded, item.prompt) if item.plain else prompt_ids_of(loaded, item.prompt),
+             None if params["temperature"] == 0 else (params["seed"] + item.index) % 2**63)
+            for item in items
+        ]
+        done_before = model_index * len(items)
+        return self._decode(loop, loaded, adapter, prompts, params, context,
+                            on_progress=lambda done: self.write("recording progress", items_done=done_before + done))
+
+    def _decode(self, loop, loaded, adapter, prompts: list[tuple[list[int], int | None]], params: dict, context: int,
+                on_progress=None) -> list[tuple[str, str, int]]:
+        """(text, finish reason, output tokens) for each (prompt ids, seed),
+        through the decode loop beside whatever else the worker serves, checking
+        for a stop as it goes: the models' items and the local judges' calls."""
         from worker.inference.generation import GenerationRequest
         from worker.inference.loop import Feeder
-        from worker.inference.requests import prompt_ids
 
-        outputs: list[tuple[str, str, int] | None] = [None] * len(items)
+        outputs: list[tuple[str, str, int] | None] = [None] * len(prompts)
         requests: list[tuple[int, GenerationRequest]] = []
-        for k, item in enumerate(items):
-            prompt = plain_prompt_ids(loaded, item.prompt) if item.plain else prompt_ids(loaded, item.prompt)
+        for k, (prompt, seed) in enumerate(prompts):
             if not prompt:  # an empty prompt and a tokenizer without BOS: nothing to continue from
                 outputs[k] = ("", "empty_prompt", 0)
                 continue
@@ -300,10 +335,9 @@ class EvaluationRun(LeasedRun):
                 max_new_tokens=min(params["max_tokens"], room),
                 temperature=params["temperature"],
                 # Per item, so an output does not depend on its batch.
-                seed=None if params["temperature"] == 0 else (params["seed"] + item.index) % 2**63,
+                seed=seed,
             )))
-        done_before = model_index * len(items)
-        done = len(items) - len(requests)
+        done = len(prompts) - len(requests)
         max_rows = loop.budget(loaded).max_rows
         written = done
         last_check = last_progress = time.monotonic()
@@ -318,10 +352,11 @@ class EvaluationRun(LeasedRun):
                 now = time.monotonic()
                 if now - last_check >= CHECK_SECONDS:
                     last_check = now
-                    self._check_stop(model_index)
-                if ended and (now - last_progress >= PROGRESS_SECONDS or done - written >= max_rows or not feeder.pending):
+                    self._check_stop()
+                if on_progress and ended and (
+                        now - last_progress >= PROGRESS_SECONDS or done - written >= max_rows or not feeder.pending):
                     last_progress, written = now, done
-                    self.write("recording progress", items_done=done_before + done)
+                    on_progress(done)
         return outputs
 
     def _reference_losses(
@@ -354,15 +389,14 @@ class EvaluationRun(LeasedRun):
         per_item = max(1, sum(len(str(items[k].prompt)) + len(items[k].reference) for k in scored) // (3 * max(1, len(scored))))
         step = max(1, budget.prefill_tokens // per_item)
         for start in range(0, len(scored), step):
-            self._check_stop(model_index)
+            self._check_stop()
             chunk = scored[start : start + step]
             for k, value in zip(chunk, loop.call(lambda chunk=chunk: run(chunk)), strict=True):
                 losses[k] = value
         return losses
 
-    def _predictions(self, models: list[str], metrics: list[str], items: list[Item]) -> tuple[str, str]:
-        """The combined predictions, as JSONL and as CSV (same columns; in the
-        CSV the prompt is its messages as JSON)."""
+    def _stored_records(self, models: list[str], items: list[Item]) -> list[dict[int, dict]]:
+        """Each model's records by item, as stored when it finished."""
         per_model = []
         for index in range(len(models)):
             text = self.storage.get_bytes(model_key(self.evaluation_id, index)).decode()
@@ -370,13 +404,58 @@ class EvaluationRun(LeasedRun):
             if sorted(by_item) != list(range(len(items))):
                 raise RunFailure("evaluation_error", f"The stored results of {models[index]} do not cover every item.")
             per_model.append(by_item)
-        columns = item_columns(models, metrics)
+        return per_model
+
+    def _judge(self, engine, owner_id: int, index: int, judge: dict, models: list[str], items: list[Item],
+               per_model: list[dict[int, dict]]) -> list[dict]:
+        """Every judgment of one judge (stored as soon as it is complete: a later attempt reuses it)."""
+        from worker.inference.engine import context_length
+        from worker.inference.requests import acquired, prompt_ids
+
+        key = judge_key(self.evaluation_id, index)
+        if self.storage.exists(key):
+            return [json.loads(line) for line in self.storage.get_bytes(key).decode().splitlines()]
+        outputs = {model: [by_item[item.index]["output"] for item in items] for model, by_item in zip(models, per_model, strict=True)}
+        calls = judge_calls(judge, items, models, outputs)
+        asked = [call for call in calls if call.prompt is not None]
+        self._check_stop()
+        target = resolve_target(self.session, owner_id, self.settings, judge["model"])
+        if target is None:
+            raise RunFailure("model_not_found", f"The judge model '{judge['model']}' does not exist any more.")
+        with acquired(engine, target.as_dict()) as (loaded, adapter):
+            prompts = [(prompt_ids(loaded, call.prompt), None) for call in asked]
+            answers = self._decode(engine.loop, loaded, adapter, prompts,
+                                   {"max_tokens": judge["max_tokens"], "temperature": 0.0}, context_length(loaded.model))
+        raw_of = {id(call): text for call, (text, _finish, _tokens) in zip(asked, answers, strict=True)}
+        records = [judgment(judge, call, raw_of.get(id(call))) for call in calls]
+        self.stored(f"Storing the judgments of {judge['model']}", lambda: self.storage.put_bytes(
+            key, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()))
+        log.info("evaluation %s: judge %s made %d judgments, %d invalid", self.evaluation_id, judge["model"],
+                 len(records), sum(not r["valid"] for r in records))
+        return records
+
+    def _predictions(self, models: list[str], metrics: list[str], items: list[Item], per_model: list[dict[int, dict]],
+                     base_of: dict[str, str | None], judgments: list[dict], *, judged: bool
+                     ) -> tuple[str, str, dict[str, dict[str, int]]]:
+        """The combined predictions, as JSONL and as CSV (same columns; in the
+        CSV the prompt, usage, tags and judgments as JSON), and the counts of
+        the automatic tags per model."""
+        columns = item_columns(models, metrics, judged=judged)
         jsonl = io.StringIO()
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
+        judgments_of: dict[int, list[dict]] = {}
+        for record in judgments:
+            judgments_of.setdefault(record["item"], []).append({k: v for k, v in record.items() if k != "item"})
+        scores = reference_scores(judgments)
+        all_tags = []
         for item in items:
             row = {"item": item.index, "line": item.line, "prompt": item.prompt, "reference": item.reference}
+            tags = item_tags(item.reference, {
+                model: (by_item[item.index]["output"], by_item[item.index]["finish_reason"])
+                for model, by_item in zip(models, per_model, strict=True)}, base_of)
+            all_tags.append(tags)
             for model, by_item in zip(models, per_model, strict=True):
                 record = by_item[item.index]
                 row[model] = record["output"]
@@ -388,9 +467,33 @@ class EvaluationRun(LeasedRun):
                         row[f"perplexity:{model}"] = _perplexity(loss)
                     else:
                         row[f"{metric}:{model}"] = record["scores"].get(metric)
+                row[f"tags:{model}"] = tags[model]
+                for extra in ("latency_ms", "usage", "error"):
+                    row[f"{extra}:{model}"] = record.get(extra)
+            if judged:
+                row["judgments"] = judgments_of.get(item.index, [])
+            row["worse_than_base"] = [
+                model for model, base in base_of.items()
+                if base is not None and (REGRESSED in tags[model] or _mean(scores.get((item.index, model))) < _mean(
+                    scores.get((item.index, base)), missing=-1.0))
+            ]
             jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
-            writer.writerow({**row, "prompt": json.dumps(item.prompt, ensure_ascii=False)})
-        return jsonl.getvalue(), table.getvalue()
+            flat = {name: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+                    for name, value in row.items()}
+            for model in models:
+                flat[f"tags:{model}"] = ",".join(tags[model])
+            writer.writerow({**flat, "prompt": json.dumps(item.prompt, ensure_ascii=False)})
+        return jsonl.getvalue(), table.getvalue(), tag_counts(all_tags, models)
+
+
+def _mean(values: list[int] | None, missing: float = 6.0) -> float:
+    """The mean judge score, or `missing` (higher than any score for the judged
+    model, lower for its base: no score is never "worse")."""
+    return sum(values) / len(values) if values else missing
+
+
+def judge_key(evaluation_id: str, index: int) -> str:
+    return f"evaluations/{evaluation_id}/judges/{index}.jsonl"
 
 
 def plain_prompt_ids(loaded, prompt: str) -> list[int]:
