@@ -11,9 +11,13 @@ connection's target, a hosted provider to move from.
 The services, workers and tiny model are the suite's own (tests/conftest.py,
 tests/e2e.py, tests/tiny_model.py)."""
 
+import collections
+import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -22,6 +26,7 @@ from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
 from tests.conftest import RunningService, ServiceUser, running_service
 from tests.e2e import HEARTBEAT_TIMEOUT, TINY, Workers, start_job, tiny_chat_jsonl
+from tests.production.conftest import FaultyProxy
 
 # Long enough for a judge's or a comparison's short answers, small enough to stay fast.
 PEER_MAX_TOKENS = 64
@@ -108,3 +113,104 @@ def _warm_up(peer: Peer) -> None:
             json={"model": peer.models[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
         )
     assert response.status_code == 200, f"the peer did not answer a chat: {response.status_code} {response.text}"
+
+
+# ------------------------------------------------------------ HTTP faults
+
+
+class FaultyHttpProxy(FaultyProxy):
+    """FaultyProxy (TCP: cut, restore, cut_on) that also answers requests
+    itself: `fail_next("429", "500", "stall", "reset")` queues faults, each
+    taken by the next request that arrives (in order):
+    - "429" / "500" / "503": that status with an OpenAI error body (and
+      `Retry-After: {retry_after}` if given), then the connection closes;
+    - "stall": the request is swallowed, nothing is ever answered;
+    - "reset": the connection is closed at once.
+    Requests without a queued fault reach the target. `requests` counts the
+    requests seen, `faulted` those answered with a fault."""
+
+    def __init__(self, target_port: int):
+        super().__init__(target_port)
+        self._faults: collections.deque[tuple[str, float | None]] = collections.deque()
+        self.requests = 0
+        self.faulted = 0
+
+    def fail_next(self, *faults: str, retry_after: float | None = None) -> None:
+        with self._lock:
+            self._faults.extend((fault, retry_after) for fault in faults)
+
+    def _pump(self, source, sink, from_client: bool) -> None:
+        if from_client:
+            sink = _FaultingSink(self, source, sink)
+        super()._pump(source, sink, from_client)
+
+    def _take_fault(self, data: bytes) -> tuple[str, float | None] | None:
+        if not data.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH"):
+            return None  # the rest of a request already on its way
+        with self._lock:
+            self.requests += 1
+            if not self._faults:
+                return None
+            self.faulted += 1
+            return self._faults.popleft()
+
+
+class _FaultingSink:
+    """The upstream socket as FaultyProxy._pump sees it: requests with a
+    queued fault are answered here instead (an OSError ends the pump, which
+    closes both sides)."""
+
+    def __init__(self, proxy: FaultyHttpProxy, client, upstream):
+        self.proxy, self.client, self.upstream = proxy, client, upstream
+        self.stalled = False
+
+    def sendall(self, data: bytes) -> None:
+        fault = None if self.stalled else self.proxy._take_fault(data)
+        if fault is None:
+            if not self.stalled:
+                self.upstream.sendall(data)
+            return
+        kind, retry_after = fault
+        if kind == "stall":
+            self.stalled = True  # this connection's bytes go nowhere from now on
+            return
+        if kind == "reset":
+            raise OSError("fault injected: reset")
+        body = json.dumps({"error": {"message": f"injected {kind}", "type": "server_error", "param": None,
+                                     "code": None}}).encode()
+        headers = f"Retry-After: {retry_after:g}\r\n" if retry_after is not None else ""
+        self.client.sendall(
+            f"HTTP/1.1 {kind} Injected\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{headers}Connection: close\r\n\r\n".encode() + body
+        )
+        raise OSError(f"fault injected: {kind}")
+
+    def shutdown(self, how) -> None:
+        self.upstream.shutdown(how)
+
+
+@contextmanager
+def redirecting_server(location: str, status: int = 302) -> Iterator[str]:
+    """An HTTP server on loopback answering every request with a redirect
+    to `location`; yields its base URL (ending in /v1)."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def _redirect(self) -> None:
+            self.send_response(status)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _redirect
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -30,7 +30,9 @@ from domain.errors import (
 from domain.ids import new_id
 from domain.inference.schemas import ChatCompletion, ChatCompletionRequest
 from domain.inference.streams import FileStreams, RedisStreams, StreamTimeout
-from domain.inference.targets import InferenceTarget, resolve_target
+from domain.connections.client import ExternalModel
+from domain.connections.service import external_target
+from domain.inference.targets import InferenceTarget, resolve_model
 from domain.queue_client import TaskQueue
 from domain.settings import Settings
 
@@ -44,8 +46,8 @@ def no_worker_error(settings: Settings) -> Unavailable:
     )
 
 
-def resolve_or_404(session: Session, user: User, settings: Settings, model: str) -> InferenceTarget:
-    target = resolve_target(session, user.id, settings, model)
+def resolve_or_404(session: Session, user: User, settings: Settings, model: str) -> InferenceTarget | ExternalModel:
+    target = resolve_model(session, user.id, settings, model)
     if target is None:
         raise model_not_found(model)
     return target
@@ -91,12 +93,16 @@ def chat_request(
     return request
 
 
-def worker_request(request: ChatCompletionRequest, target: InferenceTarget, settings: Settings) -> dict:
-    """What an inference worker gets for a request checked by chat_request."""
+def worker_request(request: ChatCompletionRequest, target: InferenceTarget | ExternalModel, settings: Settings) -> dict:
+    """What an inference worker gets for a request checked by chat_request.
+    A connection's model (worker/inference/chat.py calls its endpoint) travels
+    with its key encrypted; `stream` lets that worker ask the endpoint for the
+    same kind of answer."""
     return {
         "id": new_id("chatcmpl-"),
         "created": int(time.time()),
-        "target": target.as_dict(),
+        "target": external_target(target, settings) if isinstance(target, ExternalModel) else target.as_dict(),
+        "stream": request.stream,
         "messages": [message.for_template() for message in request.messages],
         "max_tokens": request.token_limit(),
         "temperature": request.temperature,

@@ -2,12 +2,15 @@
 of the caller's fine-tunes or checkpoint models, or a fine-tune shared with
 them (its root base plus that LoRA adapter, domain/jobs/lineage.py). Used by
 the API before queueing and by workers for batch lines and evaluations; no
-HTTP here."""
+HTTP here. `resolve_model` also answers `conn:{name}/{model}`: a model of one
+of the caller's connections (domain/connections/), called over HTTP instead."""
 
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from domain.connections.client import ExternalModel
+from domain.connections.service import CONNECTION_PREFIX, resolve_external
 from domain.errors import InvalidRequest
 from domain.jobs.lineage import find_fine_tune
 from domain.jobs.weights import is_full_fine_tune, not_servable_message
@@ -48,3 +51,12 @@ def resolve_target(session: Session, owner_id: int, settings: Settings, model: s
         model=model, base_id=fine_tune.base_id, job_id=fine_tune.job.id,
         adapter_key=fine_tune.adapter_key, adapter_id=fine_tune.adapter_id,
     )
+
+
+def resolve_model(session: Session, owner_id: int, settings: Settings, model: str) -> InferenceTarget | ExternalModel | None:
+    """resolve_target, and a connection's model for a `conn:` id (None when
+    the connection is not this user's or the model is outside its allow-list).
+    Wherever a model id may be external, this is the one to ask."""
+    if model.startswith(CONNECTION_PREFIX):
+        return resolve_external(session, owner_id, settings, model)
+    return resolve_target(session, owner_id, settings, model)
