@@ -15,6 +15,7 @@ const job = (id: string, files: ReturnType<typeof file>[]): MovePlanJob => ({
   status: "succeeded",
   files,
   mapping: [],
+  movable: true,
 });
 
 describe("moving jobs", () => {

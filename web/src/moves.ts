@@ -2,38 +2,13 @@
 // POST /v1/moves, GET /v1/moves, POST /v1/moves/compare): which files still
 // need the user's local copy and what the move request carries. Pure helpers,
 // unit-tested in moves.test.ts.
+import type { Schemas } from "./types";
 
-export type MoveFileState = "downloadable" | "needs_upload" | "matched";
-
-export interface MoveFile {
-  role: "training" | "validation";
-  provider_file_id: string;
-  filename: string;
-  bytes: number;
-  lines?: number | null;
-  state: MoveFileState;
-  file_id?: string | null;
-}
-
-export interface MoveMapping {
-  field: string;
-  provider_value: unknown;
-  value: unknown;
-  reason: string;
-}
-
-export interface MovePlanJob {
-  provider_job_id: string;
-  provider_model: string;
-  status: string;
-  files: MoveFile[];
-  mapping: MoveMapping[];
-}
-
-export interface MovePlan {
-  object: "move.plan";
-  jobs: MovePlanJob[];
-}
+export type MovePlan = Schemas["PlanObject"];
+export type MovePlanJob = Schemas["PlannedJob"];
+export type MoveFile = Schemas["PlannedFile"];
+export type MoveFileState = MoveFile["state"];
+export type MovedJobRow = Schemas["MoveListItem"];
 
 /** What each state means to the user. */
 export const FILE_STATE_TEXT: Record<MoveFileState, string> = {
@@ -56,7 +31,7 @@ export function filesToUpload(jobs: MovePlanJob[], uploads: Record<string, strin
 }
 
 /** The body of POST /v1/moves: the chosen jobs, and the uploads for their files only. */
-export function moveRequest(connection: string, baseModel: string, jobs: MovePlanJob[], uploads: Record<string, string>) {
+export function moveRequest(connection: string, baseModel: string, jobs: MovePlanJob[], uploads: Record<string, string>): Schemas["MoveRequest"] {
   const needed = new Set(jobs.flatMap((j) => j.files.map((f) => f.provider_file_id)));
   const used = Object.fromEntries(Object.entries(uploads).filter(([provider]) => needed.has(provider)));
   return {

@@ -6,37 +6,32 @@
 import { useState, type FormEvent } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { Link, useNavigate } from "react-router-dom";
-import { api, uploadFile } from "../api";
+import { request, uploadFile } from "../api";
 import { ErrorBox, fmtBytes, StatusChip } from "../common";
 import { ModelSelect, useModelChoices } from "../ModelChoices";
-import { FILE_STATE_TEXT, filesToUpload, mappingValue, moveRequest, type MoveFile, type MovePlan, type MovePlanJob } from "../moves";
-import { connectionsQuery, modelsQuery, POLL_MS, queryKeys } from "../queries";
-import type { EvaluationObject } from "../types";
+import { FILE_STATE_TEXT, filesToUpload, mappingValue, moveRequest, type MovedJobRow, type MoveFile, type MovePlanJob } from "../moves";
+import { connectionsQuery, isJobActive, modelsQuery, POLL_MS, queryKeys } from "../queries";
 
-interface MovedJob {
-  provider_job_id: string;
-  fine_tuning_job_id: string;
-  training_file?: string | null;
-  validation_file?: string | null;
-}
-
-/** A row of GET /v1/moves: a moved job, its status and its comparison (once asked for). */
-interface MoveRecord {
-  fine_tuning_job_id: string;
-  status: string;
-  connection?: string;
-  provider_job_id?: string;
-  provider_model?: string;
-  evaluation_id?: string | null;
-}
+const fileSize = (f: MoveFile) => [f.bytes != null ? fmtBytes(f.bytes) : null, f.lines != null ? `${f.lines} lines` : null].filter(Boolean).join(" · ");
 
 function PlanJob({ job, chosen, onChoose }: { job: MovePlanJob; chosen: boolean; onChoose: (c: boolean) => void }) {
   return (
     <div className="card" data-testid="plan-job" data-job={job.provider_job_id}>
       <label className="check">
-        <input type="checkbox" checked={chosen} onChange={(e) => onChoose(e.target.checked)} data-testid="plan-job-choose" />
-        <span className="mono">{job.provider_job_id}</span> → <span className="mono small">{job.provider_model}</span> <StatusChip status={job.status} />
+        <input type="checkbox" checked={chosen} disabled={!job.movable} onChange={(e) => onChoose(e.target.checked)} data-testid="plan-job-choose" />
+        <span className="mono">{job.provider_job_id}</span> → <span className="mono small">{job.provider_model ?? "no model yet"}</span>{" "}
+        {job.status && <StatusChip status={job.status} />}
       </label>
+      {job.problem && (
+        <p className="warn small" data-testid="plan-job-problem">
+          {job.problem}
+        </p>
+      )}
+      {job.fine_tuning_job_id && (
+        <p className="muted small">
+          Moved before: <Link to={`/jobs/${job.fine_tuning_job_id}`}>{job.fine_tuning_job_id}</Link> (moving again keeps that job).
+        </p>
+      )}
       <h4>Files</h4>
       <table data-testid="plan-files">
         <thead>
@@ -54,10 +49,7 @@ function PlanJob({ job, chosen, onChoose }: { job: MovePlanJob; chosen: boolean;
               <td>
                 <span className="mono small">{f.filename}</span> <span className="muted small">({f.provider_file_id})</span>
               </td>
-              <td className="small">
-                {fmtBytes(f.bytes)}
-                {f.lines != null && ` · ${f.lines} lines`}
-              </td>
+              <td className="small">{fileSize(f)}</td>
               <td className="small">
                 <span className={`chip chip-file-${f.state}`}>{f.state}</span> {FILE_STATE_TEXT[f.state]}
                 {f.file_id && <span className="mono"> ({f.file_id})</span>}
@@ -98,12 +90,11 @@ function UploadCopy({ file, onUploaded }: { file: MoveFile; onUploaded: (fileId:
   });
   return (
     <li data-testid="upload-needed" data-provider-file={file.provider_file_id}>
-      <span className="mono small">{file.filename}</span> ({file.role}, {fmtBytes(file.bytes)}
-      {file.lines != null && `, ${file.lines} lines`}):{" "}
+      <span className="mono small">{file.filename ?? file.provider_file_id}</span> ({[file.role, fileSize(file)].filter(Boolean).join(", ")}):{" "}
       <input
         type="file"
         accept=".jsonl,application/jsonl"
-        aria-label={`Your copy of ${file.filename}`}
+        aria-label={`Your copy of ${file.filename ?? file.provider_file_id}`}
         data-testid="upload-copy"
         disabled={upload.isPending}
         onChange={(e) => e.target.files?.[0] && upload.mutate(e.target.files[0])}
@@ -114,27 +105,31 @@ function UploadCopy({ file, onUploaded }: { file: MoveFile; onUploaded: (fileId:
   );
 }
 
-function CompareMoved({ record }: { record: MoveRecord }) {
+function CompareMoved({ record }: { record: MovedJobRow }) {
   const nav = useNavigate();
   const { choices } = useModelChoices();
   const [judge, setJudge] = useState("");
   const compare = useMutation({
     mutationFn: () =>
-      api<EvaluationObject>("/v1/moves/compare", {
-        json: { fine_tuning_job_id: record.fine_tuning_job_id, ...(judge ? { judges: [{ kind: "pairwise", model: judge }] } : {}) },
+      request("post", "/v1/moves/compare", {
+        json: { fine_tuning_job_id: record.id, ...(judge ? { judges: [{ kind: "pairwise", model: judge }] } : {}) },
       }),
     onSuccess: (ev) => nav(`/compare/${ev.id}`),
   });
-  if (record.evaluation_id)
+  if (record.comparison_evaluation_id)
     return (
-      <Link to={`/compare/${record.evaluation_id}`} data-testid="moved-comparison">
-        {record.evaluation_id}
+      <Link to={`/compare/${record.comparison_evaluation_id}`} data-testid="moved-comparison">
+        {record.comparison_evaluation_id}
       </Link>
     );
   if (record.status !== "succeeded") return <span className="muted small">once the job succeeds</span>;
   return (
     <div className="row wrap">
-      {choices && <ModelSelect id={`judge-${record.fine_tuning_job_id}`} testId="moved-judge" choices={choices} value={judge} onChange={setJudge} />}
+      {choices && (
+        <label className="small">
+          judge (optional) <ModelSelect id={`judge-${record.id}`} testId="moved-judge" choices={choices} value={judge} onChange={setJudge} />
+        </label>
+      )}
       <button type="button" className="small" data-testid="compare-moved" disabled={compare.isPending} onClick={() => compare.mutate()}>
         {judge ? "Compare with a pairwise judge" : "Compare"}
       </button>
@@ -146,8 +141,8 @@ function CompareMoved({ record }: { record: MoveRecord }) {
 function MovedJobs() {
   const moved = useQuery({
     queryKey: queryKeys.moves.list(),
-    queryFn: async () => (await api<{ data: MoveRecord[] }>("/v1/moves")).data,
-    refetchInterval: (q) => (q.state.data?.some((r) => !["succeeded", "failed", "cancelled"].includes(r.status)) ? POLL_MS : false),
+    queryFn: async () => (await request("get", "/v1/moves")).data,
+    refetchInterval: (q) => (q.state.data?.some(isJobActive) ? POLL_MS : false),
   });
   return (
     <section className="card step" data-testid="moved-jobs">
@@ -170,15 +165,16 @@ function MovedJobs() {
           </thead>
           <tbody>
             {moved.data.map((r) => (
-              <tr key={r.fine_tuning_job_id} data-testid="moved-job" data-job={r.fine_tuning_job_id}>
+              <tr key={r.id} data-testid="moved-job" data-job={r.id}>
                 <td className="mono small">
-                  {r.provider_job_id}
-                  {r.provider_model && <div className="muted">{r.provider_model}</div>}
+                  {r.moved_from.provider_job_id} <span className="muted">via {r.moved_from.connection}</span>
+                  {r.moved_from.provider_model && <div className="muted">{r.moved_from.provider_model}</div>}
                 </td>
                 <td>
-                  <Link to={`/jobs/${r.fine_tuning_job_id}`} className="mono small">
-                    {r.fine_tuning_job_id}
+                  <Link to={`/jobs/${r.id}`} className="mono small">
+                    {r.id}
                   </Link>
+                  {r.fine_tuned_model && <div className="muted mono small">{r.fine_tuned_model}</div>}
                 </td>
                 <td>
                   <StatusChip status={r.status} />
@@ -211,14 +207,15 @@ export default function MovePage() {
   const plan = useMutation({
     mutationFn: () => {
       const jobs = jobIds.split(/[\s,]+/).filter(Boolean);
-      return api<MovePlan>("/v1/moves/plan", { json: { connection, base_model: baseModel, ...(jobs.length ? { jobs } : {}) } });
+      return request("post", "/v1/moves/plan", { json: { connection, base_model: baseModel, ...(jobs.length ? { jobs } : {}) } });
     },
-    onSuccess: (p) => setChosen((c) => Object.fromEntries(p.jobs.map((j) => [j.provider_job_id, c[j.provider_job_id] ?? true]))),
+    // Every movable job is chosen at first; a re-plan keeps the user's choices.
+    onSuccess: (p) => setChosen((c) => Object.fromEntries(p.jobs.map((j) => [j.provider_job_id, j.movable && (c[j.provider_job_id] ?? true)]))),
   });
   const chosenJobs = (plan.data?.jobs ?? []).filter((j) => chosen[j.provider_job_id]);
   const missing = filesToUpload(chosenJobs, uploads);
   const move = useMutation({
-    mutationFn: () => api<{ jobs: MovedJob[] }>("/v1/moves", { json: moveRequest(connection, baseModel, chosenJobs, uploads) }),
+    mutationFn: () => request("post", "/v1/moves", { json: moveRequest(connection, baseModel, chosenJobs, uploads) }),
     onSuccess: () => {
       void qc.invalidateQueries({ queryKey: queryKeys.moves.all });
       void qc.invalidateQueries({ queryKey: queryKeys.jobs.lists() });
@@ -318,6 +315,7 @@ export default function MovePage() {
                       <Link to={`/jobs/${j.fine_tuning_job_id}`} className="mono small" data-testid="move-created-job">
                         {j.fine_tuning_job_id}
                       </Link>
+                      {!j.created && <span className="muted small"> (moved before: that job is kept)</span>}
                     </li>
                   ))}
                 </ul>
