@@ -27,7 +27,8 @@ from domain.files.service import usable_file
 from domain.files.validation.formats import TEXT
 from domain.ids import new_id
 from domain.inference.service import check_max_tokens
-from domain.inference.targets import resolve_target
+from domain.connections.service import CONNECTION_PREFIX
+from domain.inference.targets import resolve_model
 from domain.jobs.models import FineTuningJob
 from domain.runs.kinds import EVALUATION
 from domain.runs.leases import send_to_worker
@@ -83,9 +84,6 @@ def _checked_text_metrics(file_id: str, report: dict, metrics: list[str] | None)
             )
 
 
-CONNECTION_PREFIX = "conn:"  # TODO(B): domain.connections.service.CONNECTION_PREFIX once it exists
-
-
 def is_external(model: str) -> bool:
     return model.startswith(CONNECTION_PREFIX)
 
@@ -94,7 +92,7 @@ def _checked_models(session: Session, settings: Settings, user: User, models: li
     for index, model in enumerate(models):
         if model in models[:index]:
             raise InvalidRequest(f"Model '{model}' is given twice.", param=f"models[{index}]", code="duplicate_model")
-        if resolve_target(session, user.id, settings, model) is None:
+        if resolve_model(session, user.id, settings, model) is None:
             raise model_not_found(model, param=f"models[{index}]")
     return list(models)
 
@@ -112,7 +110,7 @@ def _checked_judges(session: Session, settings: Settings, user: User, request: C
         if judge.kind == PAIRWISE and len(request.models) < 2:
             raise InvalidRequest("A pairwise judge compares models: give at least two.",
                                  param=f"judges[{index}].kind", code="too_few_models")
-        if resolve_target(session, user.id, settings, judge.model) is None:
+        if resolve_model(session, user.id, settings, judge.model) is None:
             raise model_not_found(judge.model, param=f"judges[{index}].model")
         check_max_tokens(judge.max_tokens, settings, param=f"judges[{index}].max_tokens")
         max_tokens = judge.max_tokens or min(DEFAULT_JUDGE_MAX_TOKENS, settings.max_completion_tokens)

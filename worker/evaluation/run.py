@@ -48,7 +48,8 @@ from domain.evaluations.tags import REGRESSED, item_tags, tag_counts
 from domain.files.repository import FileRepository
 from domain.files.split import DEFAULT_SPLIT_SEED, split_lines
 from domain.files.validation.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, TEXT, detect_format
-from domain.inference.targets import InferenceTarget, resolve_target
+from domain.connections.client import ConnectionClient, ExternalCallError, ExternalModel
+from domain.inference.targets import InferenceTarget, resolve_model
 from domain.runs.kinds import EVALUATION
 from worker.evaluation.judges import games, judge_calls, judgment, reference_scores
 from worker.runs import FailureWords, HandBack, LeasedRun, RunFailure, RunLost, run_leased
@@ -201,12 +202,8 @@ class EvaluationRun(LeasedRun):
                 f"The '{row.split}' split of file '{file.id}' has no example with a reference answer "
                 "(in a chat file, one that ends with an assistant answer).",
             )
-        targets = []
-        for index, model in enumerate(models):
-            target = resolve_target(self.session, owner_id, self.settings, model)
-            if target is None:
-                raise RunFailure("model_not_found", f"The model '{model}' does not exist any more (models[{index}]).")
-            targets.append(target)
+        targets = [self._resolved(owner_id, model, f"The model '{model}' (models[{index}])")
+                   for index, model in enumerate(models)]
         finished = {
             index
             for index, model in enumerate(models)
@@ -236,7 +233,8 @@ class EvaluationRun(LeasedRun):
             self._stage = f"judge {index + 1} of its {len(judges)}"
             judgments += self._judge(engine, owner_id, index, judge, models, items, per_model)
         base_of = {
-            model: target.base_id if target.job_id is not None and target.base_id in models else None
+            model: target.base_id
+            if isinstance(target, InferenceTarget) and target.job_id is not None and target.base_id in models else None
             for model, target in zip(models, targets, strict=True)
         }
         key = predictions_key(self.evaluation_id)
@@ -262,35 +260,55 @@ class EvaluationRun(LeasedRun):
         )
         log.info("evaluation %s succeeded", self.evaluation_id)
 
+    def _resolved(self, owner_id: int, model: str, what: str) -> InferenceTarget | ExternalModel:
+        target = resolve_model(self.session, owner_id, self.settings, model)
+        if target is None:
+            raise RunFailure("model_not_found", f"{what} does not exist any more.")
+        return target
+
     def _run_model(
-        self, engine, target: InferenceTarget, items: list[Item], metrics: list[str], params: dict, model_index: int
+        self, engine, target: InferenceTarget | ExternalModel, items: list[Item], metrics: list[str], params: dict,
+        model_index: int,
     ) -> list[dict]:
-        """Every item's record for one model: output, finish reason, scores, loss."""
+        """Every item's record for one model: output, finish reason, scores,
+        loss (local models); latency, usage or the error (external models)."""
         from worker.evaluation.scores import item_scores
         from worker.inference.engine import context_length
         from worker.inference.requests import acquired
 
         self._check_stop()
-        with acquired(engine, target.as_dict()) as (loaded, adapter):
-            context = context_length(loaded.model)
-            if items[0].format == TEXT:  # perplexity only, nothing to generate
-                outputs = [("", None, 0)] * len(items)
-            else:
-                outputs = self._generate(engine.loop, loaded, adapter, items, params, context, model_index)
-            losses: list[tuple[float, int] | None] = [None] * len(items)
-            if PERPLEXITY in metrics:
-                self._check_stop()
-                losses = self._reference_losses(engine.loop, loaded, adapter, items, outputs, model_index)
+        losses: list[tuple[float, int] | None] = [None] * len(items)
+        extras: list[dict] = [{} for _ in items]
+        if isinstance(target, ExternalModel):
+            outputs = [("", None, 0)] * len(items)
+            if items[0].format != TEXT:  # an endpoint's perplexity is not known: nothing to do for text
+                done_before = model_index * len(items)
+                outputs, extras = self._generate_external(
+                    target, [item_messages(item) for item in items],
+                    [None if params["temperature"] == 0 else (params["seed"] + item.index) % 2**31 for item in items],
+                    params, on_progress=lambda done: self.write("recording progress", items_done=done_before + done))
+        else:
+            with acquired(engine, target.as_dict()) as (loaded, adapter):
+                context = context_length(loaded.model)
+                if items[0].format == TEXT:  # perplexity only, nothing to generate
+                    outputs = [("", None, 0)] * len(items)
+                else:
+                    outputs = self._generate(engine.loop, loaded, adapter, items, params, context, model_index)
+                if PERPLEXITY in metrics:
+                    self._check_stop()
+                    losses = self._reference_losses(engine.loop, loaded, adapter, items, outputs, model_index)
         text_metrics = [m for m in metrics if m != PERPLEXITY]
         records: list[dict] = []
-        for item, (output, finish_reason, tokens), loss in zip(items, outputs, losses, strict=True):
+        for item, (output, finish_reason, tokens), loss, extra in zip(items, outputs, losses, extras, strict=True):
             record = {
                 "item": item.index,
                 "attempt": self.attempt,
                 "output": output,
                 "finish_reason": finish_reason,
                 "output_tokens": tokens,
-                "scores": item_scores(output, item.reference, text_metrics) if text_metrics else {},
+                # A failed call has no output to score (and is left out of the model's metrics).
+                "scores": item_scores(output, item.reference, text_metrics) if text_metrics and output is not None else {},
+                **extra,
             }
             if PERPLEXITY in metrics:
                 loss_sum, count = loss if loss is not None else (None, 0)
@@ -310,6 +328,48 @@ class EvaluationRun(LeasedRun):
         done_before = model_index * len(items)
         return self._decode(loop, loaded, adapter, prompts, params, context,
                             on_progress=lambda done: self.write("recording progress", items_done=done_before + done))
+
+    def _generate_external(self, model: ExternalModel, prompts: list[list[dict]], seeds: list[int | None],
+                           params: dict, on_progress=None) -> tuple[list[tuple[str | None, str | None, int]], list[dict]]:
+        """(text, finish reason, output tokens) and {latency_ms, usage} or
+        {error} per prompt from an external model, through its connection (at
+        most TUNEHOUSE_CONNECTION_CONCURRENCY calls at once, retried by the
+        client). A call that fails gives None as its text and the error: the
+        item fails, the evaluation goes on."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        client = ConnectionClient(model.endpoint, self.settings)
+        outputs: list[tuple[str | None, str | None, int]] = [(None, None, 0)] * len(prompts)
+        extras: list[dict] = [{} for _ in prompts]
+
+        def call(k: int) -> None:
+            try:
+                answer = client.chat(model.remote_model, prompts[k], max_tokens=params["max_tokens"],
+                                     temperature=params["temperature"], seed=seeds[k])
+            except ExternalCallError as error:
+                extras[k] = {"error": {"code": error.code, "message": error.message}}
+                return
+            outputs[k] = (answer.text, answer.finish_reason, answer.completion_tokens)
+            extras[k] = {"latency_ms": answer.latency_ms, "attempts": answer.attempts,
+                         "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}}
+
+        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.connection_concurrency),
+                                  thread_name_prefix=f"evaluation-{self.evaluation_id}")
+        try:
+            pending = {pool.submit(call, k) for k in range(len(prompts))}
+            last_progress = time.monotonic()
+            while pending:
+                finished, pending = wait(pending, timeout=CHECK_SECONDS, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # anything but an ExternalCallError is the run's failure
+                self._check_stop()
+                now = time.monotonic()
+                if on_progress and finished and (now - last_progress >= PROGRESS_SECONDS or not pending):
+                    last_progress = now
+                    on_progress(len(prompts) - len(pending))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return outputs, extras
 
     def _decode(self, loop, loaded, adapter, prompts: list[tuple[list[int], int | None]], params: dict, context: int,
                 on_progress=None) -> list[tuple[str, str, int]]:
@@ -419,15 +479,18 @@ class EvaluationRun(LeasedRun):
         calls = judge_calls(judge, items, models, outputs)
         asked = [call for call in calls if call.prompt is not None]
         self._check_stop()
-        target = resolve_target(self.session, owner_id, self.settings, judge["model"])
-        if target is None:
-            raise RunFailure("model_not_found", f"The judge model '{judge['model']}' does not exist any more.")
-        with acquired(engine, target.as_dict()) as (loaded, adapter):
-            prompts = [(prompt_ids(loaded, call.prompt), None) for call in asked]
-            answers = self._decode(engine.loop, loaded, adapter, prompts,
-                                   {"max_tokens": judge["max_tokens"], "temperature": 0.0}, context_length(loaded.model))
-        raw_of = {id(call): text for call, (text, _finish, _tokens) in zip(asked, answers, strict=True)}
-        records = [judgment(judge, call, raw_of.get(id(call))) for call in calls]
+        target = self._resolved(owner_id, judge["model"], f"The judge model '{judge['model']}'")
+        params = {"max_tokens": judge["max_tokens"], "temperature": 0.0}
+        if isinstance(target, ExternalModel):
+            answers, extras = self._generate_external(target, [call.prompt for call in asked], [0] * len(asked), params)
+        else:
+            with acquired(engine, target.as_dict()) as (loaded, adapter):
+                prompts = [(prompt_ids(loaded, call.prompt), None) for call in asked]
+                answers = self._decode(engine.loop, loaded, adapter, prompts, params, context_length(loaded.model))
+            extras = [{} for _ in asked]
+        answer_of = {id(call): (text, extra.get("error"))
+                     for call, (text, _finish, _tokens), extra in zip(asked, answers, extras, strict=True)}
+        records = [judgment(judge, call, *answer_of.get(id(call), (None, None))) for call in calls]
         self.stored(f"Storing the judgments of {judge['model']}", lambda: self.storage.put_bytes(
             key, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()))
         log.info("evaluation %s: judge %s made %d judgments, %d invalid", self.evaluation_id, judge["model"],
@@ -496,6 +559,12 @@ def judge_key(evaluation_id: str, index: int) -> str:
     return f"evaluations/{evaluation_id}/judges/{index}.jsonl"
 
 
+def item_messages(item: Item) -> list[dict]:
+    """An item's prompt as chat messages for an external model: a plain
+    prompt (prompt/completion) becomes one user message."""
+    return [{"role": "user", "content": item.prompt}] if item.plain else item.prompt
+
+
 def plain_prompt_ids(loaded, prompt: str) -> list[int]:
     """A prompt/completion item's prompt as training tokenized it: the plain
     text with the tokenizer's BOS, if it adds one (worker/training/data.py)."""
@@ -523,11 +592,14 @@ def model_aggregate(items: list[Item], records: list[dict], metrics: list[str]) 
 
     text_metrics = [m for m in metrics if m != PERPLEXITY]
     out: dict[str, float | None] = {}
+    answered = [(item, record) for item, record in zip(items, records, strict=True) if record["output"] is not None]
+    if len(answered) < len(records):  # an external model's failed calls
+        out["errors"] = float(len(records) - len(answered))
     if text_metrics:
         values = aggregate(
-            [record["output"] for record in records],
-            [item.reference for item in items],
-            [record["scores"] for record in records],
+            [record["output"] for _, record in answered],
+            [item.reference for item, _ in answered],
+            [record["scores"] for _, record in answered],
             metrics=text_metrics,
         )
         out.update({name: _finite(value) for name, value in values.items()})
