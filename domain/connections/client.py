@@ -91,14 +91,14 @@ class ExternalCallError(Exception):
 
 # -------------------------------------------------------------- concurrency
 
-_turns: dict[str, threading.BoundedSemaphore] = {}
+_turns: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 _turns_lock = threading.Lock()
 
 
 @contextmanager
 def _turn(connection_id: str, size: int) -> Iterator[None]:
     with _turns_lock:
-        semaphore = _turns.setdefault(connection_id, threading.BoundedSemaphore(max(1, size)))
+        semaphore = _turns.setdefault((connection_id, size), threading.BoundedSemaphore(max(1, size)))
     with semaphore:
         yield
 

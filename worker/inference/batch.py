@@ -14,12 +14,19 @@ lines of the last moments: the next attempt skips lines already answered,
 and no line is answered or written twice. A request that cannot run (unknown
 model, bad parameter, prompt too long) becomes a line in the error file; it
 never fails the batch.
+
+Lines for a connection's model (`conn:{name}/{model}`, domain/connections/)
+are answered by its endpoint instead (worker/inference/external.py), after
+the local ones, several at once (up to TUNEHOUSE_CONNECTION_CONCURRENCY per
+connection), committed and checked for a cancel the same way; a call that
+fails (timeout, endpoint down, refused address) is that line's error record.
 """
 
 import json
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -35,10 +42,12 @@ from domain.files.split import jsonl_objects
 from domain.ids import new_id
 from domain.inference.schemas import ChatCompletionRequest
 from domain.inference.service import chat_completion, chat_request
-from domain.inference.targets import resolve_target
+from domain.connections.client import ExternalModel
+from domain.inference.targets import resolve_model
 from domain.runs.kinds import BATCH
 from domain.settings import Settings
 from worker.runs import FailureWords, HandBack, LeasedRun, RunLost, run_leased
+from worker.inference import external
 from worker.inference.engine import shared_engine
 from worker.inference.loop import Feeder
 from worker.inference.requests import RequestError, acquired, choices_and_usage, generation_requests, prompt_ids
@@ -49,6 +58,8 @@ STORE_SECONDS = 1.0
 CHECK_SECONDS = 0.5
 # Rows fed to the decode loop ahead of what it runs, in batch budgets.
 LOOKAHEAD_BUDGETS = 2
+# Calls to connections' endpoints at once for one batch, whatever their limits.
+MAX_EXTERNAL_CALLS = 64
 
 log = logging.getLogger("tunehouse.worker")
 
@@ -165,9 +176,10 @@ class BatchRun(LeasedRun):
         self._finalize(batch)
 
     def _answer(self, lines: list[tuple[int, dict]]) -> None:
-        def sort_out() -> tuple[list, dict]:
+        def sort_out() -> tuple[list, dict, list]:
             targets: dict[str, object] = {}
             by_base: dict[str, list[PendingLine]] = defaultdict(list)
+            external_lines: list[PendingLine] = []  # for connections' models
             refused: list[tuple[int, bool, dict]] = []
             for line_number, line in lines:
                 custom_id = line["custom_id"]
@@ -175,7 +187,7 @@ class BatchRun(LeasedRun):
                     request = parse_request(line["body"], self.settings)
                     if request.model not in targets:
                         try:
-                            targets[request.model] = resolve_target(self.session, self._owner_id, self.settings, request.model)
+                            targets[request.model] = resolve_model(self.session, self._owner_id, self.settings, request.model)
                         except InvalidRequest as refusal:  # a model not served here (a full fine-tune)
                             raise request_error(refusal) from None
                     target = targets[request.model]
@@ -185,15 +197,21 @@ class BatchRun(LeasedRun):
                     refused.append((line_number, True, error_record(custom_id, error.status, error.message,
                                                                     param=error.param, code=error.code)))
                     continue
-                by_base[target.base_id].append(PendingLine(line_number, custom_id, request, target))
+                pending = PendingLine(line_number, custom_id, request, target)
+                if isinstance(target, ExternalModel):
+                    external_lines.append(pending)
+                else:
+                    by_base[target.base_id].append(pending)
             self.session.rollback()  # end the read transaction before the long part
-            return refused, by_base
+            return refused, by_base, external_lines
 
-        refused, by_base = self.transaction(sort_out, "resolving the models")
+        refused, by_base, external_lines = self.transaction(sort_out, "resolving the models")
         if refused:
             self._store(refused)
         for base_id, base_lines in by_base.items():
             self._answer_base(base_id, base_lines)
+        if external_lines:
+            self._answer_external(external_lines)
 
     def _answer_base(self, base_id: str, lines: list[PendingLine]) -> None:
         engine = shared_engine()
@@ -230,28 +248,51 @@ class BatchRun(LeasedRun):
 
     def _generate(self, loop, loaded, lines: list[PendingLine]) -> None:
         """Every line through the decode loop; answers committed as they come."""
-        answered: list[tuple[int, bool, dict]] = []
-        last_store = last_check = time.monotonic()
         with Feeder(loop, loaded, lines, rows_of=lambda line: line.rows,
                     lookahead_rows=LOOKAHEAD_BUDGETS * loop.budget(loaded).max_rows) as feeder:
-            try:
-                while feeder.pending:
-                    ended = feeder.ended(CHECK_SECONDS)
-                    created = int(time.time())
-                    for submission in ended:
-                        answered.append((submission.tag.line_number, False,
-                                         success_record(submission.tag, submission.results(), created)))
-                    now = time.monotonic()
-                    if answered and (now - last_store >= STORE_SECONDS or not feeder.pending):
-                        self._store(answered)
-                        answered, last_store = [], now
-                    if now - last_check >= CHECK_SECONDS:
-                        last_check = now
-                        self._check_still_running()
-            except (_Stop, HandBack):
-                if answered:  # what is answered is kept (cancelled: in the output; handed back: not redone)
+            self._collect(feeder, lambda submission, created: (
+                submission.tag.line_number, False, success_record(submission.tag, submission.results(), created)))
+
+    def _answer_external(self, lines: list[PendingLine]) -> None:
+        """Lines for connections' models: each answered by its endpoint,
+        as many at once as the connections' limits allow."""
+        connections = len({line.target.endpoint.connection_id for line in lines})
+        workers = min(MAX_EXTERNAL_CALLS, self.settings.connection_concurrency * connections)
+        with _ExternalCalls(lines, self._external_record, workers) as calls:
+            self._collect(calls, lambda record, _created: record)
+
+    def _external_record(self, line: PendingLine) -> tuple[int, bool, dict]:
+        try:
+            choices, usage = external.complete(line.target, [m.for_template() for m in line.request.messages],
+                                               request_params(line.request), self.settings)
+        except RequestError as error:
+            return line.line_number, True, error_record(line.custom_id, error.status, error.message,
+                                                        param=error.param, code=error.code)
+        completion = chat_completion(new_id("chatcmpl-"), int(time.time()), line.request.model, choices, usage)
+        return line.line_number, False, _record(line.custom_id, 200, completion.model_dump(mode="json"))
+
+    def _collect(self, source, record_of) -> None:
+        """Answers from `source` (a Feeder or _ExternalCalls: `pending`,
+        `ended(timeout)`) committed as they come, every STORE_SECONDS, with
+        a look for a cancel, an expiry or a shutdown every CHECK_SECONDS."""
+        answered: list[tuple[int, bool, dict]] = []
+        last_store = last_check = time.monotonic()
+        try:
+            while source.pending:
+                ended = source.ended(CHECK_SECONDS)
+                created = int(time.time())
+                answered.extend(record_of(item, created) for item in ended)
+                now = time.monotonic()
+                if answered and (now - last_store >= STORE_SECONDS or not source.pending):
                     self._store(answered)
-                raise
+                    answered, last_store = [], now
+                if now - last_check >= CHECK_SECONDS:
+                    last_check = now
+                    self._check_still_running()
+        except (_Stop, HandBack):
+            if answered:  # what is answered is kept (cancelled: in the output; handed back: not redone)
+                self._store(answered)
+            raise
 
     def _finalize(self, batch: Batch) -> None:
         status = self._status()
@@ -358,6 +399,30 @@ class BatchRun(LeasedRun):
             return None
         lines = ((json.dumps(record, ensure_ascii=False) + "\n").encode() for record in records)
         return write_output_file(self.storage, self._owner_id, "batch_output", f"{self.batch_id}_{kind}.jsonl", lines)
+
+
+class _ExternalCalls:
+    """Lines answered by `answer` in a thread pool, with a Feeder's
+    `pending` and `ended(timeout)`. Leaving the block drops the lines not
+    yet started (a stop); those in flight end on their own."""
+
+    def __init__(self, lines: list[PendingLine], answer, workers: int):
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="batch-external")
+        self._futures = {self._pool.submit(answer, line) for line in lines}
+
+    def __enter__(self) -> "_ExternalCalls":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._futures)
+
+    def ended(self, timeout: float) -> list:
+        done, self._futures = wait(self._futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return [future.result() for future in done]
 
 
 def run_batch(batch_id: str) -> None:

@@ -9,10 +9,10 @@ import logging
 import threading
 import time
 
-from domain.connections.client import ConnectionClient, ExternalCallError
-from domain.connections.service import call_error_status, external_model_of, finish_reason, is_external_target
+from domain.connections.service import external_model_of, is_external_target
 from domain.inference.streams import streams_for
 from domain.settings import get_settings
+from worker.inference import external
 from worker.inference.engine import shared_engine
 from worker.inference.loop import INTERACTIVE
 from worker.inference.requests import RequestError, acquired, choices_and_usage, generation_requests, prompt_ids
@@ -67,50 +67,17 @@ def run_chat_request(request: dict) -> None:
         )
 
 
+
 def _answer_external(request: dict, streams, settings) -> None:
     """A connection's model: the same events, from its endpoint's answer
     (streamed from the endpoint when the client streams)."""
     request_id = request["id"]
     model = external_model_of(request["target"], settings)
-    client = ConnectionClient(model.endpoint, settings)
-    n = request.get("n") or 1
-    params = dict(max_tokens=request.get("max_tokens") or settings.max_completion_tokens,
-                  temperature=request.get("temperature", 1.0), top_p=request.get("top_p"),
-                  stop=request.get("stop") or None)
-    if isinstance(params["stop"], str):
-        params["stop"] = [params["stop"]]
-    seed = request.get("seed")
-    try:
-        if request.get("stream"):
-            texts, finish_reasons, usage = [""] * n, [None] * n, None
-            for chunk in client.stream_chat(model.remote_model, request["messages"], seed=seed, n=n, **params):
-                for choice in chunk.get("choices") or []:
-                    index = choice.get("index") or 0
-                    if not 0 <= index < n:
-                        continue
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        texts[index] += text
-                        streams.publish(request_id, {"type": "delta", "index": index, "text": text})
-                    finish_reasons[index] = choice.get("finish_reason") or finish_reasons[index]
-                usage = chunk.get("usage") or usage
-            choices = [{"index": i, "text": texts[i], "finish_reason": finish_reason(finish_reasons[i])} for i in range(n)]
-            prompt_tokens = int((usage or {}).get("prompt_tokens") or 0)
-            completion_tokens = int((usage or {}).get("completion_tokens") or 0)
-        else:
-            # One call per choice: n choices from one seed differ, and repeat with the same seed (as local models do).
-            completions = [
-                client.chat(model.remote_model, request["messages"],
-                            seed=None if seed is None else (seed + index) % 2**63, **params)
-                for index in range(n)
-            ]
-            choices = [{"index": i, "text": c.text, "finish_reason": finish_reason(c.finish_reason)}
-                       for i, c in enumerate(completions)]
-            prompt_tokens = completions[0].prompt_tokens
-            completion_tokens = sum(c.completion_tokens for c in completions)
-    except ExternalCallError as error:
-        log.info("chat request %s: the connection's endpoint failed (%s)", request_id, error.code)
-        raise RequestError(call_error_status(error), error.message, param="model", code=error.code) from None
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    if request.get("stream"):
+        choices, usage = external.stream(
+            model, request["messages"], request, settings,
+            lambda index, text: streams.publish(request_id, {"type": "delta", "index": index, "text": text}),
+        )
+    else:
+        choices, usage = external.complete(model, request["messages"], request, settings)
     streams.publish(request_id, {"type": "done", "choices": choices, "usage": usage})
