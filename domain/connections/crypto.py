@@ -43,6 +43,6 @@ def decrypt_key(settings: Settings, token: str) -> str:
         return _fernet(settings).decrypt(token.encode()).decode()
     except InvalidToken:
         raise UnreadableKey(
-            "The connection's API key cannot be read with this deployment's connection secret "
-            "(TUNEHOUSE_CONNECTION_SECRET changed?); register the connection again."
+            "its API key cannot be read with this process's connection secret: TUNEHOUSE_CONNECTION_SECRET "
+            "changed, or differs between the API and the workers; register the connection again."
         ) from None

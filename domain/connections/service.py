@@ -49,13 +49,16 @@ def connection_model_id(name: str, remote_model: str) -> str:
     return f"{CONNECTION_PREFIX}{name}/{remote_model}"
 
 
-def endpoint_of(connection: Connection, settings: Settings) -> Endpoint:
+def _api_key(settings: Settings, token: str, name: str) -> str:
     try:
-        api_key = decrypt_key(settings, connection.api_key_encrypted)
+        return decrypt_key(settings, token)
     except UnreadableKey as exc:
-        raise Conflict(f"The connection '{connection.name}': {exc}", param="name",
-                       code="connection_key_unreadable") from None
-    return Endpoint(connection_id=connection.id, name=connection.name, base_url=connection.base_url, api_key=api_key)
+        raise Conflict(f"The connection '{name}': {exc}", param="model", code="connection_key_unreadable") from None
+
+
+def endpoint_of(connection: Connection, settings: Settings) -> Endpoint:
+    return Endpoint(connection_id=connection.id, name=connection.name, base_url=connection.base_url,
+                    api_key=_api_key(settings, connection.api_key_encrypted, connection.name))
 
 
 def resolve_external(session: Session, owner_id: int, settings: Settings, model: str) -> ExternalModel | None:
@@ -88,8 +91,10 @@ def is_external_target(target: dict) -> bool:
 
 
 def external_model_of(target: dict, settings: Settings) -> ExternalModel:
+    """Conflict `connection_key_unreadable` when this process's connection
+    secret is not the one that encrypted the key."""
     endpoint = Endpoint(connection_id=target["connection_id"], name=target["name"], base_url=target["base_url"],
-                        api_key=decrypt_key(settings, target["api_key_encrypted"]))
+                        api_key=_api_key(settings, target["api_key_encrypted"], target["name"]))
     return ExternalModel(model=target["model"], remote_model=target["remote_model"], endpoint=endpoint)
 
 

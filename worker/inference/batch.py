@@ -34,7 +34,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from domain.batches.models import Batch, BatchResult
-from domain.errors import InvalidRequest, ServiceError, model_not_found, status_of
+from domain.errors import ServiceError, model_not_found, status_of
 from domain.files.models import File
 from domain.files.outputs import write_output_file
 from domain.files.repository import FileRepository
@@ -188,7 +188,8 @@ class BatchRun(LeasedRun):
                     if request.model not in targets:
                         try:
                             targets[request.model] = resolve_model(self.session, self._owner_id, self.settings, request.model)
-                        except InvalidRequest as refusal:  # a model not served here (a full fine-tune)
+                        # A model not served here (a full fine-tune), a connection whose key is unreadable here.
+                        except ServiceError as refusal:
                             raise request_error(refusal) from None
                     target = targets[request.model]
                     if target is None:

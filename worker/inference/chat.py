@@ -10,6 +10,7 @@ import threading
 import time
 
 from domain.connections.service import external_model_of, is_external_target
+from domain.errors import ServiceError, status_of
 from domain.inference.streams import streams_for
 from domain.settings import get_settings
 from worker.inference import external
@@ -72,7 +73,10 @@ def _answer_external(request: dict, streams, settings) -> None:
     """A connection's model: the same events, from its endpoint's answer
     (streamed from the endpoint when the client streams)."""
     request_id = request["id"]
-    model = external_model_of(request["target"], settings)
+    try:
+        model = external_model_of(request["target"], settings)
+    except ServiceError as error:  # its key is unreadable here (another connection secret)
+        raise RequestError(status_of(error), error.message, param=error.param, code=error.code) from None
     if request.get("stream"):
         choices, usage = external.stream(
             model, request["messages"], request, settings,
