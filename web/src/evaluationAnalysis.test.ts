@@ -78,7 +78,7 @@ describe("tags", () => {
     expect(allTags(counts)).toEqual(["cut_off", "empty", "exact_match", "regressed"]);
   });
   it("typed by the user are trimmed, lower-cased and not repeated", () => {
-    expect(parseTags(" Wrong unit, hallucination,, wrong unit ")).toEqual(["wrong unit", "hallucination"]);
+    expect(parseTags(" Wrong unit, hallucination,, wrong  unit ")).toEqual(["wrong-unit", "hallucination"]);
     expect(parseTags("")).toEqual([]);
   });
 });
@@ -100,5 +100,8 @@ describe("the estimate", () => {
       "4 items · 12 generation calls · 24 judge calls (~12,345 judge prompt tokens) · 4 calls to external endpoints",
     );
     expect(describeEstimate({ items: 4, generation_calls: 8, judge_calls: 0, judge_prompt_tokens: 0, external_calls: 0 })).toBe("4 items · 8 generation calls");
+    expect(describeEstimate({ items: 1, generation_calls: 1, judge_calls: 1, judge_prompt_tokens: 1, external_calls: 1 })).toBe(
+      "1 item · 1 generation call · 1 judge call (~1 judge prompt tokens) · 1 call to external endpoints",
+    );
   });
 });

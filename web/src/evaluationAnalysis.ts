@@ -102,15 +102,17 @@ export function itemsDownloadPath(evaluationId: string, f: ItemFilters, format: 
   return `/v1/evaluations/${encodeURIComponent(evaluationId)}/items/download${pageQuery({ format, ...filterParams(f) })}`;
 }
 
-/** The user's tags as typed ("hallucination, wrong unit"): trimmed, lower-cased, no repeats, no blanks. */
+/** The user's tags as typed ("hallucination, Wrong unit"): trimmed, lower-cased, spaces as "-" (a tag is one word), no repeats, no blanks. */
 export function parseTags(text: string): string[] {
-  return Array.from(new Set(text.split(",").map((t) => t.trim().toLowerCase()).filter(Boolean)));
+  return Array.from(new Set(text.split(",").map((t) => t.trim().toLowerCase().replace(/\s+/g, "-")).filter(Boolean)));
 }
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
 
 /** The estimate in one line: what the run will call, before it runs. */
 export function describeEstimate(e: Estimate): string {
-  const parts = [`${e.items} items`, `${e.generation_calls} generation calls`];
-  if (e.judge_calls) parts.push(`${e.judge_calls} judge calls (~${e.judge_prompt_tokens.toLocaleString("en-US")} judge prompt tokens)`);
-  if (e.external_calls) parts.push(`${e.external_calls} calls to external endpoints`);
+  const parts = [plural(e.items, "item"), plural(e.generation_calls, "generation call")];
+  if (e.judge_calls) parts.push(`${plural(e.judge_calls, "judge call")} (~${e.judge_prompt_tokens.toLocaleString("en-US")} judge prompt tokens)`);
+  if (e.external_calls) parts.push(`${plural(e.external_calls, "call")} to external endpoints`);
   return parts.join(" · ");
 }

@@ -48,7 +48,12 @@ export function Leaderboard({ ratings, pairwise }: { ratings: Rating[] | null | 
     <section data-testid="ratings" aria-label="Ratings">
       <h3>Ratings (pairwise judge)</h3>
       <p className="muted small">Bradley–Terry ratings on the Elo scale, with 95% bootstrap intervals over the items.</p>
-      <div className="table-wrap">
+      {rows.length === 0 && (
+        <p className="empty" data-testid="no-ratings">
+          No ratings: none of the judge's answers could be read (see the invalid judgments below and each item's judgments).
+        </p>
+      )}
+      <div className="table-wrap" hidden={rows.length === 0}>
         <table data-testid="ratings-table">
           <thead>
             <tr>
@@ -76,6 +81,7 @@ export function Leaderboard({ ratings, pairwise }: { ratings: Rating[] | null | 
       </div>
       {pairwise && pairwise.length > 0 && (
         <div className="table-wrap">
+          <h4>Wins, ties and losses per pair (both orders)</h4>
           <table data-testid="pairwise-table">
             <thead>
               <tr>
@@ -192,7 +198,7 @@ function UserTags({ evaluationId, item, model, tags }: { evaluationId: string; i
     );
   return (
     <form className="row wrap" onSubmit={submit} aria-label={`Your tags of item ${item} for ${model}`}>
-      <input value={text} onChange={(e) => setText(e.target.value)} placeholder="tag, another tag" data-testid="user-tags-input" autoFocus />
+      <input value={text} onChange={(e) => setText(e.target.value)} placeholder="wrong-unit, hallucination" data-testid="user-tags-input" autoFocus />
       <button type="submit" className="small" disabled={save.isPending} data-testid="save-user-tags">
         Save
       </button>
@@ -336,7 +342,7 @@ export function EvaluationItems({
                         className={sameAnswer(out?.output, r.reference) ? "answer-matches" : "answer-differs"}
                         title={sameAnswer(out?.output, r.reference) ? "same as the reference" : "differs from the reference"}
                       >
-                        <div className="pre">{out?.output ?? ""}</div>
+                        {out?.output?.trim() ? <div className="pre">{out.output}</div> : <div className="muted small">(empty)</div>}
                         {out?.error && (
                           <div className="error small" data-testid="item-output-error">
                             {out.error.message} ({out.error.code})
