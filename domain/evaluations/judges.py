@@ -76,7 +76,9 @@ def pairwise_prompt(rubric: str | None, prompt: list[dict] | str, reference: str
 _SCORE = re.compile(r"score\W{0,4}([1-5])(?!\d|\.\d)", re.IGNORECASE)
 _LEADING_SCORE = re.compile(r"^\W{0,4}([1-5])(?:\s*/\s*5)?(?!\d|\.\d)")
 _WINNER = re.compile(r"winner\W{0,4}(a|b|tie)\b", re.IGNORECASE)
-_LEADING_WINNER = re.compile(r"^\W{0,4}(a|b|tie)\b(?!')", re.IGNORECASE)
+# A bare verdict ("B.", "tie - both wrong"): only the letter or the word alone,
+# so prose that starts with "A good answer..." is not read as a verdict.
+_LEADING_WINNER = re.compile(r"^[*\s]{0,4}(A|B|[Tt]ie|TIE)[*\s]*(?:$|[-–—:.,)](?:\s|$))")
 
 
 @dataclass(frozen=True)

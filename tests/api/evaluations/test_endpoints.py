@@ -299,3 +299,60 @@ def test_no_automatic_evaluation_without_held_out_examples(service, alice, alice
         assert create_job_evaluation(
             session, service.settings, session.get(FineTuningJob, job.id), job.fine_tuned_model
         ) is None
+
+
+# ------------------------------------------------------------ judges, estimate, items
+
+
+def test_judges_are_stored_and_the_estimate_counts_their_calls(service, alice, alice_user):
+    job = succeeded_job(service, alice_user, chat_file(alice), suffix="judged")
+    file_id = chat_file(alice)
+    body = {"file_id": file_id, "split": "all", "limit": 5, "models": [BASE, job.fine_tuned_model], "max_tokens": 10,
+            "judges": [{"kind": "pairwise", "model": BASE}, {"kind": "reference", "model": job.fine_tuned_model,
+                                                              "rubric": "Be strict.", "max_tokens": 20}]}
+    estimate = alice.post("/v1/evaluations/estimate", json=body)
+    assert estimate.status_code == 200, estimate.text
+    tokens = estimate.json().pop("judge_prompt_tokens")
+    assert estimate.json() | {"judge_prompt_tokens": 0} == {
+        "object": "evaluation.estimate", "items": 5, "generation_calls": 10, "judge_calls": 5 * 2 + 5 * 2,
+        "judge_prompt_tokens": 0, "external_calls": 0}
+    assert tokens > (5 * 2 + 5 * 2) * 10  # every call quotes at least one answer of max_tokens
+    assert alice.get("/v1/evaluations").json()["data"] == []  # an estimate creates nothing
+    created = alice.post("/v1/evaluations", json=body)
+    assert created.status_code == 200, created.text
+    judges = created.json()["judges"]
+    assert judges[0] == {"kind": "pairwise", "model": BASE, "rubric": None, "max_tokens": 128}
+    assert judges[1] == {"kind": "reference", "model": job.fine_tuned_model, "rubric": "Be strict.", "max_tokens": 20}
+    assert (created.json()["ratings"], created.json()["pairwise"], created.json()["tag_counts"]) == (None, None, None)
+    plain = create(alice, file_id=file_id).json()
+    assert plain["judges"] is None
+
+
+@pytest.mark.parametrize(("judges", "status", "param", "code"), [
+    ([{"kind": "pairwise", "model": BASE}], 400, "judges[0].kind", "too_few_models"),
+    ([{"kind": "reference", "model": "no-such-judge"}], 404, "judges[0].model", "model_not_found"),
+    ([{"kind": "reference", "model": "conn:nowhere/gpt"}], 404, "judges[0].model", "model_not_found"),
+    # The body's schema names the place as pydantic does.
+    ([{"kind": "vibes", "model": BASE}], 400, "judges.0.kind", None),
+    ([{"kind": "reference", "model": BASE, "max_tokens": 0}], 400, "judges.0.max_tokens", None),
+    ([{"kind": "reference", "model": BASE, "max_tokens": 10**6}], 400, "judges[0].max_tokens", None),
+    ([{"kind": "reference", "model": BASE, "temperature": 1}], 400, "judges.0.temperature", None),
+    ([{"kind": "reference", "model": BASE}] * 5, 400, "judges", None),
+])
+def test_bad_judges_are_refused_by_create_and_estimate(alice, judges, status, param, code):
+    file_id = chat_file(alice)
+    for path in ("/v1/evaluations", "/v1/evaluations/estimate"):
+        response = alice.post(path, json={"file_id": file_id, "models": [BASE], "judges": judges})
+        assert_error(response, status, param, code)
+    assert alice.get("/v1/evaluations").json()["data"] == []
+
+
+def test_items_and_tags_exist_once_the_evaluation_succeeds(alice, bob):
+    evaluation_id = create(alice, file_id=chat_file(alice)).json()["id"]
+    assert_error(alice.get(f"/v1/evaluations/{evaluation_id}/items"), 409, "evaluation_id", "predictions_not_ready")
+    assert_error(alice.get(f"/v1/evaluations/{evaluation_id}/items/download"), 409, "evaluation_id", "predictions_not_ready")
+    assert_error(alice.put(f"/v1/evaluations/{evaluation_id}/items/0/tags", json={"model": BASE, "tags": ["x"]}),
+                 409, "evaluation_id", "predictions_not_ready")
+    for response in (bob.get(f"/v1/evaluations/{evaluation_id}/items"),
+                     bob.put(f"/v1/evaluations/{evaluation_id}/items/0/tags", json={"model": BASE, "tags": ["x"]})):
+        assert response.status_code == 404, response.text

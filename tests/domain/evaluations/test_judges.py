@@ -50,3 +50,8 @@ def test_prompts_quote_the_item_and_the_rubric():
     assert user["content"].startswith("Prefer brevity.")
     assert user["content"].index("first answer") < user["content"].index("second answer")
     assert judge_calls("reference", 10, 3) == 30 and judge_calls("pairwise", 10, 3) == 60
+
+
+@pytest.mark.parametrize("raw", ["A good answer would say moo", "a", "Both wrong, A is closer"])
+def test_prose_starting_with_a_letter_is_not_a_verdict(raw):
+    assert not parse_pairwise(raw).valid
