@@ -3,6 +3,7 @@ import {
   allTags,
   describeEstimate,
   filterParams,
+  isFiltered,
   itemsDownloadPath,
   leaderboard,
   NO_FILTERS,
@@ -60,6 +61,16 @@ describe("the leaderboard", () => {
       [2, "a", "940–1011"],
     ]);
     expect(leaderboard(null)).toEqual([]);
+    const tied = leaderboard([
+      { model: "b", rating: 1000, ci_low: 990, ci_high: 1010, games: 4 },
+      { model: "a", rating: 1000, ci_low: 990, ci_high: 1010, games: 4 },
+      { model: "c", rating: 900, ci_low: 850, ci_high: 950, games: 4 },
+    ]);
+    expect(tied.map((r) => [r.rank, r.model])).toEqual([
+      [1, "a"],
+      [1, "b"],
+      [3, "c"],
+    ]);
   });
   it("gives win, tie and loss rates over the valid judgments", () => {
     expect(pairwiseRates({ model_a: "a", model_b: "b", wins: 2, ties: 1, losses: 1, invalid: 3 })).toEqual({ win: 0.5, tie: 0.25, loss: 0.25, valid: 4 });
@@ -86,6 +97,8 @@ describe("tags", () => {
 describe("item filters", () => {
   it("leave out empty filters, and the download asks for the same items", () => {
     expect(filterParams(NO_FILTERS)).toEqual({});
+    expect(isFiltered({ ...NO_FILTERS })).toBe(false);
+    expect(isFiltered({ ...NO_FILTERS, filter: "disagree" })).toBe(true);
     const f = { tag: "cut_off", model: "conn:peer/m", filter: "worse_than_base" as const };
     expect(filterParams(f)).toEqual({ tag: "cut_off", model: "conn:peer/m", filter: "worse_than_base" });
     expect(itemsDownloadPath("eval-1", f, "csv")).toBe(

@@ -43,11 +43,14 @@ export function toRequest(form: EvaluationForm): Schemas["CreateEvaluationReques
   };
 }
 
-/** Highest rating first; the CI as "low–high". */
+/** Highest rating first (equal ratings share a rank); the CI as "low–high". */
 export function leaderboard(ratings: Rating[] | null | undefined): (Rating & { rank: number; interval: string })[] {
-  return [...(ratings ?? [])]
-    .sort((a, b) => b.rating - a.rating || a.model.localeCompare(b.model))
-    .map((r, i) => ({ ...r, rank: i + 1, interval: `${Math.round(r.ci_low)}–${Math.round(r.ci_high)}` }));
+  const sorted = [...(ratings ?? [])].sort((a, b) => b.rating - a.rating || a.model.localeCompare(b.model));
+  return sorted.map((r) => ({
+    ...r,
+    rank: 1 + sorted.filter((other) => other.rating > r.rating).length,
+    interval: `${Math.round(r.ci_low)}–${Math.round(r.ci_high)}`,
+  }));
 }
 
 /** A pair's win/tie/loss rates over its valid judgments (invalid ones are counted apart). */
@@ -87,6 +90,8 @@ export interface ItemFilters {
 }
 
 export const NO_FILTERS: ItemFilters = { tag: "", model: "", filter: "" };
+
+export const isFiltered = (f: ItemFilters) => Object.keys(filterParams(f)).length > 0;
 
 /** The filters as query parameters (empty ones left out): the same for the list and for the download. */
 export function filterParams(f: ItemFilters): { tag?: string; model?: string; filter?: Exclude<ItemFilter, ""> } {

@@ -9,6 +9,7 @@ import { ErrorBox } from "../common";
 import { isExternalModel } from "../connections";
 import {
   allTags,
+  isFiltered,
   itemsDownloadPath,
   leaderboard,
   NO_FILTERS,
@@ -289,7 +290,7 @@ export function EvaluationItems({
             </option>
           ))}
         </select>
-        {filters !== NO_FILTERS && (
+        {isFiltered(filters) && (
           <button type="button" className="secondary small" onClick={() => setFilters(NO_FILTERS)}>
             Clear filters
           </button>
