@@ -190,11 +190,37 @@ class _FaultingSink:
 
 
 @contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A small HTTP server on loopback (a thread); yields its base URL (ending in /v1)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextmanager
 def redirecting_server(location: str, status: int = 302) -> Iterator[str]:
     """An HTTP server on loopback answering every request with a redirect
     to `location`; yields its base URL (ending in /v1)."""
 
-    class Redirect(BaseHTTPRequestHandler):
+    class Redirect(QuietHandler):
         def _redirect(self) -> None:
             self.send_response(status)
             self.send_header("Location", location)
@@ -203,14 +229,5 @@ def redirecting_server(location: str, status: int = 302) -> Iterator[str]:
 
         do_GET = do_POST = _redirect
 
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Redirect) as url:
+        yield url

@@ -30,7 +30,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -125,7 +125,7 @@ class ConnectionClient:
     def chat(self, model: str, messages: list[dict], *, max_tokens: int, temperature: float,
              seed: int | None = None, stop: list[str] | None = None, top_p: float | None = None) -> ExternalCompletion:
         body = _chat_body(model, messages, max_tokens, temperature, seed, stop, top_p, n=1)
-        with self._call("POST", "/chat/completions", json_body=body) as (response, attempts, started):
+        with self._chat_call(body) as (response, attempts, started):
             answer = self._json(response)
         latency_ms = int((time.monotonic() - started) * 1000)
         try:
@@ -149,7 +149,7 @@ class ConnectionClient:
         the endpoint sends it); errors in the stream raise ExternalCallError."""
         body = _chat_body(model, messages, max_tokens, temperature, seed, stop, top_p, n=n)
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-        with self._call("POST", "/chat/completions", json_body=body) as (response, _, _):
+        with self._chat_call(body) as (response, _, _):
             with self._reading("the stream"):
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
@@ -187,6 +187,21 @@ class ConnectionClient:
                 yield from response.iter_bytes()
 
     # -- one call: a turn, tries, redirects ------------------------------------
+
+    @contextmanager
+    def _chat_call(self, body: dict):
+        """_call for a chat completion. OpenAI's reasoning models refuse
+        `max_tokens` (400, "use max_completion_tokens"), which most other
+        servers still need: asked again once with the newer name."""
+        with ExitStack() as stack:
+            try:
+                opened = stack.enter_context(self._call("POST", "/chat/completions", json_body=body))
+            except ExternalCallError as error:
+                if not (error.status == 400 and "max_completion_tokens" in error.message and "max_tokens" in body):
+                    raise
+                body = {("max_completion_tokens" if k == "max_tokens" else k): v for k, v in body.items()}
+                opened = stack.enter_context(self._call("POST", "/chat/completions", json_body=body))
+            yield opened
 
     @contextmanager
     def _call(self, method: str, path: str, *, json_body: dict | None = None, params: dict | None = None):

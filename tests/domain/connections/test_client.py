@@ -3,6 +3,7 @@ tunehouse (tests/peer.py) behind a fault-injecting HTTP proxy that answers
 429s and 5xx, stalls, resets and goes down. The SSRF guard is checked at
 call time, through a redirect too. The key is in no error."""
 
+import json
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ import pytest
 
 from domain.connections.client import ConnectionClient, Endpoint, ExternalCallError
 from domain.settings import Settings
-from tests.peer import FaultyHttpProxy, redirecting_server, running_peer
+from tests.peer import FaultyHttpProxy, QuietHandler, http_server, redirecting_server, running_peer
 
 KEY_PROBE = "sk-never-shown"  # a key the endpoint refuses, to look for in errors
 PROMPT = [{"role": "user", "content": "Say something"}]
@@ -165,3 +166,24 @@ def test_a_redirect_elsewhere_is_followed_without_the_key(peer, tmp_path):
         with pytest.raises(ExternalCallError) as failed:
             client_for(url, peer.api_key, settings_for(tmp_path)).get_json("/models")
     assert failed.value.status == 401
+
+
+class _ReasoningModelServer(QuietHandler):
+    """Refuses max_tokens as OpenAI's reasoning models do; answers max_completion_tokens."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "max_tokens" in body:
+            self.send_json(400, {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with "
+                                           "this model. Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                                           "param": "max_tokens", "code": "unsupported_parameter"}})
+            return
+        self.send_json(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 3, "completion_tokens": body["max_completion_tokens"]}})
+
+
+def test_max_completion_tokens_where_max_tokens_is_refused(tmp_path):
+    with http_server(_ReasoningModelServer) as url:
+        completion = chat(client_for(url, KEY_PROBE, settings_for(tmp_path)))
+    assert completion.text == "ok" and completion.completion_tokens == 4
