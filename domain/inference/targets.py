@@ -56,7 +56,8 @@ def resolve_target(session: Session, owner_id: int, settings: Settings, model: s
 def resolve_model(session: Session, owner_id: int, settings: Settings, model: str) -> InferenceTarget | ExternalModel | None:
     """resolve_target, and a connection's model for a `conn:` id (None when
     the connection is not this user's or the model is outside its allow-list).
-    Wherever a model id may be external, this is the one to ask."""
+    Wherever a model id may be external, this is the one to ask. Conflict
+    `connection_key_unreadable` when the connection's key cannot be decrypted here."""
     if model.startswith(CONNECTION_PREFIX):
         return resolve_external(session, owner_id, settings, model)
     return resolve_target(session, owner_id, settings, model)
