@@ -211,6 +211,7 @@ class Judgment(BaseModel):
     rationale: str | None = None
     winner: str | None = Field(default=None, description="Pairwise: the winning model, \"tie\", or None if unreadable.")
     valid: bool
+    error: EvaluationError | None = Field(default=None, description="Why an external judge could not be asked.")
 
 
 class EvaluationItem(BaseModel):

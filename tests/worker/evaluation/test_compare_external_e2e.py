@@ -65,7 +65,7 @@ def compared(tmp_path_factory, tiny_model_dir):
                 assert uploaded.status_code == 200, uploaded.text
                 eval_file = uploaded.json()["id"]
                 yield {"client": client, "fine_tune": job["fine_tuned_model"], "file": eval_file, "peer": peer,
-                       "judge": judge, "service": service}
+                       "judge": judge, "service": service, "workers": workers}
         finally:
             workers.stop_all()
 
@@ -150,12 +150,20 @@ def test_base_fine_tune_and_a_peer_model_judged_pairwise_give_ratings_with_inter
     # A round robin: Bradley–Terry ranks the models by the points the judge gave them.
     by_rating = [r["model"] for r in ratings]
     assert [points[m] for m in by_rating] == sorted(points.values(), reverse=True)
+    # Worse than base: regressed, or a lower reference score than the base's.
+    for row in rows:
+        score = {j["models"][0]: j["score"] for j in row["judgments"] if j["kind"] == "reference"}
+        worse = "regressed" in row[f"tags:{fine_tune}"] or score[fine_tune] < score[TINY]
+        assert row["worse_than_base"] == ([fine_tune] if worse else [])
+    listed = items_of(client, evaluation["id"], filter="worse_than_base")
+    assert [i["item"] for i in listed] == [row["item"] for row in rows if row["worse_than_base"]]
     assert set(evaluation["tag_counts"]) == set(models)
     assert all(set(AUTO_TAGS) <= set(counts) for counts in evaluation["tag_counts"].values())
 
     # No key in anything the user reads back.
     texts = [json.dumps(evaluation), json.dumps(rows),
              client.get(f"/v1/evaluations/{evaluation['id']}/items/download", params={"format": "csv"}).text]
+    texts += [process.log_path.read_text(errors="replace") for process in compared["workers"].processes]
     for key in (compared["peer"].api_key, compared["judge"]["api_key"]):
         assert all(key not in text for text in texts)
 
