@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { filesToUpload, mappingValue, moveRequest, type MovePlanJob } from "./moves";
+import { choosable, filesToUpload, mappingValue, moveRequest, type MovePlanJob } from "./moves";
 
 const file = (provider_file_id: string, state: "downloadable" | "needs_upload" | "matched", role: "training" | "validation" = "training") => ({
   role,
@@ -24,6 +24,12 @@ describe("moving jobs", () => {
   it("ask for each refused file once, until a copy is uploaded for it", () => {
     expect(filesToUpload(jobs, {}).map((f) => f.provider_file_id)).toEqual(["f-train"]);
     expect(filesToUpload(jobs, { "f-train": "file-local" })).toEqual([]);
+  });
+
+  it("may be chosen when movable, or once the files the provider keeps are uploaded", () => {
+    expect(choosable({ ...jobs[0], movable: false })).toBe(true);
+    expect(choosable({ ...job("j4", [file("x", "downloadable")]), movable: false, problem: "still running" })).toBe(false);
+    expect(choosable(job("j5", [file("y", "matched")]))).toBe(true);
   });
 
   it("send the chosen jobs and only the uploads their files need", () => {

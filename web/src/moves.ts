@@ -17,6 +17,9 @@ export const FILE_STATE_TEXT: Record<MoveFileState, string> = {
   matched: "matched to a file you uploaded",
 };
 
+/** A job may be chosen when it moves as it stands, or once the user uploads the files the provider keeps. */
+export const choosable = (job: MovePlanJob) => job.movable || job.files.some((f) => f.state === "needs_upload");
+
 /** The files of the chosen jobs that still need a local copy (none uploaded for them in this session). */
 export function filesToUpload(jobs: MovePlanJob[], uploads: Record<string, string>): MoveFile[] {
   const seen = new Set<string>();

@@ -228,6 +228,12 @@ function Judgments({ item }: { item: EvaluationItem }) {
             <span className="mono">{j.kind}</span> by <span className="mono">{j.judge}</span> on {j.models.join(" vs ")}:{" "}
             <strong>{j.kind === "reference" ? `score ${j.score ?? "unreadable"}` : `winner ${j.winner ?? "unreadable"}`}</strong>
             {j.rationale && <span> — {j.rationale}</span>}
+            {j.error && (
+              <span className="warn">
+                {" "}
+                (the judge could not be asked: {j.error.message})
+              </span>
+            )}
             {j.raw && !j.rationale && <div className="pre muted">{j.raw}</div>}
           </li>
         ))}

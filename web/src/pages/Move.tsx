@@ -9,7 +9,7 @@ import { Link, useNavigate } from "react-router-dom";
 import { request, uploadFile } from "../api";
 import { ErrorBox, fmtBytes, StatusChip } from "../common";
 import { ModelSelect, useModelChoices } from "../ModelChoices";
-import { FILE_STATE_TEXT, filesToUpload, mappingValue, moveRequest, type MovedJobRow, type MoveFile, type MovePlanJob } from "../moves";
+import { choosable, FILE_STATE_TEXT, filesToUpload, mappingValue, moveRequest, type MovedJobRow, type MoveFile, type MovePlanJob } from "../moves";
 import { connectionsQuery, isJobActive, modelsQuery, POLL_MS, queryKeys } from "../queries";
 
 const fileSize = (f: MoveFile) => [f.bytes != null ? fmtBytes(f.bytes) : null, f.lines != null ? `${f.lines} lines` : null].filter(Boolean).join(" · ");
@@ -18,7 +18,7 @@ function PlanJob({ job, chosen, onChoose }: { job: MovePlanJob; chosen: boolean;
   return (
     <div className="card" data-testid="plan-job" data-job={job.provider_job_id}>
       <label className="check">
-        <input type="checkbox" checked={chosen} disabled={!job.movable} onChange={(e) => onChoose(e.target.checked)} data-testid="plan-job-choose" />
+        <input type="checkbox" checked={chosen} disabled={!choosable(job)} onChange={(e) => onChoose(e.target.checked)} data-testid="plan-job-choose" />
         <span className="mono">{job.provider_job_id}</span> → <span className="mono small">{job.provider_model ?? "no model yet"}</span>{" "}
         {job.status && <StatusChip status={job.status} />}
       </label>
@@ -59,7 +59,7 @@ function PlanJob({ job, chosen, onChoose }: { job: MovePlanJob; chosen: boolean;
         </tbody>
       </table>
       <h4>Settings carried over</h4>
-      <table data-testid="plan-mapping">
+      <table data-testid="plan-mapping" className="mapping">
         <thead>
           <tr>
             <th>Setting</th>
@@ -210,7 +210,7 @@ export default function MovePage() {
       return request("post", "/v1/moves/plan", { json: { connection, base_model: baseModel, ...(jobs.length ? { jobs } : {}) } });
     },
     // Every movable job is chosen at first; a re-plan keeps the user's choices.
-    onSuccess: (p) => setChosen((c) => Object.fromEntries(p.jobs.map((j) => [j.provider_job_id, j.movable && (c[j.provider_job_id] ?? true)]))),
+    onSuccess: (p) => setChosen((c) => Object.fromEntries(p.jobs.map((j) => [j.provider_job_id, choosable(j) && (c[j.provider_job_id] ?? true)]))),
   });
   const chosenJobs = (plan.data?.jobs ?? []).filter((j) => chosen[j.provider_job_id]);
   const missing = filesToUpload(chosenJobs, uploads);
