@@ -221,7 +221,8 @@ def map_job(job: dict, *, base_model: str, connection: str, train_examples: int 
     entries = mapped.mapping
     entries.append(MappingEntry(
         field="model", provider_value=job.get("model"), value=base_model,
-        reason="changed: the provider's base weights are not available; the open-weight base you picked"))
+        reason="the base you picked (the provider's bears the same name)" if job.get("model") == base_model else
+        "changed: the provider's base weights are not available; the open-weight base you picked"))
     if method not in METHODS:
         mapped.problem = f"method '{method}' cannot move: tunehouse offers supervised and DPO fine-tuning only"
         entries.append(MappingEntry(field="method", provider_value=method, value=None, reason=mapped.problem))

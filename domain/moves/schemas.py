@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from domain.evaluations.schemas import MAX_JUDGES, JudgeSpec
 from domain.pagination import ListPage
 
 MAX_JOBS = 50  # per plan or move: each costs provider calls and a job here
@@ -105,7 +106,7 @@ class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fine_tuning_job_id: str = Field(min_length=1, max_length=64)
-    judges: list[dict[str, Any]] | None = Field(
-        default=None, description="Passed to the evaluation as is (JudgeSpec: kind, model, rubric, max_tokens).")
+    judges: list[JudgeSpec] | None = Field(default=None, max_length=MAX_JUDGES,
+                                           description="LLM judges, as in POST /v1/evaluations.")
     max_tokens: int | None = Field(default=None, ge=1)
     limit: int | None = Field(default=None, ge=1, le=1_000_000, description="At most this many held-out items.")

@@ -13,7 +13,7 @@ Docs: docs/moving.md.
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -240,6 +240,16 @@ def plan(session: Session, settings: Settings, user: User, request: PlanRequest)
     return PlanObject(connection=request.connection, base_model=request.base_model, jobs=planned)
 
 
+def ready(job: PlannedJob, uploads: Collection[str] = ()) -> bool:
+    """Whether a planned job can move, given copies of these provider files."""
+    if job.fine_tuning_job_id:
+        return True
+    if any(entry.field == "method" and entry.value is None for entry in job.mapping):
+        return False
+    return all(file.state != "needs_upload" or (file.provider_file_id in uploads and file.filename is not None)
+               for file in job.files)
+
+
 # ----------------------------------------------------------------- moving
 
 
@@ -274,26 +284,31 @@ def _uploaded(session: Session, storage: Storage, user: User, pending: list[_Pen
     return chosen
 
 
-def _download(parts: Parts, client: ConnectionClient, user: User, provider_file: ProviderFile) -> File:
-    """The provider's file into tunehouse by the upload path: streamed, size-limited, validated, stored."""
+def store_file(parts: Parts, user: User, chunks: Iterable[bytes], filename: str) -> File:
+    """A fine-tune file into tunehouse by the upload path (domain/files/service.py):
+    streamed, size-limited, validated, stored; nothing kept if it is refused."""
     incoming = IncomingFile(parts.storage, user.id, parts.settings.max_upload_bytes)
     incoming.expect("fine-tune")
     try:
-        for chunk in client.iter_bytes(f"/files/{provider_file.id}/content"):
+        for chunk in chunks:
             incoming.feed(chunk)
-        file = incoming.finish("fine-tune", provider_file.filename or f"{provider_file.id}.jsonl")
-    except ExternalCallError as exc:
-        incoming.abort()
-        raise _upstream(exc, f"Downloading the provider's file '{provider_file.id}'") from None
-    except ServiceError as exc:  # invalid or too large: said as the provider's file
-        incoming.abort()
-        raise type(exc)(f"The provider's file '{provider_file.id}' was refused here: {exc.message}",
-                        param="jobs", code=exc.code, details=exc.details) from None
+        file = incoming.finish("fine-tune", filename)
     except BaseException:
         incoming.abort()
         raise
     record_file(parts.db, parts.storage, file)
     return file
+
+
+def _download(parts: Parts, client: ConnectionClient, user: User, provider_file: ProviderFile) -> File:
+    try:
+        return store_file(parts, user, client.iter_bytes(f"/files/{provider_file.id}/content"),
+                          provider_file.filename or f"{provider_file.id}.jsonl")
+    except ExternalCallError as exc:
+        raise _upstream(exc, f"Downloading the provider's file '{provider_file.id}'") from None
+    except ServiceError as exc:  # invalid or too large: said as the provider's file
+        raise type(exc)(f"The provider's file '{provider_file.id}' was refused here: {exc.message}",
+                        param="jobs", code=exc.code, details=exc.details) from None
 
 
 def _job_request(item: _Pending, mapped: MappedJob) -> CreateJobRequest:
@@ -418,7 +433,7 @@ def compare(session: Session, parts: Parts, user: User, request: CompareRequest)
         "max_tokens": request.max_tokens, "limit": request.limit, "seed": job.seed,
         "metadata": {COMPARES_KEY: job.id} | {key: value for key, value in (job.user_metadata or {}).items()
                                               if key in (ORIGIN_CONNECTION, ORIGIN_JOB, ORIGIN_MODEL)},
-        **({"judges": request.judges} if request.judges else {}),
+        "judges": request.judges,
     })
     evaluation = evaluations.create_evaluation(session, parts.storage, parts.settings, user, evaluation_request)
     evaluations.enqueue(session, parts.queue, evaluation)

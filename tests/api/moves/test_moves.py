@@ -8,6 +8,8 @@ matched by name, size and line count. Bad input changes nothing; another user
 sees none of it."""
 
 import json
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import httpx
@@ -18,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.api.files.test_endpoints import upload
+from tests.api.test_cli import clean_env
 from tests.conftest import free_port, start_uvicorn, wait_for
 from tests.e2e import TINY, tiny_chat_jsonl, tiny_service_with_worker, wait_until_done
 from tests.peer import running_peer
@@ -149,8 +152,9 @@ def test_plan_move_train_and_compare_with_the_providers_fine_tune(moving, provid
         done = wait_until_done(client, job["id"])
         assert done["status"] == "succeeded", done["error"]
 
-        compared = client.post("/v1/moves/compare", json={"fine_tuning_job_id": job["id"], "max_tokens": 8,
-                                                                 "limit": 4})
+        compared = client.post("/v1/moves/compare", json={
+            "fine_tuning_job_id": job["id"], "max_tokens": 8, "limit": 4,
+            "judges": [{"kind": "pairwise", "model": TINY, "max_tokens": 4}]})
         assert compared.status_code == 200, compared.text
         external = f"conn:provider/{provider_job['fine_tuned_model']}"
         assert compared.json()["models"] == [external, done["fine_tuned_model"]]
@@ -163,6 +167,10 @@ def test_plan_move_train_and_compare_with_the_providers_fine_tune(moving, provid
         assert len(rows) == 4
         for row in rows:  # both models' predictions, per held-out item
             assert isinstance(row[external], str) and isinstance(row[done["fine_tuned_model"]], str)
+        # The judge asked for came along: each item's pair judged in both orders.
+        assert [judge["kind"] for judge in evaluation["judges"]] == ["pairwise"]
+        items = client.get(f"/v1/evaluations/{evaluation['id']}/items").json()["data"]
+        assert len(items) == 4 and all(len(item["judgments"]) == 2 for item in items), items[0]
 
         listed = client.get("/v1/moves").json()
         assert [(m["id"], m["status"], m["comparison_evaluation_id"]) for m in listed["data"]] == [
@@ -244,3 +252,41 @@ def test_bad_input_is_refused_and_changes_nothing(moving, provider):
         assert client.post("/v1/moves/compare", json={"fine_tuning_job_id": "ftjob-nope"}).status_code == 404
         assert what_user_has(client) == ([], [])
         assert client.get("/v1/moves").json()["data"] == []
+
+
+def test_tunehouse_move_plans_uploads_moves_and_compares(moving, provider, tmp_path):
+    peer, provider_job, training, validation = provider
+    user = moving.make_user("cli")
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "support-train.jsonl").write_bytes(TRAIN.replace(b"(0)", b"(x)"))
+    (tmp_path / "support-train.jsonl").write_bytes(TRAIN)
+    (tmp_path / "support-valid.jsonl").write_bytes(VALIDATION)
+    env = clean_env(moving.settings.data_dir) | moving.settings.as_env()
+
+    def tunehouse_move(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", "move", "--user", user.name, "--connection", "hosted",
+             "--base-model", TINY, *args], env=env, capture_output=True, text=True, timeout=COMPARE_TIMEOUT + 60)
+
+    with moving.client(user.key) as client, refusing_proxy(peer.service.base_url) as proxy:
+        connect(client, "hosted", f"{proxy}/v1", peer.api_key)
+        valid_copy = f"{validation['id']}={tmp_path / 'support-valid.jsonl'}"
+
+        refused = tunehouse_move("--upload", f"{training['id']}={tmp_path / 'wrong' / 'support-train.jsonl'}",
+                                 "--upload", valid_copy)
+        assert refused.returncode == 2 and "does not match the provider's file" in refused.stderr, refused.stderr
+        assert "needs_upload" in refused.stdout  # the plan came first
+        assert what_user_has(client) == ([], [])  # its copies went too
+
+        moved = tunehouse_move("--upload", f"{training['id']}={tmp_path / 'support-train.jsonl'}",
+                               "--upload", valid_copy, "--compare", "--judge", f"pairwise={TINY}",
+                               "--poll", "0.5", "--wait", str(COMPARE_TIMEOUT))
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert "learning_rate_multiplier: 4 -> 4  (carried over" in moved.stdout
+        [listed] = client.get("/v1/moves").json()["data"]
+        assert f"{provider_job['id']} -> {listed['id']} (created" in moved.stdout
+        assert listed["status"] == "succeeded" and listed["comparison_evaluation_id"]
+        assert f"comparison {listed['comparison_evaluation_id']}: succeeded" in moved.stdout
+        evaluation = client.get(f"/v1/evaluations/{listed['comparison_evaluation_id']}").json()
+        assert evaluation["models"] == [f"conn:hosted/{provider_job['fine_tuned_model']}", listed["fine_tuned_model"]]
+        assert evaluation["judges"][0]["model"] == TINY
