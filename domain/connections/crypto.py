@@ -23,9 +23,7 @@ class UnreadableKey(Exception):
 
 
 def connection_secret(settings: Settings) -> bytes:
-    if settings.connection_secret:
-        if len(settings.connection_secret) < 32:
-            raise ValueError("TUNEHOUSE_CONNECTION_SECRET must be at least 32 characters")
+    if settings.connection_secret:  # at least 32 characters (domain/settings.py checks)
         return settings.connection_secret.encode()
     return _secret_in(settings.data_dir / SECRET_FILE)
 

@@ -126,3 +126,15 @@ def test_a_wrong_key_is_reported_without_echoing_it(service, alice):
     with httpx.Client(base_url=service.base_url, headers=alice.headers) as client:  # a 502 is the answer here
         models = client.get("/v1/connections/wrong/models")
     assert models.status_code == 502 and models.json()["error"]["code"] == "upstream_error" and key not in models.text
+
+
+def test_the_list_pages(service, alice):
+    names = ["p1", "p2", "p3"]
+    for name in names:
+        assert register(alice, name, f"http://127.0.0.1:{free_port()}/v1", "k").status_code == 200
+    first = alice.get("/v1/connections", params={"limit": 2}).json()
+    assert len(first["data"]) == 2 and first["has_more"] is True
+    rest = alice.get("/v1/connections", params={"limit": 2, "after": first["last_id"]}).json()
+    assert len(rest["data"]) == 1 and rest["has_more"] is False
+    assert sorted(c["name"] for c in first["data"] + rest["data"]) == names
+    assert alice.get("/v1/connections", params={"after": "p1"}).json()["error"]["code"] == "invalid_cursor"

@@ -27,4 +27,4 @@ def test_a_key_is_stored_encrypted_and_read_back_with_the_same_secret_only(tmp_p
         decrypt_key(configured, token)
     assert KEY not in str(unreadable.value)
     with pytest.raises(ValueError):
-        encrypt_key(Settings(data_dir=tmp_path, connection_secret="short"), KEY)
+        Settings(data_dir=tmp_path, connection_secret="short")
