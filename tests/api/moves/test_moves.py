@@ -49,7 +49,7 @@ def provider(tmp_path_factory, tiny_model_dir):
         yield peer, job, training, validation
 
 
-@pytest.fixture(scope="module", params=["sqlite-local"])
+@pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
 def moving(request, tmp_path_factory, tiny_model_dir):
     with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "moves") as service:
         yield service
@@ -290,3 +290,35 @@ def test_tunehouse_move_plans_uploads_moves_and_compares(moving, provider, tmp_p
         evaluation = client.get(f"/v1/evaluations/{listed['comparison_evaluation_id']}").json()
         assert evaluation["models"] == [f"conn:hosted/{provider_job['fine_tuned_model']}", listed["fine_tuned_model"]]
         assert evaluation["judges"][0]["model"] == TINY
+
+
+def test_the_providers_jobs_are_read_page_by_page_and_a_provider_down_is_a_502(moving, provider, monkeypatch):
+    peer = provider[0]
+    # A provider user of its own with three jobs (cancelled at once: only their listing matters here).
+    owner = peer.service.make_user("busy")
+    with peer.service.client(owner.key) as client:
+        file_id = upload(client, TRAIN).json()["id"]
+        provider_jobs = []
+        for seed in (1, 2, 3):
+            job = client.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id, "seed": seed})
+            assert job.status_code == 200, job.text
+            client.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
+            provider_jobs.append(job.json()["id"])
+    monkeypatch.setattr("domain.moves.service.PAGE", 1)  # the service runs in this process
+    user = moving.make_user("pages")
+    with moving.client(user.key) as client:
+        connect(client, "busy", peer.base_url, owner.key)
+        plan = client.post("/v1/moves/plan", json={"connection": "busy", "base_model": TINY})
+        assert plan.status_code == 200, plan.text
+        assert [job["provider_job_id"] for job in plan.json()["jobs"]] == provider_jobs[::-1]  # newest first
+        assert all(job["provider_model"] is None for job in plan.json()["jobs"])
+
+        connect(client, "down", f"http://127.0.0.1:{free_port()}/v1", "sk-secret-down-key")
+    # The provider is not there: 502 (a client without the suite's no-5xx hook), the key not in it.
+    with httpx.Client(base_url=moving.base_url, headers={"Authorization": f"Bearer {user.key}"}, timeout=60) as raw:
+        down = raw.post("/v1/moves/plan", json={"connection": "down", "base_model": TINY})
+        assert down.status_code == 502, down.text
+        assert down.json()["error"]["code"] == "provider_connection_error" and "sk-secret" not in down.text
+        moved = raw.post("/v1/moves", json={"connection": "down", "base_model": TINY, "jobs": ["ftjob-x"]})
+        assert moved.status_code == 502 and "sk-secret" not in moved.text
+        assert raw.get("/v1/fine_tuning/jobs").json()["data"] == [] and raw.get("/v1/files").json()["data"] == []
