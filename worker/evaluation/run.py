@@ -515,7 +515,8 @@ class EvaluationRun(LeasedRun):
         all_tags = []
         for item in items:
             row = {"item": item.index, "line": item.line, "prompt": item.prompt, "reference": item.reference}
-            tags = item_tags(item.reference, {
+            # A text file's items generate nothing: no output to tag.
+            tags = {model: [] for model in models} if item.format == TEXT else item_tags(item.reference, {
                 model: (by_item[item.index]["output"], by_item[item.index]["finish_reason"])
                 for model, by_item in zip(models, per_model, strict=True)}, base_of)
             all_tags.append(tags)
