@@ -7,6 +7,8 @@ compared with a local fine-tune in an evaluation (labelled external) and
 asked in the playground, then the connection is removed."""
 
 import re
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -24,29 +26,35 @@ pytestmark = pytest.mark.slow
 EXTERNAL = f"conn:peer/{TINY}"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, tiny_model_dir):
+@contextmanager
+def ui_service(name: str, tmp: Path, base_models: dict[str, str], queues=("default,train", "inference"), **settings_values):
+    """The API serving web/dist, with a worker per entry of `queues` and a user: yields (service, user)."""
     if not (REPO / "web" / "dist" / "index.html").exists():
         pytest.fail("web/dist is not built: `make setup` builds it")
-    tmp = tmp_path_factory.mktemp("ui-connections")
-    settings = Settings(data_dir=tmp / "data", base_models={TINY: f"path:{tiny_model_dir}"}, max_completion_tokens=8)
-    with running_service("ui-connections", settings) as service:
+    settings = Settings(data_dir=tmp / "data", base_models=base_models, **settings_values)
+    with running_service(name, settings) as service:
         workers = Workers(settings)
-        workers.start("default,train")
-        workers.start("inference")
         try:
-            user = service.make_user("browser")
-            with service.client(user.key) as api:
-                # The local fine-tune trains while the peer starts.
-                file_id = upload(api, tiny_chat_jsonl(12), filename="sounds.jsonl").json()["id"]
-                job = api.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id, "seed": 1,
-                                                             "hyperparameters": {"n_epochs": 1, "batch_size": 4}}).json()
-                with running_peer(tmp, tiny_model_dir) as peer:
-                    done = wait_until_done(api, job["id"])
-                    assert done["status"] == "succeeded", done
-                    yield {"url": service.base_url, "key": user.key, "peer": peer, "fine_tune": done["fine_tuned_model"]}
+            for queue in queues:
+                workers.start(queue)
+            yield service, service.make_user("browser")
         finally:
             workers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("ui-connections")
+    with ui_service("ui-connections", tmp, {TINY: f"path:{tiny_model_dir}"}, max_completion_tokens=8) as (service, user), \
+            service.client(user.key) as api:
+        # The local fine-tune trains while the peer starts.
+        file_id = upload(api, tiny_chat_jsonl(12), filename="sounds.jsonl").json()["id"]
+        job = api.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id, "seed": 1,
+                                                     "hyperparameters": {"n_epochs": 1, "batch_size": 4}}).json()
+        with running_peer(tmp, tiny_model_dir) as peer:
+            done = wait_until_done(api, job["id"])
+            assert done["status"] == "succeeded", done
+            yield {"url": service.base_url, "key": user.key, "peer": peer, "fine_tune": done["fine_tuned_model"]}
 
 
 def nav(page, name: str) -> None:

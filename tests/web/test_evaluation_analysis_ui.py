@@ -9,11 +9,10 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
-from tests.conftest import running_service
-from tests.e2e import TINY, Workers, tiny_chat_jsonl
-from tests.web.conftest import REPO, sign_in
+from tests.e2e import TINY, tiny_chat_jsonl
+from tests.web.conftest import sign_in
+from tests.web.test_connections_ui import ui_service
 from tests.web.test_ui import JOB_TIMEOUT_MS, select_file
 from tests.worker.evaluation.judge_server import MODEL as REFEREE
 from tests.worker.evaluation.judge_server import running_judge
@@ -28,24 +27,16 @@ JUDGE = f"conn:judge/{REFEREE}"  # a deterministic judge (a tiny random model's 
 def site(tmp_path_factory, tiny_model_dir, smollm2_tokenizer_dir):
     from tests.tiny_model import build_tiny_llama
 
-    if not (REPO / "web" / "dist" / "index.html").exists():
-        pytest.fail("web/dist is not built: `make setup` builds it")
     tmp = tmp_path_factory.mktemp("ui-analysis")
     other = build_tiny_llama(tmp / "other", smollm2_tokenizer_dir, seed=1)
-    settings = Settings(data_dir=tmp / "data", base_models={TINY: f"path:{tiny_model_dir}", OTHER: f"path:{other}"},
-                        max_completion_tokens=6)  # the random models never stop: every answer is cut off
-    with running_service("ui-analysis", settings) as service, running_judge() as judge:
-        workers = Workers(settings)
-        workers.start("inference,default")
-        try:
-            user = service.make_user("browser")
-            with service.client(user.key) as api:
-                upload(api, tiny_chat_jsonl(12), filename="judged.jsonl")
-                response = api.post("/v1/connections", json={"name": "judge", "base_url": judge["base_url"], "api_key": judge["api_key"]})
-                assert response.status_code == 200, response.text
-            yield {"url": service.base_url, "key": user.key}
-        finally:
-            workers.stop_all()
+    models = {TINY: f"path:{tiny_model_dir}", OTHER: f"path:{other}"}
+    # max_completion_tokens: the random models never stop, every answer is cut off.
+    with ui_service("ui-analysis", tmp, models, queues=["inference,default"], max_completion_tokens=6) as (service, user), \
+            running_judge() as judge, service.client(user.key) as api:
+        upload(api, tiny_chat_jsonl(12), filename="judged.jsonl")
+        response = api.post("/v1/connections", json={"name": "judge", "base_url": judge["base_url"], "api_key": judge["api_key"]})
+        assert response.status_code == 200, response.text
+        yield {"url": service.base_url, "key": user.key}
 
 
 def test_a_pairwise_judge_rates_the_models_and_the_items_are_tagged_filtered_and_downloaded(page, site):
