@@ -194,8 +194,9 @@ def _seed(job: dict) -> tuple[int | None, MappingEntry]:
 
 
 def origin_metadata(connection: str, job: dict) -> dict[str, str]:
+    model = job.get("fine_tuned_model")
     return {ORIGIN_CONNECTION: connection, ORIGIN_JOB: str(job.get("id", ""))[:MAX_VALUE_LENGTH],
-            ORIGIN_MODEL: str(job.get("fine_tuned_model") or "")[:MAX_VALUE_LENGTH]}
+            ORIGIN_MODEL: (model if isinstance(model, str) else "")[:MAX_VALUE_LENGTH]}
 
 
 def _metadata(job: dict, connection: str) -> tuple[dict[str, str], MappingEntry]:
@@ -277,7 +278,7 @@ def map_job(job: dict, *, base_model: str, connection: str, train_examples: int 
     if job.get("integrations"):
         entries.append(MappingEntry(field="integrations", provider_value=job["integrations"], value=None,
                                     reason="dropped: tunehouse has no integrations; its own metrics page shows training"))
-    fine_tuned = job.get("fine_tuned_model")
+    fine_tuned = job.get("fine_tuned_model") if isinstance(job.get("fine_tuned_model"), str) else None
     entries.append(MappingEntry(
         field="fine_tuned_model", provider_value=fine_tuned,
         value=f"conn:{connection}/{fine_tuned}" if fine_tuned else None,

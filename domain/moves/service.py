@@ -87,7 +87,7 @@ def _provider_job(client: ConnectionClient, job_id: str, param: str) -> dict:
         raise _upstream(exc, f"Reading the provider's job '{job_id}'") from None
     if not isinstance(job.get("training_file"), str):
         raise UpstreamFailed(f"The provider's job '{job_id}' has no training file.", code="provider_bad_response")
-    return job
+    return job | {"id": job_id}
 
 
 def provider_jobs(client: ConnectionClient) -> list[dict]:
@@ -100,8 +100,11 @@ def provider_jobs(client: ConnectionClient) -> list[dict]:
             page = client.get_json("/fine_tuning/jobs", params=params)
         except ExternalCallError as exc:
             raise _upstream(exc, "Listing the provider's fine-tuning jobs") from None
-        data = [job for job in page.get("data") or [] if isinstance(job, dict) and isinstance(job.get("id"), str)]
-        found.extend(data)
+        listed = page.get("data")
+        data = [job for job in (listed if isinstance(listed, list) else [])
+                if isinstance(job, dict) and isinstance(job.get("id"), str)]
+        # A job without a training file (another kind of job, a malformed one) has nothing to move.
+        found.extend(job for job in data if isinstance(job.get("training_file"), str))
         if not page.get("has_more") or not data or data[-1]["id"] == after:
             break
         after = data[-1]["id"]
@@ -233,8 +236,10 @@ def plan(session: Session, settings: Settings, user: User, request: PlanRequest)
         if mapped.problem:
             problems.insert(0, mapped.problem)
         earlier = _earlier_move(session, user, request.connection, job["id"])
+        if earlier is not None:
+            problems = []  # a move keeps the job made before
         planned.append(PlannedJob(
-            provider_job_id=job["id"], provider_model=job.get("fine_tuned_model"), status=job.get("status"),
+            provider_job_id=job["id"], provider_model=_text(job.get("fine_tuned_model")), status=_text(job.get("status")),
             files=files, mapping=mapped.mapping, movable=not problems, problem="; ".join(problems) or None,
             fine_tuning_job_id=earlier.id if earlier else None))
     return PlanObject(connection=request.connection, base_model=request.base_model, jobs=planned)

@@ -141,3 +141,15 @@ def test_provider_metadata_beyond_the_limit_is_dropped_and_said():
     request = valid_request(mapped)
     assert len(request.metadata) == 16 and request.metadata[ORIGIN_JOB] == "ftjob-7"
     assert "3 pair(s) dropped" in entries(mapped)["metadata"].reason
+
+
+def test_a_malformed_provider_job_maps_to_a_valid_request_without_raising():
+    job = {"id": "ftjob-8", "model": ["?"], "training_file": "file-t", "fine_tuned_model": 5, "seed": True,
+           "suffix": 7, "metadata": "x", "method": {"type": None, "supervised": "x"},
+           "hyperparameters": {"n_epochs": True, "batch_size": [1], "learning_rate_multiplier": {"a": 1}}}
+    mapped = map_job(job, base_model=BASE, connection="c")
+    request = valid_request(mapped)
+    assert request.method is None and request.metadata[ORIGIN_MODEL] == ""
+    found = entries(mapped)
+    assert found["n_epochs"].reason.startswith("dropped") and found["batch_size"].reason.startswith("dropped")
+    assert found["fine_tuned_model"].value is None
