@@ -94,6 +94,11 @@ def real_objects(service, user, client) -> dict[str, list[str]]:
     assert shared.status_code == 200, shared.text
     link = client.post("/v1/downloads", json={"path": f"/v1/fine_tuning/jobs/{job.id}/adapter"})
     assert link.status_code == 200, link.text
+    # A connection back to this service itself (loopback is allowed in the embedded default).
+    connection = client.post(
+        "/v1/connections", json={"name": "fuzzconn", "base_url": f"{service.base_url}/v1", "api_key": user.key}
+    )
+    assert connection.status_code == 200, connection.text
 
     return {
         "file_id": [file_id],
@@ -104,6 +109,8 @@ def real_objects(service, user, client) -> dict[str, list[str]]:
         "model_id": [BASE, job.fine_tuned_model],
         "share_id": [shared.json()["id"]],
         "token": [link.json()["url"].rsplit("/", 1)[-1]],  # a signed download link
+        "name": ["fuzzconn"],
+        "item": ["0", "3"],  # an evaluation's items (409 until it has predictions)
     }
 
 
