@@ -78,6 +78,9 @@ describe("metrics table", () => {
     expect(best.loss).toEqual(["ft"]);
     expect(best.output_length).toBeUndefined();
   });
+  it("counts an external model's failed items as worse", () => {
+    expect(bestPerColumn({ "conn:a/m": { errors: 5 }, "conn:b/m": { errors: 2 } }).errors).toEqual(["conn:b/m"]);
+  });
   it("highlights nothing when every model ties", () => {
     expect(bestPerColumn({ a: { exact_match: 0, bleu: 1 }, b: { exact_match: 0, bleu: 2 } })).toEqual({ bleu: ["b"] });
   });

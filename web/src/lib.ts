@@ -99,7 +99,7 @@ export function parseJsonl(text: string, max = Infinity): { rows: unknown[]; err
 }
 
 /** Metrics where a lower value is better. */
-export const LOWER_IS_BETTER = new Set(["perplexity", "loss"]);
+export const LOWER_IS_BETTER = new Set(["perplexity", "loss", "errors"]); // errors: an external model's failed items
 
 /** For each metric, the model(s) with the best value. Metrics with no clear direction (output_length) and metrics where all models tie are skipped. */
 export function bestPerColumn(results: Record<string, Record<string, number | null | undefined>>): Record<string, string[]> {
