@@ -16,6 +16,9 @@ router = APIRouter(prefix="/v1/moves", tags=["moves"], responses=COMMON_ERROR_RE
 
 # 404: the connection or a provider job is unknown; 502: the provider failed to answer.
 _PROVIDER_ERRORS = error_responses(404, 502)
+_PROVIDER_ERRORS[502] = {**_PROVIDER_ERRORS[502],
+                         "description": "The provider did not answer, or answered with an error (after the connection's "
+                                        "retries); `code` is `provider_` and the connection's error code."}
 
 
 def _parts(state) -> service.Parts:
