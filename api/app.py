@@ -13,6 +13,8 @@ from sqlalchemy import text
 from api.errors import error_body, install_error_handlers
 from api.batches.endpoints import router as batches_router
 from api.bundles.endpoints import router as bundles_router
+from api.connections.endpoints import router as connections_router
+from domain.connections.crypto import connection_secret
 from api.catalog.endpoints import router as models_router
 from api.evaluations.endpoints import router as evaluations_router
 from api.exports.endpoints import router as exports_router
@@ -22,6 +24,7 @@ from domain.inference.streams import sweep_streams
 from api.jobs.endpoints import router as jobs_router
 from api.jobs.model_card import router as model_card_router
 from api.links import router as links_router
+from api.moves.endpoints import router as moves_router
 from api.sharing.endpoints import router as sharing_router
 
 from api.observability import RequestContextMiddleware, install_metrics
@@ -34,6 +37,7 @@ from api.web import install_web_ui
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     state = AppState.from_settings(settings or get_settings())
+    connection_secret(state.settings)  # unset: made in the data dir on first start (domain/connections/crypto.py)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -65,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat_router)
     app.include_router(batches_router)
     app.include_router(bundles_router)
+    app.include_router(connections_router)
+    app.include_router(moves_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:

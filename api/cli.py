@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, migrate, train, import, keys, convert."""
+"""The `tunehouse` command: serve, worker, migrate, train, import, move, keys, convert."""
 
 import argparse
 import logging
@@ -323,6 +323,107 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_move(args) -> int:
+    """A provider's fine-tuning jobs moved to a user here (domain/moves/service.py, docs/moving.md):
+    the plan with every mapping, the jobs created, and with --compare, once each has trained, the
+    provider's fine-tune compared with the new one. Exit 2: refused, nothing changed; 1: a job or
+    comparison failed or did not finish within --wait."""
+    import time
+
+    from domain.auth.repository import UserRepository
+    from domain.db import make_engine, make_sessionmaker
+    from domain.errors import ServiceError
+    from domain.evaluations.service import get_evaluation
+    from domain.files.service import delete_file
+    from domain.jobs.service import get_job
+    from domain.moves import service, text
+    from domain.moves.repository import MoveRepository
+    from domain.evaluations.schemas import JudgeSpec
+    from domain.moves.schemas import CompareRequest, MoveRequest, PlanRequest
+    from domain.queue_client import TaskQueue
+    from domain.storage import storage_from_url
+
+    settings = _settings(args.data_dir)
+    _prepare_database(settings)
+    engine = make_engine(settings.database_url)
+    db = make_sessionmaker(engine)
+    parts = service.Parts(db, storage_from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url),
+                          settings, TaskQueue(settings))
+    uploaded: list[str] = []
+    try:
+        with db() as session:
+            user = UserRepository(session).get_by_name(args.user)
+            if user is None:
+                print(f"error: no user '{args.user}'", file=sys.stderr)
+                return 2
+            session.expunge(user)
+            judges = [JudgeSpec(kind=kind, model=model) for kind, _, model in (j.partition("=") for j in args.judge or [])]
+            plan = service.plan(session, settings, user, PlanRequest(
+                connection=args.connection, base_model=args.base_model, jobs=args.job or None))
+            print(text.plan_text(plan), end="\n\n")
+            here = {f.provider_file_id: f.file_id for job in plan.jobs for f in job.files if f.state == "matched"}
+            uploads = {}
+            for pair in args.upload or []:
+                provider_file_id, _, path = pair.partition("=")
+                if provider_file_id in here:
+                    print(f"{path}: the provider's file {provider_file_id} is here already as {here[provider_file_id]}")
+                    continue
+                with open(path, "rb") as handle:
+                    file = service.store_file(parts, user, iter(lambda: handle.read(1 << 20), b""), Path(path).name)
+                uploaded.append(file.id)
+                uploads[provider_file_id] = file.id
+            chosen = args.job or [job.provider_job_id for job in plan.jobs if service.ready(job, uploads)]
+            if not chosen:
+                print("Nothing to move.")
+                return 0
+            moved = service.move(session, parts, user, MoveRequest(
+                connection=args.connection, base_model=args.base_model, jobs=chosen, uploads=uploads or None))
+            print(text.move_text(moved))
+    except (OSError, ValueError, ServiceError) as exc:  # ValueError: pydantic's, e.g. a --judge of no kind
+        with db() as session:  # a refused move leaves nothing behind, the copies it was given included
+            for file_id in uploaded:
+                delete_file(session, parts.storage, user, file_id)
+        print(f"error: {exc}", file=sys.stderr)
+        engine.dispose()
+        return 2
+    if not args.compare:
+        engine.dispose()
+        return 0
+
+    def finished(read, object_id):
+        deadline = time.monotonic() + args.wait
+        while True:
+            with db() as session:
+                found = read(session, user, object_id)
+                if found.status in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+                    session.expunge(found)
+                    return found
+            time.sleep(args.poll)
+
+    failures = 0
+    try:
+        for job in moved.jobs:
+            done = finished(get_job, job.fine_tuning_job_id)
+            print(f"{done.id}: {done.status}" + (f" ({done.fine_tuned_model})" if done.fine_tuned_model else ""))
+            if done.status != "succeeded":
+                failures += 1
+                continue
+            with db() as session:
+                earlier = MoveRepository(session, user.id).comparisons([done.id]).get(done.id)
+                evaluation_id = earlier or service.compare(session, parts, user, CompareRequest(
+                    fine_tuning_job_id=done.id, judges=judges or None)).id
+            evaluation = finished(get_evaluation, evaluation_id)
+            print(f"comparison {evaluation.id}: {evaluation.status}")
+            print(text.results_text(evaluation.results or {}))
+            failures += evaluation.status != "succeeded"
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 1 if failures else 0
+
+
 def cmd_convert(args) -> int:
     """Exit 0: every record converted; 1: some could not be (each named on
     stderr, the others written); 2: the input could not be read at all."""
@@ -397,6 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--user", required=True, help="the user whose fine-tune it becomes (must exist)")
     importing.add_argument("--data-dir")
     importing.set_defaults(func=cmd_import)
+
+    moving = commands.add_parser(
+        "move", help="move fine-tuning jobs from a hosted OpenAI-compatible provider (a connection of the user's) here"
+    )
+    moving.add_argument("--user", required=True, help="the user whose connection it is and whose jobs they become")
+    moving.add_argument("--connection", required=True, help="the user's connection to the provider")
+    moving.add_argument("--base-model", required=True, help="the open-weight base model the jobs train here")
+    moving.add_argument("--job", action="append", help="a provider job id (repeat; default: every job that can move)")
+    moving.add_argument("--upload", action="append", metavar="PROVIDER_FILE_ID=PATH",
+                        help="your copy of a file the provider does not hand back (matched by name, size and lines)")
+    moving.add_argument("--compare", action="store_true",
+                        help="wait for the jobs, then compare each with the provider's fine-tune")
+    moving.add_argument("--judge", action="append", metavar="KIND=MODEL",
+                        help="with --compare: an LLM judge, e.g. pairwise=MODEL or reference=MODEL")
+    moving.add_argument("--wait", type=float, default=6 * 3600, help="with --compare: seconds to wait for each")
+    moving.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
+    moving.add_argument("--data-dir")
+    moving.set_defaults(func=cmd_move)
 
     convert = commands.add_parser(
         "convert", help="convert Alpaca, ShareGPT or 'Human: ... Bot: ...' data into chat JSONL (docs/data-formats.md)"

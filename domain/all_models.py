@@ -9,3 +9,4 @@ import domain.jobs.models  # noqa: F401
 import domain.exports.models  # noqa: F401
 import domain.workers.models  # noqa: F401
 import domain.sharing.models  # noqa: F401
+import domain.connections.models  # noqa: F401

@@ -78,6 +78,27 @@ class Settings(BaseSettings):
     # every API process. Unset: a random one made on first use in the data dir
     # (data_dir/link-secret), which serves the API processes that share that dir.
     link_secret: str | None = None
+    # Connections to external OpenAI-compatible endpoints (domain/connections/, docs/connections.md).
+    # Encrypts their API keys at rest (any string of at least 32 characters), the same
+    # in every API and worker process. Unset: a random one made on first use in the
+    # data dir (data_dir/connection-secret, mode 0600), which serves the processes sharing it.
+    connection_secret: str | None = None
+    # Loopback and private addresses (a local Ollama or vLLM) as connection targets:
+    # allowed by default (embedded, one machine); a multi-user deployment sets this
+    # false and lists the hosts it trusts in connection_allowed_hosts (JSON list of
+    # host names, addresses or CIDR ranges). Link-local and cloud-metadata addresses
+    # are refused whatever these say.
+    connection_allow_private: bool = True
+    connection_allowed_hosts: list[str] = []
+    # Seconds to connect, and to wait for each next piece of an answer.
+    connection_connect_timeout: float = 10.0
+    connection_read_timeout: float = 120.0
+    # Tries of a call on 429, 5xx or a connection error, pausing 0.5 s, 1 s, 2 s, ...
+    # or what Retry-After asks, never longer than connection_retry_max_wait.
+    connection_max_attempts: int = 4
+    connection_retry_max_wait: float = 30.0
+    # Calls to one connection at once, per process (API or worker).
+    connection_concurrency: int = 4
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
@@ -113,6 +134,11 @@ class Settings(BaseSettings):
             )
         if self.link_secret is not None and len(self.link_secret) < 32:
             raise ValueError("TUNEHOUSE_LINK_SECRET must be at least 32 characters")
+        if (min(self.connection_connect_timeout, self.connection_read_timeout) <= 0 or self.connection_max_attempts < 1
+                or self.connection_concurrency < 1 or self.connection_retry_max_wait < 0):
+            raise ValueError("the TUNEHOUSE_CONNECTION_* timeouts, attempts and concurrency must be positive")
+        if self.connection_secret is not None and len(self.connection_secret) < 32:
+            raise ValueError("TUNEHOUSE_CONNECTION_SECRET must be at least 32 characters")
         self.log_format = self.log_format.strip().lower()
         if self.log_format not in ("text", "json"):
             raise ValueError("TUNEHOUSE_LOG_FORMAT must be 'text' or 'json'")
