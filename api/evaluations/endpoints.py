@@ -2,9 +2,10 @@
 items, supervised metrics per model, per-item predictions as JSONL or CSV."""
 
 import json
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
 from api.downloads import attachment, download, download_response
@@ -100,9 +101,16 @@ def download_predictions(
     )
 
 
-TagQuery = Annotated[str | None, Query(max_length=40, description="Items with this tag (automatic or yours).")]
-ModelQuery = Annotated[str | None, Query(max_length=255, description="Look at this model's output only.")]
-FilterQuery = Annotated[ItemFilter | None, Query(alias="filter")]
+@dataclass
+class ItemFilters:
+    """The filters the items list and the items download share."""
+
+    tag: Annotated[str | None, Query(max_length=40, description="Items with this tag (automatic or yours).")] = None
+    model: Annotated[str | None, Query(max_length=255, description="Look at this model's output only.")] = None
+    filter_: Annotated[ItemFilter | None, Query(alias="filter")] = None
+
+
+ItemFiltersDep = Annotated[ItemFilters, Depends()]
 
 
 @router.get("/{evaluation_id}/items", response_model=EvaluationItemList, responses=error_responses(404, 409))
@@ -111,9 +119,7 @@ def list_items(
     user: CurrentUser,
     session: SessionDep,
     state: StateDep,
-    tag: TagQuery = None,
-    model: ModelQuery = None,
-    filter_: FilterQuery = None,
+    filters: ItemFiltersDep,
     after: Annotated[int | None, Query(ge=-1, description="The last item number of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict:
@@ -121,7 +127,7 @@ def list_items(
     and your tags, and the judges' judgments (docs/evaluations.md)."""
     evaluation = service.evaluation_with_predictions(session, state.storage, user, evaluation_id)
     page = []
-    for item in filtered_items(session, state.storage, evaluation, tag=tag, model=model, filter_=filter_, after=after):
+    for item in filtered_items(session, state.storage, evaluation, **asdict(filters), after=after):
         page.append(item)
         if len(page) > limit:
             break
@@ -157,14 +163,12 @@ def download_items(
     user: CurrentUser,
     session: SessionDep,
     state: StateDep,
-    tag: TagQuery = None,
-    model: ModelQuery = None,
-    filter_: FilterQuery = None,
+    filters: ItemFiltersDep,
     format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
 ):
     """The items the same filters list, every one of them (no pages)."""
     evaluation = service.evaluation_with_predictions(session, state.storage, user, evaluation_id)
-    items = filtered_items(session, state.storage, evaluation, tag=tag, model=model, filter_=filter_)
+    items = filtered_items(session, state.storage, evaluation, **asdict(filters))
     if format == "csv":
         body = items_csv(evaluation, items)
     else:

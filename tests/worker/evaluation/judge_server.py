@@ -17,12 +17,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from domain.evaluations.text import normalize
+from tests.peer import QuietHandler, http_server
 
 MODEL = "referee"
 TIE_MARGIN = 0.02
@@ -57,44 +56,27 @@ def running_judge() -> Iterator[dict]:
     """Yields {"base_url": ".../v1", "api_key": ..., "requests": [count]}."""
     state = {"api_key": "judge-secret-key-0123456789", "requests": [0]}
 
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]})
+                self.send_json(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]})
             else:
-                self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+                self.send_json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             if self.headers.get("Authorization") != f"Bearer {state['api_key']}":
-                self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+                self.send_json(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
                 return
             state["requests"][0] += 1
             prompt = "\n".join(m.get("content") or "" for m in body.get("messages", []) if m.get("role") == "user")
             text = _answer(prompt)
-            self._send(200, {
+            self.send_json(200, {
                 "id": "chatcmpl-judge", "object": "chat.completion", "created": 0, "model": body.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                           "total_tokens": (len(prompt) + len(text)) // 4},
             })
 
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield {**state, "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1"}
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as base_url:
+        yield {**state, "base_url": base_url}
