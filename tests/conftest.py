@@ -5,6 +5,7 @@ on the production parts (PostgreSQL + S3 over HTTP).
 """
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -300,3 +301,24 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
     from tests.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def converted_smollm2(tmp_path_factory) -> Path:
+    """The bundled SmolLM2 converted from its GGUF once per session (about a
+    minute on 2 cores). The conversion itself, two processes racing for it,
+    is tested in tests/worker/models/test_gguf.py; the e2e tests that train
+    SmolLM2 seed their service's work dir with this copy
+    (`seed_converted_smollm2`) instead of converting it again."""
+    from worker.models.catalog import BUNDLED_SMOLLM2_ID, resolve_base_model
+
+    return resolve_base_model(BUNDLED_SMOLLM2_ID, "bundled:smollm2", tmp_path_factory.mktemp("smollm2")).local_dir
+
+
+def seed_converted_smollm2(converted: Path, settings: Settings) -> None:
+    """The converted SmolLM2 in a service's worker cache, hard-linked (the
+    folder is only ever read), where a worker's resolve finds it done."""
+    target = settings.work_dir / "base-models" / converted.name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(converted, target, copy_function=os.link)

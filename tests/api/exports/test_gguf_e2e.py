@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.files.test_endpoints import upload
-from tests.conftest import wait_for
+from tests.conftest import seed_converted_smollm2, wait_for
 from tests.worker.models.test_gguf_export import llama_cpp_chat_prompt
 from tests.e2e import BASE, JOB_TIMEOUT, start_job, tiny_chat_jsonl, tiny_service_with_worker, wait_until_done
 
@@ -127,7 +127,8 @@ def test_a_full_fine_tune_downloads_as_gguf(client, tiny_model_dir, tmp_path):
     assert prompt == hf_prompt_ids(tiny_model_dir, QUESTION)
 
 
-def test_the_smollm2_q8_0_download_answers_a_chat_in_llama_cpp(client, embedded, tmp_path):
+def test_the_smollm2_q8_0_download_answers_a_chat_in_llama_cpp(client, embedded, tmp_path, converted_smollm2):
+    seed_converted_smollm2(converted_smollm2, embedded.settings)
     file_id = upload(client, farm_jsonl(12)).json()["id"]
     job = client.post(
         "/v1/fine_tuning/jobs",

@@ -17,7 +17,14 @@ import yaml
 from domain.settings import Settings
 from tests.api.files.test_endpoints import upload
 from tests.chat_data import preference_jsonl
-from tests.conftest import fresh_postgres_database, make_bucket, redis_db, running_service, wait_for
+from tests.conftest import (
+    fresh_postgres_database,
+    make_bucket,
+    redis_db,
+    running_service,
+    seed_converted_smollm2,
+    wait_for,
+)
 from tests.e2e import (
     BASE,
     BROKEN,
@@ -353,10 +360,11 @@ def sdk_job_finished(client, job_id: str, what: str):
 
 
 @pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
-def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
+def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training, converted_smollm2):
     import openai
 
     service, _ = training
+    seed_converted_smollm2(converted_smollm2, service.settings)
     user = service.make_user("sdk")
     client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=user.key, max_retries=0)
     file = client.files.create(file=("animals.jsonl", tiny_chat_jsonl(12)), purpose="fine-tune")
@@ -398,8 +406,9 @@ def test_the_openai_sdk_fine_tunes_the_bundled_smollm2(training):
 
 
 @pytest.mark.parametrize("training", ["sqlite-local"], indirect=True)
-def test_the_openai_sdk_trains_smollm2_with_dpo(training):
+def test_the_openai_sdk_trains_smollm2_with_dpo(training, converted_smollm2):
     service, _ = training
+    seed_converted_smollm2(converted_smollm2, service.settings)
     user = service.make_user("dpo-sdk")
     client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=user.key, max_retries=0)
     file = client.files.create(file=("pairs.jsonl", preference_jsonl(12)), purpose="fine-tune")
