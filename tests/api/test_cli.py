@@ -170,6 +170,7 @@ def assert_refused(client: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "invalid_api_key"
 
 
+@pytest.mark.slow
 def test_a_revoked_key_is_refused_by_the_running_service_at_once(tmp_path):
     from tests.conftest import running_service
 
@@ -199,6 +200,7 @@ def test_a_revoked_key_is_refused_by_the_running_service_at_once(tmp_path):
     assert all(row.split()[3].endswith("Z") for row in rows)  # both have a revocation time
 
 
+@pytest.mark.slow
 def test_revoke_by_user_revokes_all_their_keys_and_nobody_elses(tmp_path):
     from tests.conftest import running_service
 
@@ -226,6 +228,7 @@ def test_revoke_by_user_revokes_all_their_keys_and_nobody_elses(tmp_path):
     assert "no active API keys" in again.stderr
 
 
+@pytest.mark.slow
 def test_revoke_exits_2_when_nothing_matches_or_the_prefix_is_ambiguous(tmp_path):
     from domain.auth.models import ApiKey
     from domain.auth.service import authenticate, hash_key
@@ -272,6 +275,7 @@ def test_revoke_exits_2_when_nothing_matches_or_the_prefix_is_ambiguous(tmp_path
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
+@pytest.mark.slow
 def test_migrate_brings_the_schema_to_head_and_bootstraps_the_admin_key_once(tmp_path):
     import sqlite3
 

@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from worker.celery_app import has_nvidia_gpu
 
 
+@pytest.mark.slow
 def test_the_worker_preloads_the_ml_stack_without_touching_cuda():
     # The worker's parent imports the ML stack so that each forked task starts
     # with it; a CUDA driver initialised before the fork would be unusable

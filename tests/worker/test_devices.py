@@ -3,6 +3,8 @@ disk when it starts (worker/devices.py), into the database the API reads."""
 
 import os
 
+import pytest
+
 from domain.db import make_engine, make_sessionmaker, migrate
 from domain.jobs.memory import model_shape_from_folder
 from domain.settings import Settings
@@ -39,6 +41,7 @@ def test_report_worker_writes_its_row_and_the_shapes_it_can_read(tmp_path, tiny_
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_started_worker_reports_its_device_and_removes_it_when_it_stops(tmp_path):
     """The real `tunehouse worker` (Celery's worker_ready and worker_shutdown)."""
     import signal

@@ -209,6 +209,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 # ---------------------------------------------------------------- the llama
 
 
+@pytest.mark.slow
 def test_the_gguf_carries_the_model_and_the_tokenizer(exports, merged_dir):
     import gguf
 
@@ -230,6 +231,7 @@ def test_the_gguf_carries_the_model_and_the_tokenizer(exports, merged_dir):
     assert q4["blk.0.attn_q.weight"] in ("Q4_K", "Q5_K", "Q6_K") and "Q4_K" in q4.values()
 
 
+@pytest.mark.slow
 def test_llama_cpp_tokenizes_like_the_tokenizer(exports, hf):
     _, tokenizer = hf
     with loaded(exports["files"]["f16"], vocab_only=True) as llm:
@@ -237,6 +239,7 @@ def test_llama_cpp_tokenizes_like_the_tokenizer(exports, hf):
             assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text)["input_ids"], text
 
 
+@pytest.mark.slow
 def test_llama_cpp_renders_the_chat_prompt_as_the_tokenizer_does(exports, hf):
     _, tokenizer = hf
     with loaded(exports["files"]["f16"], vocab_only=True) as llm:
@@ -254,6 +257,7 @@ def test_llama_cpp_renders_the_chat_prompt_as_the_tokenizer_does(exports, hf):
             assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == hf_chat_ids(tokenizer, messages)
 
 
+@pytest.mark.slow
 def test_the_f16_file_decodes_greedily_as_the_merged_model(exports, hf):
     model, tokenizer = hf
     with loaded(exports["files"]["f16"]) as llm:
@@ -265,6 +269,7 @@ def test_the_f16_file_decodes_greedily_as_the_merged_model(exports, hf):
             assert lead > 0.01, (messages, expected, lead)
 
 
+@pytest.mark.slow
 def test_quantized_files_agree_with_the_f16_one(exports, hf):
     import torch
 
@@ -282,6 +287,7 @@ def test_quantized_files_agree_with_the_f16_one(exports, hf):
         assert top1 >= min_top1 and kl <= max_kl, (quantization, top1, kl)
 
 
+@pytest.mark.slow
 def test_the_download_holds_the_gguf_a_modelfile_and_a_readme(exports, tmp_path):
     facts = exports["facts"]
     text = modelfile("tiny.gguf", facts, system="You are a farm assistant.")
@@ -418,6 +424,7 @@ def test_scaled_rotary_embeddings_give_the_logits_of_transformers(tmp_path, smol
 # ---------------------------------------------------------------- refusals
 
 
+@pytest.mark.slow
 def test_an_unsupported_architecture_is_refused_by_name(tmp_path, merged_dir):
     folder = tmp_path / "phi"
     folder.mkdir()
@@ -428,6 +435,7 @@ def test_an_unsupported_architecture_is_refused_by_name(tmp_path, merged_dir):
     assert not (tmp_path / "out.gguf").exists()
 
 
+@pytest.mark.slow
 def test_a_sentencepiece_style_tokenizer_is_refused(merged_dir, tmp_path):
     import shutil
 
@@ -448,6 +456,7 @@ def test_an_unknown_pre_tokenizer_is_refused():
     ]}}) == "smollm"
 
 
+@pytest.mark.slow
 def test_q4_k_m_without_llama_cpp_fails_clearly_and_writes_nothing(merged_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # as on a worker without the `export` extra
     with pytest.raises(GGUFExportError) as refused:
