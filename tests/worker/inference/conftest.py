@@ -27,8 +27,9 @@ def one_thread(one_torch_thread):
     yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    # Files only read (each module loads its own model objects): once a session.
     return save_untied_model(tiny_model_dir, tmp_path_factory.mktemp("untied"))
 
 
