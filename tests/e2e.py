@@ -141,11 +141,14 @@ def service_with_worker(request, tmp: Path, name: str, **settings_values):
             workers.stop_all()
 
 
-def tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, name: str):
-    """`service_with_worker` offering the tiny Llama and SmolLM2, with the
-    e2e heartbeat timeout and short automatic evaluations."""
+def tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, name: str, *, smollm2: bool = True):
+    """`service_with_worker` offering the tiny Llama and (unless `smollm2` is
+    False) SmolLM2, with the e2e heartbeat timeout and short automatic
+    evaluations. Leave SmolLM2 out where no test uses it: a training worker
+    offered it reads its shape from the bundled GGUF's header as it starts
+    (worker/devices.py), ~7 s of CPU beside the test's first job on 2 cores."""
     return service_with_worker(
         request, tmp_path_factory.mktemp(f"{name}-{request.param}"), name,
-        base_models={BASE: "bundled:smollm2", TINY: f"path:{tiny_model_dir}"},
+        base_models={**({BASE: "bundled:smollm2"} if smollm2 else {}), TINY: f"path:{tiny_model_dir}"},
         heartbeat_timeout=HEARTBEAT_TIMEOUT, max_completion_tokens=16,
     )

@@ -26,7 +26,7 @@ PROMPT = [{"role": "user", "content": "What sound does a cow make?"}]
 
 @pytest.fixture(scope="module", params=["sqlite-local"])
 def source(request, tmp_path_factory, tiny_model_dir):
-    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "bundle-source") as running:
+    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "bundle-source", smollm2=False) as running:
         yield running
 
 
@@ -56,7 +56,7 @@ def trained(home) -> dict:
 
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
 def target(request, tmp_path_factory, tiny_model_dir):
-    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "bundle-target") as running:
+    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "bundle-target", smollm2=False) as running:
         yield running
 
 

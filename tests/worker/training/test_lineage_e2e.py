@@ -27,7 +27,7 @@ PARENT_HYPERPARAMETERS = {"n_epochs": 4, "batch_size": 4, "extra": {"learning_ra
 
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
 def service(request, tmp_path_factory, tiny_model_dir):
-    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "lineage") as running:
+    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "lineage", smollm2=False) as running:
         yield running
 
 

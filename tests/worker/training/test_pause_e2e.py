@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-s3"])
 def service(request, tmp_path_factory, tiny_model_dir):
-    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "pause") as running:
+    with tiny_service_with_worker(request, tmp_path_factory, tiny_model_dir, "pause", smollm2=False) as running:
         yield running
 
 
