@@ -15,7 +15,7 @@ import pytest
 from domain.queue import create_celery
 from domain.settings import Settings
 from domain.storage import storage_from_url
-from tests.conftest import answers_healthz, free_port, wait_for
+from tests.conftest import answers_healthz, free_port, seed_converted_smollm2, wait_for
 
 TUNEHOUSE = [sys.executable, "-m", "api.cli"]
 
@@ -68,9 +68,10 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_bootstraps_serves_runs_workers_and_stops_on_sigterm(tmp_path):
+def test_serve_bootstraps_serves_runs_workers_and_stops_on_sigterm(tmp_path, converted_smollm2):
     port = free_port()
     data_dir = tmp_path / "data"
+    seed_converted_smollm2(converted_smollm2, Settings(data_dir=data_dir))  # the chat below, not a conversion
     process = subprocess.Popen(
         [*TUNEHOUSE, "serve", "--data-dir", str(data_dir), "--port", str(port)],
         env=clean_env(tmp_path / "ignored"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
