@@ -228,7 +228,9 @@ def json_lines(stderr: str) -> list[dict]:
 def test_worker_and_its_pool_processes_log_json_lines(tmp_path, queues, forks):
     """A worker with the train queue runs tasks in forked pool processes; one
     without it (inference) in threads of its own process. Both log JSON."""
-    settings = Settings(data_dir=tmp_path, log_format="json")
+    # No base model on disk to size: a training worker offered the bundled
+    # SmolLM2 would read its GGUF header as it starts (~7 s of CPU on 2 cores).
+    settings = Settings(data_dir=tmp_path, log_format="json", base_models={"absent": f"path:{tmp_path / 'absent'}"})
     worker = subprocess.Popen(
         [*TUNEHOUSE, "worker", "--queues", queues],
         env=clean_env(tmp_path, **settings.as_env()),
