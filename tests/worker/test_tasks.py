@@ -28,7 +28,9 @@ def broker_url(request):
 
 @pytest.mark.slow
 def test_worker_consumes_the_queue_with_the_service_configuration(tmp_path, broker_url):
-    settings = Settings(data_dir=tmp_path, broker_url=broker_url)
+    # No base model on disk to size: a training worker offered the bundled
+    # SmolLM2 would read its GGUF header as it starts (~7 s of CPU on 2 cores).
+    settings = Settings(data_dir=tmp_path, broker_url=broker_url, base_models={"absent": f"path:{tmp_path / 'absent'}"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEHOUSE_")} | settings.as_env()
     worker = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
