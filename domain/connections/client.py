@@ -18,6 +18,13 @@ API's test action.
   A stream is retried only before its first byte.
 - At most TUNEHOUSE_CONNECTION_CONCURRENCY calls per connection at once in
   this process; the others wait for a turn.
+- Calls a person waits for in an API request (`interactive`: the test and
+  models actions, moves) hold one of the API's threads while the endpoint
+  answers, so they never wait for a turn (a busy connection, or
+  INTERACTIVE_CALLS such calls already under way in the process, is answered
+  `busy` at once), read for at most INTERACTIVE_READ_TIMEOUT and pause at most
+  INTERACTIVE_RETRY_WAIT between tries: a stalled endpoint cannot take the
+  API's threads from everyone else.
 - The key is never in an error message, a log line or a repr: errors name
   the status and the endpoint's own message with the key cut out, and a
   401/403 says only that the key was refused.
@@ -79,7 +86,7 @@ class ExternalCompletion:
 
 class ExternalCallError(Exception):
     """code: timeout | rate_limited | connection_error | upstream_error |
-    refused_address | bad_response. `status`: the endpoint's HTTP status, if any."""
+    refused_address | bad_response | busy (an interactive call found no free turn). `status`: the endpoint's HTTP status, if any."""
 
     def __init__(self, code: str, message: str, *, status: int | None = None):
         super().__init__(message)
@@ -91,31 +98,55 @@ class ExternalCallError(Exception):
 
 # -------------------------------------------------------------- concurrency
 
+INTERACTIVE_CALLS = 4
+INTERACTIVE_READ_TIMEOUT = 15.0
+INTERACTIVE_RETRY_WAIT = 2.0
+_interactive_calls = threading.BoundedSemaphore(INTERACTIVE_CALLS)
 _turns: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 _turns_lock = threading.Lock()
 
 
 @contextmanager
-def _turn(connection_id: str, size: int) -> Iterator[None]:
+def _turn(connection_id: str, size: int, busy: ExternalCallError | None) -> Iterator[None]:
+    """A turn at the connection; with `busy` (an interactive call) none is
+    waited for: `busy` is raised instead."""
     with _turns_lock:
         semaphore = _turns.setdefault((connection_id, size), threading.BoundedSemaphore(max(1, size)))
-    with semaphore:
-        yield
+    if busy is None:
+        with semaphore:
+            yield
+        return
+    if not _interactive_calls.acquire(blocking=False):
+        raise busy
+    try:
+        if not semaphore.acquire(blocking=False):
+            raise busy
+        try:
+            yield
+        finally:
+            semaphore.release()
+    finally:
+        _interactive_calls.release()
 
 
 # -------------------------------------------------------------- the client
 
 
 class ConnectionClient:
-    def __init__(self, endpoint: Endpoint, settings: Settings, *, max_attempts: int | None = None):
-        """`max_attempts`: instead of TUNEHOUSE_CONNECTION_MAX_ATTEMPTS (1: no retries,
-        for a person waiting on the answer)."""
+    def __init__(self, endpoint: Endpoint, settings: Settings, *, max_attempts: int | None = None,
+                 interactive: bool = False):
+        """`max_attempts`: instead of TUNEHOUSE_CONNECTION_MAX_ATTEMPTS (1: no retries).
+        `interactive`: a call made inside an API request (see the module's docstring)."""
         self.endpoint = endpoint
         self.settings = settings
+        self.interactive = interactive
         self.max_attempts = max_attempts or settings.connection_max_attempts
-        self._timeout = httpx.Timeout(
-            settings.connection_read_timeout, connect=settings.connection_connect_timeout
-        )
+        self._read_timeout = settings.connection_read_timeout
+        self._retry_max_wait = settings.connection_retry_max_wait
+        if interactive:
+            self._read_timeout = min(self._read_timeout, INTERACTIVE_READ_TIMEOUT)
+            self._retry_max_wait = min(self._retry_max_wait, INTERACTIVE_RETRY_WAIT)
+        self._timeout = httpx.Timeout(self._read_timeout, connect=settings.connection_connect_timeout)
 
     def __repr__(self) -> str:
         return f"ConnectionClient({self.endpoint!r})"
@@ -209,7 +240,10 @@ class ConnectionClient:
         a 2xx response whose body is still to be read, inside the turn."""
         url = self.endpoint.base_url.rstrip("/") + "/" + path.lstrip("/")
         settings = self.settings
-        with _turn(self.endpoint.connection_id, settings.connection_concurrency), \
+        busy = ExternalCallError(
+            "busy", f"{self._where()} is answering as many calls from this API process as it may at once; "
+            "try again in a moment.") if self.interactive else None
+        with _turn(self.endpoint.connection_id, settings.connection_concurrency, busy), \
                 httpx.Client(timeout=self._timeout, trust_env=False, follow_redirects=False) as http:
             attempt = 0
             while True:
@@ -241,7 +275,7 @@ class ConnectionClient:
                 if attempt >= self.max_attempts:
                     raise error
                 pause = FIRST_RETRY_DELAY * 2 ** (attempt - 1) if retry_after is None else retry_after
-                time.sleep(min(max(pause, 0.0), settings.connection_retry_max_wait))
+                time.sleep(min(max(pause, 0.0), self._retry_max_wait))
 
     def _send(self, http: httpx.Client, method: str, url: str, json_body: dict | None, params: dict | None):
         origin = _origin(url)
@@ -280,7 +314,7 @@ class ConnectionClient:
 
     def _timeout_error(self) -> ExternalCallError:
         return ExternalCallError("timeout", f"{self._where()} sent nothing for "
-                                 f"{self.settings.connection_read_timeout:g} s (read timeout).")
+                                 f"{self._read_timeout:g} s (read timeout).")
 
     def _status_error(self, response: httpx.Response) -> ExternalCallError:
         status = response.status_code

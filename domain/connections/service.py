@@ -27,10 +27,13 @@ from domain.connections.schemas import (
     CreateConnectionRequest,
     ExternalModelObject,
 )
-from domain.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
+from domain.errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamFailed
 from domain.ids import new_id
 from domain.pagination import list_page
 from domain.settings import Settings
+
+# Seconds a caller is told to wait when its connection had no free turn.
+BUSY_RETRY_AFTER = 2
 
 CONNECTION_PREFIX = "conn:"
 
@@ -158,7 +161,7 @@ def try_connection(session: Session, user: User, settings: Settings, name: str) 
     """Lists the endpoint's models: whether the URL, the key and the guard
     let a call through. Tried once: a person waits for the answer."""
     client = ConnectionClient(endpoint_of(get_connection(session, user, name), settings), settings,
-                              max_attempts=1)
+                              max_attempts=1, interactive=True)
     session.close()  # no database connection held while the endpoint answers
     started = time.monotonic()
     try:
@@ -175,7 +178,7 @@ def connection_models(session: Session, user: User, settings: Settings, name: st
     the allow-list itself when the endpoint cannot list them."""
     connection = get_connection(session, user, name)
     allowed, created = connection.models, connection.created_at
-    client = ConnectionClient(endpoint_of(connection, settings), settings, max_attempts=1)
+    client = ConnectionClient(endpoint_of(connection, settings), settings, max_attempts=1, interactive=True)
     session.close()
     try:
         remote = client.list_models()
@@ -183,12 +186,20 @@ def connection_models(session: Session, user: User, settings: Settings, name: st
             remote = [model for model in remote if model in allowed]
     except ExternalCallError as exc:
         if allowed is None:
-            raise UpstreamFailed(exc.message, code=exc.code) from None
+            raise call_failure(exc) from None
         remote = allowed
     data = [ExternalModelObject(id=connection_model_id(name, model), created=created, owned_by=name)
             for model in remote]
     return {"object": "list", "data": data, "first_id": data[0].id if data else None,
             "last_id": data[-1].id if data else None, "has_more": False}
+
+
+def call_failure(error: ExternalCallError, message: str | None = None, code: str | None = None) -> ServiceError:
+    """A failed interactive call as the API's answer: 503 with Retry-After when
+    the connection was busy, else 502."""
+    if error.code == "busy":
+        return Unavailable(message or error.message, code=code or error.code, retry_after=BUSY_RETRY_AFTER)
+    return UpstreamFailed(message or error.message, code=code or error.code)
 
 
 def call_error_status(error: ExternalCallError) -> int:

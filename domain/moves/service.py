@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from domain.auth.models import User
 from domain.connections.client import ConnectionClient, ExternalCallError
 from domain.connections.repository import ConnectionRepository
-from domain.connections.service import endpoint_of
+from domain.connections.service import call_failure, endpoint_of
 from domain.errors import Conflict, InvalidRequest, NotFound, ServiceError, UpstreamFailed
 from domain.evaluations import service as evaluations
 from domain.evaluations.models import Evaluation
@@ -70,11 +70,11 @@ def provider_client(session: Session, settings: Settings, user: User, connection
     found = ConnectionRepository(session, user.id).get_by_name(connection)
     if found is None:
         raise NotFound.of("connection", connection, param="connection")
-    return ConnectionClient(endpoint_of(found, settings), settings)
+    return ConnectionClient(endpoint_of(found, settings), settings, interactive=True)
 
 
 def _upstream(error: ExternalCallError, what: str) -> ServiceError:
-    return UpstreamFailed(f"{what}: {error.message}", code=f"provider_{error.code}")
+    return call_failure(error, f"{what}: {error.message}", f"provider_{error.code}")
 
 
 def _provider_job(client: ConnectionClient, job_id: str, param: str) -> dict:

@@ -3,10 +3,17 @@ the service itself is the OpenAI-compatible endpoint (its /v1/models needs no
 worker), a closed port is an endpoint that is down, a tiny server redirects to
 the metadata address. The key is in no response; another user sees nothing."""
 
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from domain.connections.client import INTERACTIVE_CALLS
+from tests.conftest import free_port, wait_for
 from tests.peer import redirecting_server
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -138,3 +145,53 @@ def test_the_list_pages(service, alice):
     assert len(rest["data"]) == 1 and rest["has_more"] is False
     assert sorted(c["name"] for c in first["data"] + rest["data"]) == names
     assert alice.get("/v1/connections", params={"after": "p1"}).json()["error"]["code"] == "invalid_cursor"
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
+    """An endpoint that accepts connections and never answers: (base URL, the
+    connections it holds). Closing them ends the calls waiting on it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", held
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def test_a_stalled_endpoint_cannot_take_the_apis_threads(service, alice, alice_user, bob):
+    """Each test action holds an API thread while the endpoint answers: beyond
+    INTERACTIVE_CALLS at once they are answered `busy` at once, and other users'
+    requests go on being served."""
+    with silent_endpoint() as (base_url, held):
+        assert register(alice, "stalled", base_url, "sk-stalled-0123456789").status_code == 200
+        with ThreadPoolExecutor(INTERACTIVE_CALLS) as pool:
+            stalled = [pool.submit(alice.post, "/v1/connections/stalled/test") for _ in range(INTERACTIVE_CALLS)]
+            wait_for(lambda: len(held) >= INTERACTIVE_CALLS, 30, "the test actions to reach the endpoint")
+            # A client of its own: the fixtures' fail on any 5xx, and this 503 is the answer sought.
+            with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {alice_user.key}"},
+                              timeout=5) as other:
+                busy = [other.post("/v1/connections/stalled/test").json() for _ in range(10)]
+                models = other.get("/v1/connections/stalled/models")
+            assert {(answer["ok"], answer["error"]["code"]) for answer in busy} == {(False, "busy")}
+            assert models.status_code == 503 and models.json()["error"]["code"] == "busy"
+            assert models.headers["retry-after"] == "2"
+            assert bob.get("/v1/files").status_code == 200
+            assert not any(future.done() for future in stalled)  # all of this while the four still wait
+            for connection in held:
+                connection.close()
+            ended = [future.result().json() for future in stalled]
+    assert all(answer["ok"] is False and answer["error"]["code"] == "connection_error" for answer in ended), ended
