@@ -29,7 +29,7 @@ def site(tmp_path_factory, tiny_model_dir, provider):  # noqa: F811
         # The user's local copies, under the names they had at the provider.
         (tmp / "support-train.jsonl").write_bytes(TRAIN)
         (tmp / "support-valid.jsonl").write_bytes(VALIDATION)
-        yield {"url": service.base_url, "key": user.key, "tmp": tmp, "provider_job": job, "peer": peer, "api": api}
+        yield {"url": service.base_url, "key": user.key, "tmp": tmp, "provider_job": job}
 
 
 def test_plan_upload_move_and_compare(page, site):
@@ -61,11 +61,7 @@ def test_plan_upload_move_and_compare(page, site):
     moved = page.locator(f"[data-testid='moved-job'][data-job='{new_job}']")
     expect(moved).to_contain_text(job["id"])
     expect(moved.get_by_test_id("status-chip")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
-    # The comparison chats with the provider's model: the same connection name, straight to the peer (the
-    # proxy above plays only the refusal of files' content, and forwards no Content-Type to chat with).
-    api, peer = site["api"], site["peer"]
-    assert api.delete("/v1/connections/provider").status_code == 200
-    assert api.post("/v1/connections", json={"name": "provider", "base_url": peer.base_url, "api_key": peer.api_key}).status_code == 200
+    # The comparison chats with the provider's model through the same connection (the proxy refuses only files' content).
     moved.get_by_test_id("compare-moved").click()
     view = page.get_by_test_id("evaluation-view")
     expect(view.get_by_test_id("status-chip")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)

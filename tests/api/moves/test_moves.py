@@ -68,7 +68,9 @@ def refusing_proxy(target: str):
         async with httpx.AsyncClient(timeout=60) as client:
             upstream = await client.request(
                 request.method, target + request.url.path, params=request.query_params,
-                headers={"authorization": request.headers.get("authorization", "")}, content=await request.body())
+                headers={name: value for name in ("authorization", "content-type")
+                         if (value := request.headers.get(name))},
+                content=await request.body())
         return Response(upstream.content, status_code=upstream.status_code,
                         media_type=upstream.headers.get("content-type"))
 
