@@ -93,6 +93,14 @@ def test_every_setting_reaches_a_child_process_through_as_env(tmp_path, monkeypa
         "rate_limit_per_minute": 7,
         "log_format": "json",
         "link_secret": "l" * 40,
+        "connection_secret": "c" * 40,
+        "connection_allow_private": False,
+        "connection_allowed_hosts": ["api.example.com", "10.0.0.7"],
+        "connection_connect_timeout": 2.5,
+        "connection_read_timeout": 30.5,
+        "connection_max_attempts": 2,
+        "connection_retry_max_wait": 4.5,
+        "connection_concurrency": 3,
     }
     assert set(non_default) == set(Settings.model_fields), "give every setting a non-default value here"
     for name, value in non_default.items():
