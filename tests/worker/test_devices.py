@@ -94,3 +94,31 @@ def test_an_inference_worker_reports_its_device_but_sizes_no_model(tmp_path, tin
             assert model_shape(session, "tiny", f"path:{tiny_model_dir}") is None
     finally:
         engine.dispose()
+
+
+def test_the_gguf_header_reads_as_the_gguf_package_reads_it(tmp_path):
+    """gguf_header (the header alone, arrays as their length) against the gguf
+    package's full reader, on the bundled SmolLM2 file: every field, every
+    tensor's element count."""
+    import gguf
+
+    from worker.devices import gguf_header
+    from worker.models.gguf import bundled_gguf_path
+
+    path = bundled_gguf_path()
+    fields, tensors = gguf_header(path)
+    reader = gguf.GGUFReader(path)
+    expected = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    assert fields.keys() == expected.keys()
+    for name, value in expected.items():
+        if isinstance(value, list):
+            assert fields[name] == len(value), name
+        else:
+            assert fields[name] == pytest.approx(value), name
+    assert tensors == {tensor.name: int(tensor.n_elements) for tensor in reader.tensors}
+    assert fields["tokenizer.ggml.tokens"] == 49152 and "output.weight" not in tensors
+
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        gguf_header(not_gguf)
