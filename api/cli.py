@@ -162,7 +162,15 @@ def cmd_worker(args) -> int:
             "--without-mingle",
         ]
     )
-    return 0
+    # Celery has stopped: tasks are acknowledged or handed back, the pool is
+    # gone and the worker_shutdown handlers (the device row removed) have run.
+    # The interpreter's own teardown of the ML stack took another ~2 s of
+    # every worker's stop and guards nothing: the logs are flushed, then the
+    # process ends.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cmd_keys_create(args) -> int:
