@@ -114,9 +114,28 @@ def _cache_argument(model) -> str:
     return _CACHE_ARGUMENT[kind]
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_output_projection(model) -> None:
+    """The output projection gets a contiguous input (once per model).
+
+    `logits_to_keep=1` hands it a strided view (each row's last position of a
+    [rows, columns, hidden] prefill), and on a CPU a 3-D strided input sends
+    `F.linear` to a slow path: SmolLM2's 49k-token projection of 11 such
+    rows took 400 ms in bf16 (2 ms contiguous) and 45 ms in fp32 (23 ms),
+    most of a prefill. The copy of one position per row costs nothing."""
+    head = model.get_output_embeddings()
+    if head is not None and not head.__dict__.get("_tunehouse_contiguous"):
+        head.register_forward_pre_hook(_contiguous_input, prepend=True)  # before anyone else's hooks
+        head.__dict__["_tunehouse_contiguous"] = True
+
+
 def forward_last_logits(handle: Handle, rows: list[Row], input_ids, attention_mask, position_ids, cache):
     """One forward of the rows' new tokens; the logits of each row's last position."""
     model = handle.model
+    contiguous_output_projection(model)
     output = forward_with_adapters(
         model,
         [row.request.adapter for row in rows],

@@ -41,7 +41,7 @@ TIMED_STEPS = 3
 # Share of the memory free at load time that KV caches may take.
 KV_MEMORY_SHARE = 0.5
 # Part of the key of kept figures: a changed probe measures again.
-PROBE_VERSION = 2  # 2: decode attention (attention.py)
+PROBE_VERSION = 3  # 2: decode attention (attention.py); 3: contiguous output projection (batching.py)
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,11 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
     """Time decode steps and prefills of `model` (its base weights, adapters left out)."""
     from transformers import DynamicCache
 
-    from worker.inference.batching import _cache_argument, new_cache
+    from worker.inference.batching import _cache_argument, contiguous_output_projection, new_cache
     from worker.inference.lora import forward_with_adapters
 
     cache_argument = _cache_argument(model)
+    contiguous_output_projection(model)  # as the decode loop runs it
 
     def forward(**inputs):
         return forward_with_adapters(model, [None] * inputs["input_ids"].shape[0], **inputs)

@@ -72,6 +72,23 @@ def test_plain_model_batch_equals_each_request_alone(plain_model, tokenizer, eos
     assert batched == [alone(plain_model, tokenizer, request, eos_ids) for request in requests]
 
 
+def test_the_output_projection_gets_contiguous_rows_and_the_same_answers(plain_model, tokenizer, prompts):
+    # logits_to_keep=1 slices each row's last prompt position out of a prefill: a strided
+    # view, which sends a CPU F.linear down a slow path (bf16: 170x); the rows are copied first.
+    seen = []
+    head = plain_model.get_output_embeddings()
+    watcher = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        requests = [GenerationRequest(prompts[name], max_new_tokens=4, temperature=0) for name in ("long", "short")]
+        batched = generate(plain_model, tokenizer, requests, eos_ids=set())  # no end of turn: 4 tokens each
+    finally:
+        watcher.remove()
+    assert len(seen) >= 4 and all(seen)
+    with torch.inference_mode():  # the first token is the argmax of the whole prompt's forward
+        full = plain_model(input_ids=torch.tensor([prompts["long"]])).logits[0, -1]
+    assert batched[0].token_ids[0] == int(full.argmax())
+
+
 def test_adapters_change_the_output_and_base_rows_match_the_plain_model(
     peft_model, plain_model, tokenizer, eos_ids, prompts
 ):
