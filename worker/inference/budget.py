@@ -12,6 +12,15 @@ prompt tokens; the budget is the smallest size that reaches KNEE of the best
 throughput measured, and no step longer than MAX_STEP_SECONDS (a streamed
 chat's tokens arrive one step apart). The figures are kept on disk per model,
 dtype, device and thread count, so a worker that restarts does not measure again.
+
+On a CPU the decode steps are also measured on one thread. A decode step is
+thousands of small operators, and each one that OpenMP splits over two
+threads waits for the second thread to wake up (with OMP_WAIT_POLICY=PASSIVE,
+which the workers set so as not to spin against each other: ~45 us per
+operator on the 2-core development VM, against 3-6 us on one thread), while
+only the larger matrix products gain from the second thread. So steps of up
+to `single_thread_rows` rows, where one thread measured at least as fast, run
+on one thread; prefills and larger steps on all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import logging
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +51,7 @@ TIMED_STEPS = 3
 # Share of the memory free at load time that KV caches may take.
 KV_MEMORY_SHARE = 0.5
 # Part of the key of kept figures: a changed probe measures again.
-PROBE_VERSION = 3  # 2: decode attention (attention.py); 3: contiguous output projection (batching.py)
+PROBE_VERSION = 3  # 2: decode attention (attention.py); 3: contiguous output projection (batching.py), one thread
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,29 @@ class Budget:
     kv_tokens: int | None = None  # KV cache tokens that fit in memory; None = not limited
     how: str = "measured"
     figures: dict = field(default_factory=dict, compare=False)  # the measurements, for the log
+    single_thread_rows: int = 0  # decode steps of at most this many rows run on one thread (CPU)
 
     @property
     def interactive_margin(self) -> int:
         return max(4, self.max_rows // 4)
+
+    def decode_threads(self, rows: int) -> int | None:
+        """Threads for a decode step of `rows` rows: 1, or None for all of them."""
+        return 1 if rows <= self.single_thread_rows else None
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op threads set to `count` for the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _timed(function, repeats: int) -> float:
@@ -123,7 +152,7 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
         kv_tokens = int(free * KV_MEMORY_SHARE / per_token) if free and per_token else None
         figures.update(kv_bytes_per_token=per_token, kv_tokens=kv_tokens)
 
-        if max_rows is None:
+        def decode_rates() -> dict[int, float]:
             rates: dict[int, float] = {}
             for rows in ROW_LADDER:
                 if kv_tokens is not None and rows * (PROBE_CONTEXT + 2 * TIMED_STEPS) * 4 > kv_tokens:
@@ -145,8 +174,21 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
                 if seconds > MAX_STEP_SECONDS and rates:
                     break
                 rates[rows] = rows / seconds
-            max_rows = _knee(rates)
+            return rates
+
+        single_thread_rows = 0
+        if max_rows is None:
+            rates = decode_rates()
             figures["decode_tokens_per_second"] = {rows: round(rate, 1) for rows, rate in rates.items()}
+            if device.startswith("cpu") and torch.get_num_threads() > 1:
+                with torch_threads(1):
+                    single = decode_rates()
+                figures["decode_tokens_per_second_one_thread"] = {rows: round(rate, 1) for rows, rate in single.items()}
+                single_thread_rows = max((rows for rows, rate in single.items() if rate >= rates.get(rows, 0.0)),
+                                         default=0)
+                # Each size at its faster thread count; the budget's size is then chosen from those.
+                rates = {rows: max(rates.get(rows, 0.0), single.get(rows, 0.0)) for rows in rates.keys() | single.keys()}
+            max_rows = _knee(rates)
 
         prefill_rates: dict[int, float] = {}
         for tokens in PREFILL_LADDER:
@@ -163,7 +205,8 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
                 break
             prefill_rates[tokens] = tokens / seconds
         figures["prefill_tokens_per_second"] = {size: round(rate, 1) for size, rate in prefill_rates.items()}
-    return Budget(max_rows=max_rows, prefill_tokens=_knee(prefill_rates), kv_tokens=kv_tokens, figures=figures)
+    return Budget(max_rows=max_rows, prefill_tokens=_knee(prefill_rates), kv_tokens=kv_tokens, figures=figures,
+                  single_thread_rows=single_thread_rows)
 
 
 def _device_name(device: str) -> str:
@@ -193,7 +236,8 @@ def budget_for(model, device: str, *, model_id: str, dtype: str, cache_file: Pat
     if key in known:
         entry = known[key]
         budget = Budget(entry["max_rows"], entry["prefill_tokens"], entry.get("kv_tokens"),
-                        how=f"measured {entry.get('measured_at', 'earlier')}", figures=entry.get("figures", {}))
+                        how=f"measured {entry.get('measured_at', 'earlier')}", figures=entry.get("figures", {}),
+                        single_thread_rows=entry.get("single_thread_rows", 0))
         log.info("inference budget of %s (%s): %s", model_id, dtype, _describe(budget))
         return budget
     started = time.perf_counter()
@@ -220,5 +264,6 @@ def budget_for(model, device: str, *, model_id: str, dtype: str, cache_file: Pat
 
 
 def _describe(budget: Budget) -> str:
-    return (f"{budget.max_rows} rows per step, {budget.prefill_tokens} prompt tokens per prefill step, "
+    return (f"{budget.max_rows} rows per step ({budget.single_thread_rows} or fewer on one thread), "
+            f"{budget.prefill_tokens} prompt tokens per prefill step, "
             f"KV room for {budget.kv_tokens} tokens ({budget.how}; {budget.figures})")

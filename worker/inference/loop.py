@@ -13,7 +13,8 @@ request starts within a step or two of arriving, whatever else is running,
 and a thousand-line batch and three chat users share each forward pass.
 
 Sizes come from the model's budget (budget.py, measured for the device): at
-most `max_rows` rows decode together, and a prefill runs at most
+most `max_rows` rows decode together (on one CPU thread up to
+`single_thread_rows`, where that measured faster), and a prefill runs at most
 `prefill_tokens` prompt tokens per step, so a long prompt is run in slices
 between the steps of the rows already decoding rather than stalling them.
 Chat requests (INTERACTIVE) are admitted before batch lines and evaluation
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 
 from worker.inference.batching import Batch, Handle, Prefill, Row, finish, new_row
+from worker.inference.budget import torch_threads
 from worker.inference.generation import GenerationCancelled, GenerationRequest, GenerationResult, check_requests
 
 log = logging.getLogger(__name__)
@@ -242,7 +244,8 @@ class _ModelRows:
                     prefill, self.prefill = self.prefill, None
                     self.batch.merge(prefill)
             if self.batch.live:
-                self.batch.step()
+                with torch_threads(self.budget.decode_threads(len(self.batch.rows))):
+                    self.batch.step()
             # Finished rows leave when enough of them are done; the next merge
             # drops the others in the copy it makes anyway.
             self.batch.retire()
@@ -275,9 +278,12 @@ class _ModelRows:
         budget = self.budget
         live = self.batch.live
         # Joining copies the running batch's cache: background rows wait until
-        # a few can join at once (a chat request never waits for that).
+        # a few can join at once (a chat request never waits for that), unless
+        # all that waits fits now (the last lines of a batch would otherwise
+        # start only when others end, and run on alone at the end).
         if not self.waiting[INTERACTIVE] and live >= budget.max_rows // 2:
-            if budget.max_rows - live < max(1, budget.max_rows // 8):
+            room = budget.max_rows - live
+            if room < max(1, budget.max_rows // 8) and len(self.waiting[BACKGROUND]) > room:
                 return
         group: list[Row] = []
         width = 0

@@ -209,11 +209,30 @@ def test_the_budget_is_measured_once_and_kept_on_disk(settings, storage):
     assert kept.is_file() and "tiny|float32|" in kept.read_text()
     again = InferenceEngine(settings, storage)
     remembered = again.budget(again.base("tiny"))
-    assert (remembered.max_rows, remembered.prefill_tokens) == (budget.max_rows, budget.prefill_tokens)
+    assert (remembered.max_rows, remembered.prefill_tokens, remembered.single_thread_rows) == (
+        budget.max_rows, budget.prefill_tokens, budget.single_thread_rows)
     assert remembered.how.startswith("measured ")
     settings.inference_batch_size = 3
     fixed = InferenceEngine(settings, storage)
     assert fixed.budget(fixed.base("tiny")).max_rows == 3
+
+
+def test_on_several_cpu_threads_the_decode_steps_are_also_measured_on_one(settings, storage):
+    from worker.inference.budget import measure, torch_threads
+
+    engine = InferenceEngine(settings, storage)
+    model = engine.base("tiny").model
+    with torch_threads(2):
+        budget = measure(model, "cpu")
+        assert torch.get_num_threads() == 2
+    on_all, on_one = budget.figures["decode_tokens_per_second"], budget.figures["decode_tokens_per_second_one_thread"]
+    assert on_all and on_one
+    # The largest size where one thread was at least as fast (the figures are rounded: compared loosely).
+    assert all(rows <= budget.single_thread_rows for rows, rate in on_one.items() if rate > on_all.get(rows, 0.0))
+    if budget.single_thread_rows:
+        assert on_one[budget.single_thread_rows] >= on_all.get(budget.single_thread_rows, 0.0)
+    assert budget.max_rows in on_all.keys() | on_one.keys()
+    assert "decode_tokens_per_second_one_thread" not in measure(model, "cpu").figures  # one thread already
 
 
 def test_a_checkpoint_is_an_adapter_of_its_own_fetched_without_the_training_state(settings, storage, adapter_dirs):

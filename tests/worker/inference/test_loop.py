@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from worker.inference.batching import Handle
-from worker.inference.budget import Budget
+from worker.inference.budget import Budget, torch_threads
 from worker.inference.generation import GenerationCancelled, GenerationRequest, generate
 from worker.inference.loop import BACKGROUND, INTERACTIVE, DecodeLoop
 
@@ -53,6 +53,43 @@ def first_text(submission):
         if text:
             return text
     raise AssertionError("the submission ended without text")
+
+
+def test_small_decode_steps_run_on_one_thread_and_prefills_on_all(plain_handle, prompts):
+    # One thread where the budget measured it faster (few rows on a CPU); the process's count after.
+    seen = []
+    hook = plain_handle.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((tuple(kwargs["input_ids"].shape), torch.get_num_threads())),
+        with_kwargs=True,
+    )
+    loop = DecodeLoop(lambda handle: Budget(max_rows=8, prefill_tokens=4096, single_thread_rows=2))
+    try:
+        with torch_threads(2):
+            one = loop.submit(plain_handle, [GenerationRequest(prompts["long"], max_new_tokens=3, temperature=0)])
+            assert one.wait(WAIT)
+            three = loop.submit(plain_handle, [GenerationRequest(prompts[name], max_new_tokens=3, temperature=0)
+                                               for name in ("long", "short", "multi")])
+            assert three.wait(WAIT)
+            assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+    prefills = [threads for (rows, columns), threads in seen if columns > 1]
+    steps = {rows: threads for (rows, columns), threads in seen if columns == 1}
+    assert prefills and set(prefills) == {2}
+    assert steps == {1: 1, 3: 2}
+    assert one.results()[0] == alone(plain_handle, GenerationRequest(prompts["long"], max_new_tokens=3, temperature=0))
+
+
+def test_budget_threads_for_a_step():
+    budget = Budget(max_rows=64, prefill_tokens=512, single_thread_rows=16)
+    assert [budget.decode_threads(rows) for rows in (1, 16, 17, 64)] == [1, 1, None, None]
+    assert Budget(max_rows=64, prefill_tokens=512).decode_threads(1) is None  # not measured: all threads
+    with torch_threads(2):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        with torch_threads(None):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2
 
 
 def test_rows_joining_a_running_batch_get_what_they_get_alone(handle, prompts):
