@@ -61,6 +61,8 @@ class _Router:
     variants: set[str] = field(default_factory=set)  # adapters neither can run in a mixed batch (DoRA, ...)
     seen: tuple = ()  # the adapter names the lists above were made for
     groups: Groups | None = None  # set for the duration of a routed forward
+    # q/k/v (and gate/up) get the same input tensor: cast to the LoRA dtype once for all of them.
+    cast_of: tuple | None = None  # (input, its cast), for the running forward
 
     def refresh(self, model) -> None:
         names = tuple(model.peft_config)
@@ -86,31 +88,53 @@ class _Router:
                 hooked.add(id(module))
         self.peft_only, self.variants = peft_only, variants
         self.seen = names
+        for layer in self.layers:  # scaled weights of adapters no longer loaded go
+            scaled = layer.__dict__.get(_SCALED_B)
+            if scaled:
+                for name in [name for name in scaled if name not in names]:
+                    del scaled[name]
 
     def _add_updates(self, module, args, output):
         groups = self.groups
         if not groups:
             return None
         x = args[0]
-        cast = None
         for name, start, end in groups:
             if name not in module.lora_A:  # this adapter leaves this layer alone
                 continue
             lora_a = module.lora_A[name]
-            if x.dtype != lora_a.weight.dtype:
-                if cast is None:
-                    cast = x.to(lora_a.weight.dtype)  # once per layer, not per adapter
-                source = cast
-            else:
-                source = x
+            source = x if x.dtype == lora_a.weight.dtype else self._cast(x, lora_a.weight.dtype)
             rows = source[start:end] if end - start < source.shape[0] else source
-            lora_b = module.lora_B[name]
+            weight, bias = _scaled_b(module, name)
             # What lora_B(lora_A(x)) * scaling computes (dropout is off in eval), without the module calls.
-            update = F.linear(F.linear(rows, lora_a.weight), lora_b.weight, lora_b.bias)
-            update *= module.scaling[name]
+            update = F.linear(F.linear(rows, lora_a.weight), weight, bias)
             target = output[start:end] if end - start < output.shape[0] else output
             target += update  # computed in the wider dtype, rounded once into the output's
         return output
+
+    def _cast(self, x, dtype):
+        """x in `dtype`, converted once per forward however many layers read x."""
+        if self.cast_of is not None and self.cast_of[0] is x and self.cast_of[1].dtype == dtype:
+            return self.cast_of[1]
+        cast = x.to(dtype)
+        self.cast_of = (x, cast)
+        return cast
+
+
+_SCALED_B = "_tunehouse_scaled_b"
+
+
+def _scaled_b(module, name: str):
+    """lora_B's weight and bias times the adapter's scaling, made once: on a
+    CPU each small operator of a decode step costs, and this saves one per
+    LoRA layer and adapter."""
+    scaled = module.__dict__.setdefault(_SCALED_B, {})
+    lora_b, scaling = module.lora_B[name], module.scaling[name]
+    kept = scaled.get(name)
+    if kept is None or kept[0] is not lora_b.weight or kept[1] != lora_b.weight.data_ptr() or kept[2] != scaling:
+        bias = None if lora_b.bias is None else lora_b.bias.detach() * scaling
+        kept = scaled[name] = (lora_b.weight, lora_b.weight.data_ptr(), scaling, lora_b.weight.detach() * scaling, bias)
+    return kept[3], kept[4]
 
 
 def _router(model) -> _Router:
@@ -145,7 +169,7 @@ def forward_with_adapters(model, adapters: Sequence[str | None], **inputs):
     try:
         return model.get_base_model()(**inputs)
     finally:
-        router.groups = None
+        router.groups = router.cast_of = None
 
 
 def unsupported(model, name: str) -> str | None:
