@@ -232,8 +232,10 @@ def engine_bench(texts: list[str], max_tokens: int) -> None:
             handles = {job: held.__enter__() for job, held in models.items()}
             loaded = handles[None][0]
             measured = engine.budget(loaded)
-            print(f"{dtype}: measured budget {measured.max_rows} rows, {measured.prefill_tokens} prefill tokens; "
-                  f"decode probe (rows: tokens/s) {measured.figures.get('decode_tokens_per_second')}")
+            print(f"{dtype}: measured budget {measured.max_rows} rows ({measured.single_thread_rows} or fewer on one "
+                  f"thread), {measured.prefill_tokens} prefill tokens; decode probe (rows: tokens/s) "
+                  f"{measured.figures.get('decode_tokens_per_second')}, on one thread "
+                  f"{measured.figures.get('decode_tokens_per_second_one_thread')}")
             prompt_ids = [render_prompt(loaded.tokenizer, [{"role": "user", "content": text}]) for text in texts]
             # Answers run to max_tokens whatever they say: the same work for every case.
             full_length = Handle(loaded.model, loaded.tokenizer, set(), loaded.device, loaded.tokenizer_lock)
@@ -248,7 +250,7 @@ def engine_bench(texts: list[str], max_tokens: int) -> None:
             ]
             loops = {}
             for rows, name, jobs, handle in cases:
-                budget = Budget(rows, measured.prefill_tokens)
+                budget = Budget(rows, measured.prefill_tokens, single_thread_rows=measured.single_thread_rows)
                 loop = loops.setdefault(rows, DecodeLoop(lambda _, budget=budget: budget))
                 order = sorted(range(len(texts)), key=lambda i: (handles[jobs[i % len(jobs)]][1] or "", len(prompt_ids[i])))
                 started = time.perf_counter()
@@ -318,8 +320,10 @@ def main() -> None:
     print(f"{args.prompts} prompts, max_tokens {args.max_tokens}, greedy, SmolLM2-135M-Instruct on CPU, "
           f"TUNEHOUSE_INFERENCE_DTYPE={args.dtype}")
     for key, budget in budgets.items():
-        print(f"worker's budget [{key}]: {budget['max_rows']} rows, {budget['prefill_tokens']} prefill tokens; "
-              f"decode probe (rows: tokens/s) {budget['figures'].get('decode_tokens_per_second')}")
+        print(f"worker's budget [{key}]: {budget['max_rows']} rows ({budget.get('single_thread_rows', 0)} or fewer on "
+              f"one thread), {budget['prefill_tokens']} prefill tokens; decode probe (rows: tokens/s) "
+              f"{budget['figures'].get('decode_tokens_per_second')}, on one thread "
+              f"{budget['figures'].get('decode_tokens_per_second_one_thread')}")
     for key in "abcd":
         tokens, seconds, _ = results[key]
         print(f"({key}) {labels[key]:40s} {tokens:6d} tokens in {seconds:7.1f} s = {rate(key):7.1f} tokens/s")
