@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.startup import freeze_startup_objects
 from api.errors import error_body, install_error_handlers
 from api.batches.endpoints import router as batches_router
 from api.bundles.endpoints import router as bundles_router
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # database turn finds a thread (api/deps.py).
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads_for(state.settings)
         recovery = asyncio.create_task(_recovery_loop(state))
+        freeze_startup_objects()  # the last step of start-up: garbage collections stay short
         yield
         recovery.cancel()
         with suppress(asyncio.CancelledError):

@@ -137,6 +137,9 @@ def cmd_worker(args) -> int:
 
     setup_logging.connect(_celery_logs_through_ours, weak=False)
     preload_ml_stack()
+    from api.startup import freeze_startup_objects
+
+    freeze_startup_objects()  # before the pool forks or the decode loop starts: short collections
 
     queues = args.queues or ",".join(ALL_QUEUES)
     if TRAIN_QUEUE in queues.split(","):
