@@ -48,6 +48,9 @@ KNEE = 0.95
 # A step longer than this makes streamed text arrive in visible jerks.
 MAX_STEP_SECONDS = 0.5
 TIMED_STEPS = 3
+# The one-thread decode ladder stops at the first size where it is below this
+# share of the all-threads rate: larger sizes only grow the gap.
+SLOWER_LADDER_STOP = 0.8
 # Share of the memory free at load time that KV caches may take.
 KV_MEMORY_SHARE = 0.5
 # Part of the key of kept figures: a changed probe measures again.
@@ -152,7 +155,9 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
         kv_tokens = int(free * KV_MEMORY_SHARE / per_token) if free and per_token else None
         figures.update(kv_bytes_per_token=per_token, kv_tokens=kv_tokens)
 
-        def decode_rates() -> dict[int, float]:
+        def decode_rates(behind: dict[int, float] | None = None) -> dict[int, float]:
+            """Tokens/s per number of rows; against `behind` (another ladder), it
+            stops once it is clearly slower than that one."""
             rates: dict[int, float] = {}
             for rows in ROW_LADDER:
                 if kv_tokens is not None and rows * (PROBE_CONTEXT + 2 * TIMED_STEPS) * 4 > kv_tokens:
@@ -174,6 +179,8 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
                 if seconds > MAX_STEP_SECONDS and rates:
                     break
                 rates[rows] = rows / seconds
+                if behind is not None and rates[rows] < SLOWER_LADDER_STOP * behind.get(rows, 0.0):
+                    break
             return rates
 
         single_thread_rows = 0
@@ -182,7 +189,7 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
             figures["decode_tokens_per_second"] = {rows: round(rate, 1) for rows, rate in rates.items()}
             if device.startswith("cpu") and torch.get_num_threads() > 1:
                 with torch_threads(1):
-                    single = decode_rates()
+                    single = decode_rates(behind=rates)
                 figures["decode_tokens_per_second_one_thread"] = {rows: round(rate, 1) for rows, rate in single.items()}
                 single_thread_rows = max((rows for rows, rate in single.items() if rate >= rates.get(rows, 0.0)),
                                          default=0)
