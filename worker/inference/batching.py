@@ -135,7 +135,6 @@ def contiguous_output_projection(model) -> None:
 def forward_last_logits(handle: Handle, rows: list[Row], input_ids, attention_mask, position_ids, cache):
     """One forward of the rows' new tokens; the logits of each row's last position."""
     model = handle.model
-    contiguous_output_projection(model)
     output = forward_with_adapters(
         model,
         [row.request.adapter for row in rows],
@@ -256,6 +255,7 @@ class Prefill:
 
     def __init__(self, handle: Handle, rows: list[Row], slice_tokens: int | None = None):
         self.handle = handle
+        contiguous_output_projection(handle.model)  # a prefill's last positions are a strided view
         # Grouped by adapter (stable), as the batch they join is.
         self.rows = sorted(rows, key=lambda row: row.adapter_key)
         self.input_ids, self.mask = left_padded(
