@@ -44,9 +44,13 @@ web: $(STAMP)
 run: setup
 	$(BIN)/tunehouse serve
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole
+# in one of them; TEST_WORKERS=0 runs it in this process. At most 3: each
+# worker takes its own 5 Redis db numbers (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup browser
 	@if [ -f web/package.json ]; then cd web && npm test; fi
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench-upload: setup
 	$(BIN)/python bench/upload.py

@@ -36,8 +36,12 @@ POSTGRES_ADMIN_URL = os.environ.get("TUNEHOUSE_TEST_POSTGRES", "postgresql://pos
 REDIS_TEST_SERVER = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379")
 # Each group of tests gets its own Redis db number, emptied before and after.
 # TUNEHOUSE_TEST_REDIS_DB_SHIFT moves them all down, so two runs of the suite
-# on one Redis (two checkouts on one machine) do not empty each other's.
-_REDIS_DB_SHIFT = int(os.environ.get("TUNEHOUSE_TEST_REDIS_DB_SHIFT", "0"))
+# on one Redis (two checkouts on one machine) do not empty each other's; so
+# does each pytest-xdist worker (gw0, gw1: 5 apart), for the same reason.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_REDIS_DB_SHIFT = int(os.environ.get("TUNEHOUSE_TEST_REDIS_DB_SHIFT", "0")) + 5 * _XDIST_WORKER
+if _REDIS_DB_SHIFT > 10:
+    raise RuntimeError(f"Redis db numbers shifted by {_REDIS_DB_SHIFT}: at most 3 pytest-xdist workers (-n 3)")
 REDIS_DBS_UNSHIFTED = {"api": 13, "worker": 12, "jobs": 14, "rate_limits": 11, "metrics": 10}
 REDIS_DBS = {purpose: db - _REDIS_DB_SHIFT for purpose, db in REDIS_DBS_UNSHIFTED.items()}
 TEST_UPLOAD_LIMIT = 2 * 1024 * 1024  # small, so the 413 tests stay fast
