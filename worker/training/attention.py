@@ -70,23 +70,32 @@ def segment_attention(
             return segment_attention(module, query.float(), key.float(), value.float(), attention_mask,
                                      dropout, scaling, segments, **kwargs)
     outputs = []
-    for row, row_segments in enumerate(segments):
-        pieces, end = [], 0
+    # Rows and examples are taken apart with split, not by slicing: the
+    # backward pass of a slice fills a zero tensor of the whole input and adds
+    # the slice's gradient into it, once per example; split's puts all the
+    # pieces' gradients together in one copy.
+    for row, (row_query, row_key, row_value) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+        row_segments = segments[row]
+        sizes, end = [], 0
         for start, stop in row_segments:
             if start != end or stop <= start:
                 raise ValueError(f"row {row}: segments must follow each other from 0, got {list(row_segments)}")
+            sizes.append(stop - start)
             end = stop
-            pieces.append(
-                F.scaled_dot_product_attention(
-                    query[row : row + 1, :, start:end],
-                    key[row : row + 1, :, start:end],
-                    value[row : row + 1, :, start:end],
-                    dropout_p=dropout,
-                    is_causal=True,
-                    scale=scaling,
-                    enable_gqa=gqa,
-                )
+        if end > length:
+            raise ValueError(f"row {row}: segments end at {end}, after the row's {length} positions")
+        padded = sizes + [length - end] if end < length else sizes  # the padding's piece is left out below
+        pieces = [
+            F.scaled_dot_product_attention(
+                segment_query, segment_key, segment_value,
+                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
             )
+            for segment_query, segment_key, segment_value in zip(
+                row_query.split(padded, dim=2)[: len(sizes)],
+                row_key.split(padded, dim=2)[: len(sizes)],
+                row_value.split(padded, dim=2)[: len(sizes)],
+            )
+        ]
         if end < length:
             pieces.append(query.new_zeros(1, query.shape[1], length - end, value.shape[-1]))
         outputs.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))
