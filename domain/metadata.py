@@ -40,11 +40,27 @@ def _problem(value: Any) -> str:
     return "got an invalid value"
 
 
+def _with_nul(pairs: Mapping[str, str]) -> str | None:
+    """Which string holds U+0000, if one does. PostgreSQL's JSON stores it
+    escaped but cannot read it back as text: the one job would break every
+    query that reads metadata (the moves list) for its owner."""
+    for key, item in pairs.items():
+        shown = _short(key.replace("\x00", "\\0"))
+        if "\x00" in key:
+            return f"the key '{shown}'"
+        if "\x00" in item:
+            return f"the value of '{shown}'"
+    return None
+
+
 def _checked(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
-        return handler(value)
+        pairs = handler(value)
     except ValidationError:
         raise refusal(f"{LIMITS}; {_problem(value)}.", code="invalid_value") from None
+    if pairs and (where := _with_nul(pairs)):
+        raise refusal(f"{LIMITS}, without the NUL character (U+0000); {where} has one.", code="invalid_value")
+    return pairs
 
 
 _Pairs = Annotated[

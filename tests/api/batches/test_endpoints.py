@@ -104,7 +104,8 @@ def creators(client, chat_file_id: str, batch_file_id: str) -> dict:
 
 def test_metadata_limits_are_one_rule_with_one_message(alice):
     requests = creators(alice, upload(alice, chat_jsonl(20)).json()["id"], batch_file(alice))
-    for metadata in ({"k" * 65: "v"}, {"k": "v" * 513}, {str(i): "v" for i in range(17)}, {"k": 3}):
+    for metadata in ({"k" * 65: "v"}, {"k": "v" * 513}, {str(i): "v" for i in range(17)}, {"k": 3},
+                     {"k": "a\x00b"}, {"k\x00": "v"}):
         errors = {}
         for name, send in requests.items():
             response = send(metadata=metadata)
@@ -112,8 +113,12 @@ def test_metadata_limits_are_one_rule_with_one_message(alice):
             errors[name] = response.json()["error"]
         assert len({(e["message"], e["param"], e["code"]) for e in errors.values()}) == 1, errors
         assert errors["job"]["param"] == "metadata" and errors["job"]["message"].startswith(
-            "Metadata is at most 16 pairs of strings, keys of at most 64 characters and values of at most 512;"
+            "Metadata is at most 16 pairs of strings, keys of at most 64 characters and values of at most 512"
         )
+    # PostgreSQL's JSON would keep it, escaped, and fail every later query
+    # that reads metadata (the moves list) with a 500.
+    assert errors["job"]["message"].endswith("without the NUL character (U+0000); the key 'k\\0' has one.")
+    assert alice.get("/v1/moves").status_code == 200
     limit = {"k" * 64: "v" * 512, **{str(i): "v" for i in range(15)}}
     for name, send in requests.items():
         assert send(metadata=limit).status_code == 200, name
