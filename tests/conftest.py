@@ -4,6 +4,7 @@ The API suite runs twice: on the embedded parts (SQLite + local directory) and
 on the production parts (PostgreSQL + S3 over HTTP).
 """
 
+import asyncio
 import os
 import shutil
 import socket
@@ -64,6 +65,27 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def run_async(coroutine):
+    """asyncio.run(coroutine) in a thread of its own. The browser tests'
+    Playwright (sync API) keeps an event loop running in the main thread for
+    the rest of the process, and under pytest-xdist any test file may run
+    after them in that process, where asyncio.run would refuse to start."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="run_async")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def answers_healthz(base_url: str, process=None) -> bool:

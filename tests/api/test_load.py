@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from tests.api.files.test_endpoints import upload
 from tests.chat_data import chat_example, chat_jsonl
-from tests.conftest import running_service, service_settings, wait_for
+from tests.conftest import run_async, running_service, service_settings, wait_for
 
 CLIENTS = 100
 REQUESTS_EACH = 5
@@ -67,7 +67,7 @@ def _load(base_url: str, key: str, plans: list[list[tuple[str, str, dict | None]
             start.set()
             await asyncio.gather(*tasks)
 
-    asyncio.run(run())
+    run_async(run())
     return statuses, slowest
 
 

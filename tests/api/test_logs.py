@@ -23,7 +23,7 @@ from domain.queue import create_celery
 from domain.settings import Settings
 from domain.storage import storage_from_url
 from tests.api.test_cli import TUNEHOUSE, clean_env
-from tests.conftest import answers_healthz, free_port, wait_for
+from tests.conftest import answers_healthz, free_port, run_async, wait_for
 
 
 def capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
@@ -105,7 +105,7 @@ def test_the_context_follows_asyncio_tasks_but_not_unrelated_threads():
     async def both() -> None:
         await asyncio.gather(handle("req-a"), handle("req-b"))
 
-    asyncio.run(both())
+    run_async(both())
     with log_context(job_id="ftjob-9"):
         thread = threading.Thread(target=lambda: logger.info("from a thread"))
         thread.start()
