@@ -14,14 +14,19 @@ from --dtype) on a free port and measures completion tokens per second of:
       `generate` one prompt at a time, same prompts, max_tokens, greedy, fp32;
   (c) the same N prompts spread round-robin over 4 fine-tunes (LoRA
       adapters of that base), through the batch endpoint;
-  (d) the same N prompts all on 1 of those fine-tunes.
+  (d) the same N prompts all on 1 of those fine-tunes;
+  (e) the same N prompts on each of the 4 fine-tunes in turn, one batch each
+      ((d) is the first): the reference for (c) with the same adapters. The
+      random adapters end different shares of their answers early, and a
+      decode step with fewer rows left costs about as much, so (c) against
+      (d) alone also measures which adapter (d) happened to be.
 
 and the greedy agreement of (a) with (b): answers identical, and the share of
 (b)'s characters before the first difference (bf16 against fp32, when the
 service computes in bf16).
 
 Goals: (a)/(b) >= 5, (a) >= 400 tokens/s on this machine, (c) within 1.15x of
-(d) per token. The fine-tunes are registered as succeeded jobs of the bench
+(d) and of (e) per token. The fine-tunes are registered as succeeded jobs of the bench
 user with random LoRA weights (r=16, all linear layers) written where a
 training job puts its adapter: to the service they are ordinary fine-tunes.
 
@@ -300,6 +305,8 @@ def main() -> None:
                     "c": run_batch(client, fine_tunes, texts, args.max_tokens),
                     "d": run_batch(client, fine_tunes[:1], texts, args.max_tokens),
                 }
+                each = [results["d"], *(run_batch(client, [name], texts, args.max_tokens) for name in fine_tunes[1:])]
+                results["e"] = (sum(r[0] for r in each), sum(r[1] for r in each), [a for r in each for a in r[2]])
             # What the worker chose: its dtype and batch budget (worker/inference/budget.py keeps them here).
             budgets = json.loads((data_dir / "work" / "inference" / "budgets.json").read_text())
             results["b"] = naive_generate_loop(data_dir, texts, args.max_tokens)
@@ -316,6 +323,7 @@ def main() -> None:
         "b": "naive generate() loop, fp32 (reference)",
         "c": f"batch endpoint, {ADAPTERS} adapters mixed",
         "d": "batch endpoint, 1 adapter",
+        "e": f"batch endpoint, each of the {ADAPTERS} alone",
     }
     print(f"{args.prompts} prompts, max_tokens {args.max_tokens}, greedy, SmolLM2-135M-Instruct on CPU, "
           f"TUNEHOUSE_INFERENCE_DTYPE={args.dtype}")
@@ -324,11 +332,13 @@ def main() -> None:
               f"one thread), {budget['prefill_tokens']} prefill tokens; decode probe (rows: tokens/s) "
               f"{budget['figures'].get('decode_tokens_per_second')}, on one thread "
               f"{budget['figures'].get('decode_tokens_per_second_one_thread')}")
-    for key in "abcd":
+    for key in "abcde":
         tokens, seconds, _ = results[key]
         print(f"({key}) {labels[key]:40s} {tokens:6d} tokens in {seconds:7.1f} s = {rate(key):7.1f} tokens/s")
+    print("    (e) per adapter: " + ", ".join(f"{tokens} tokens in {seconds:.1f} s" for tokens, seconds, _ in each))
     print(f"(a)/(b) = {rate('a') / rate('b'):.2f}x   (goal >= 5; (a) goal >= 400 tokens/s)")
     print(f"(d)/(c) = {rate('d') / rate('c'):.2f}x   (goal <= 1.15: mixing {ADAPTERS} adapters costs at most 15% per token)")
+    print(f"(e)/(c) = {rate('e') / rate('c'):.2f}x   (the same, against the same {ADAPTERS} adapters one at a time)")
     same, share = agreement(results["a"][2], results["b"][2])
     print(f"greedy agreement of (a) with (b): {same}/{len(texts)} answers identical; "
           f"{share:.1%} of the reference's characters before the first difference")
