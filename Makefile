@@ -45,9 +45,11 @@ run: setup
 	$(BIN)/tunehouse serve
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole
-# in one of them; TEST_WORKERS=0 runs it in this process. At most 3: each
-# worker takes its own 5 Redis db numbers (tests/conftest.py).
-TEST_WORKERS ?= 2
+# in one of them; TEST_WORKERS=0 runs it in this process. 3 on 2 cores: much
+# of the suite waits on servers and subprocesses (2 cores: 25 min in one
+# process, 20 in 2, 17 in 3). At most 3: each worker takes its own 5 Redis db
+# numbers (tests/conftest.py).
+TEST_WORKERS ?= 3
 test: setup browser
 	@if [ -f web/package.json ]; then cd web && npm test; fi
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile

@@ -38,7 +38,7 @@ REDIS_TEST_SERVER = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:63
 # Each group of tests gets its own Redis db number, emptied before and after.
 # TUNEHOUSE_TEST_REDIS_DB_SHIFT moves them all down, so two runs of the suite
 # on one Redis (two checkouts on one machine) do not empty each other's; so
-# does each pytest-xdist worker (gw0, gw1: 5 apart), for the same reason.
+# does each pytest-xdist worker (gw0, gw1, gw2: 5 apart), for the same reason.
 _XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 _REDIS_DB_SHIFT = int(os.environ.get("TUNEHOUSE_TEST_REDIS_DB_SHIFT", "0")) + 5 * _XDIST_WORKER
 if _REDIS_DB_SHIFT > 10:
