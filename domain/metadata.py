@@ -45,11 +45,9 @@ def _with_nul(pairs: Mapping[str, str]) -> str | None:
     escaped but cannot read it back as text: the one job would break every
     query that reads metadata (the moves list) for its owner."""
     for key, item in pairs.items():
-        shown = _short(key.replace("\x00", "\\0"))
-        if "\x00" in key:
-            return f"the key '{shown}'"
-        if "\x00" in item:
-            return f"the value of '{shown}'"
+        if "\x00" in key or "\x00" in item:
+            shown = _short(key.replace("\x00", "\\0"))
+            return f"the key '{shown}'" if "\x00" in key else f"the value of '{shown}'"
     return None
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,20 +73,8 @@ def run_async(coroutine):
     Playwright (sync API) keeps an event loop running in the main thread for
     the rest of the process, and under pytest-xdist any test file may run
     after them in that process, where asyncio.run would refuse to start."""
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = asyncio.run(coroutine)
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="run_async")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="run_async") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def answers_healthz(base_url: str, process=None) -> bool:
