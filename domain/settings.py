@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         """Scratch space of workers (checkpoints before upload, base model cache)."""
         return self.data_dir / "work"
 
+    @property
+    def compute_probe_file(self) -> Path:
+        """Where workers keep this machine's bf16 and fp32 matmul figures, so
+        that all of them choose the same dtype (worker/compute.py)."""
+        return self.work_dir / "compute-probe.json"
+
     def as_env(self) -> dict[str, str]:
         """The resolved settings as environment variables, so a child process
         (the worker that `serve` starts) sees exactly the same configuration.

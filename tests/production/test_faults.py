@@ -124,6 +124,10 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint_with_no_step_appli
     assert any("stopped responding" in m for m in messages)
     resumed = [m for m in messages if m.startswith("Resumed from step")]
     assert len(resumed) == 1
+    # The same settings, the compute dtype included: every process reads the
+    # machine's kept dtype probe (worker/compute.py); a probe per process,
+    # taken while the CPU was busy, could choose differently for the two jobs.
+    assert final["hyperparameter_details"] == reference["hyperparameter_details"]
     # Steps after the checkpoint ran again on the new worker, from the
     # checkpoint's state: the final adapter is exactly the uninterrupted run's.
     assert metrics_steps(user, job["id"])[-1] == final["progress"]["total_steps"]

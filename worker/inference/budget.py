@@ -25,16 +25,15 @@ on one thread; prefills and larger steps on all of them.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from worker.kept_measurements import device_name, kept_or_measured
 
 log = logging.getLogger(__name__)
 
@@ -216,57 +215,31 @@ def measure(model, device: str, *, max_rows: int | None = None) -> Budget:
                   single_thread_rows=single_thread_rows)
 
 
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def budget_for(model, device: str, *, model_id: str, dtype: str, cache_file: Path, max_rows: int = 0) -> Budget:
     """The model's budget: measured once per model, dtype, device and thread
-    count and kept in `cache_file`; `max_rows` > 0 sets the rows instead
-    (TUNEHOUSE_INFERENCE_BATCH_SIZE)."""
-    key = (f"{model_id}|{dtype}|{_device_name(device)}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    count and kept in `cache_file` (worker/kept_measurements.py); `max_rows`
+    > 0 sets the rows instead (TUNEHOUSE_INFERENCE_BATCH_SIZE)."""
+    key = (f"{model_id}|{dtype}|{device_name(device)}|threads={torch.get_num_threads()}|torch={torch.__version__}"
            f"|probe={PROBE_VERSION}")
     if max_rows:
         key += f"|rows={max_rows}"
-    try:
-        known = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        entry = known[key]
-        budget = Budget(entry["max_rows"], entry["prefill_tokens"], entry.get("kv_tokens"),
-                        how=f"measured {entry.get('measured_at', 'earlier')}", figures=entry.get("figures", {}),
-                        single_thread_rows=entry.get("single_thread_rows", 0))
+
+    def measure_now() -> dict:
+        started = time.perf_counter()
+        budget = measure(model, device, max_rows=max_rows or None)
+        if max_rows:
+            budget = Budget(max_rows, budget.prefill_tokens, budget.kv_tokens, how="rows set, prefill measured",
+                            figures=budget.figures)
+        log.info("inference budget of %s (%s), measured in %.1f s: %s", model_id, dtype,
+                 time.perf_counter() - started, _describe(budget))
+        return {**asdict(budget), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    entry, measured_now = kept_or_measured(cache_file, key, measure_now)
+    budget = Budget(entry["max_rows"], entry["prefill_tokens"], entry.get("kv_tokens"),
+                    how=entry["how"] if measured_now else f"measured {entry.get('measured_at', 'earlier')}",
+                    figures=entry.get("figures", {}), single_thread_rows=entry.get("single_thread_rows", 0))
+    if not measured_now:
         log.info("inference budget of %s (%s): %s", model_id, dtype, _describe(budget))
-        return budget
-    started = time.perf_counter()
-    budget = measure(model, device, max_rows=max_rows or None)
-    if max_rows:
-        budget = Budget(max_rows, budget.prefill_tokens, budget.kv_tokens, how="rows set, prefill measured",
-                        figures=budget.figures)
-    log.info("inference budget of %s (%s), measured in %.1f s: %s", model_id, dtype, time.perf_counter() - started,
-             _describe(budget))
-    entry = {**asdict(budget), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            known = json.loads(cache_file.read_text())  # another process may have written meanwhile
-        except (OSError, ValueError):
-            known = {}
-        known[key] = entry
-        staging = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        staging.write_text(json.dumps(known, indent=1))
-        os.replace(staging, cache_file)
-    except OSError:
-        log.warning("could not keep the inference budget in %s", cache_file, exc_info=True)
     return budget
 
 

@@ -194,7 +194,8 @@ class InferenceEngine:
         if self._compute is None:
             from worker.compute import choose_compute_dtype
 
-            self._compute = choose_compute_dtype(self.device, self.settings.inference_dtype)
+            self._compute = choose_compute_dtype(self.device, self.settings.inference_dtype,
+                                                 self.settings.compute_probe_file)
             log.info("inference computes in %s on %s: %s", self._compute.dtype, self.device, self._compute.reason)
         return self._compute
 

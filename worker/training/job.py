@@ -186,7 +186,7 @@ class TrainingJobRun(LeasedRun):
             resolved = job.hyperparameters
         else:
             # The dtype this machine computes fastest in: a matmul probe, once per worker process.
-            compute = choose_compute_dtype(device)
+            compute = choose_compute_dtype(device, kept_in=self.settings.compute_probe_file)
             resolved = resolve(
                 job.requested_hyperparameters, stats, model_max_length=base.max_length, device=device,
                 measured_compute_dtype=(compute.dtype, compute.reason), method=job.method,
@@ -218,7 +218,8 @@ class TrainingJobRun(LeasedRun):
             self.event(f"Continuing the adapter of {parent.name}")
             init_adapter_dir = self.storage.download_prefix(parent.adapter_key, work_dir / "parent-adapter")
         config = TrainingConfig(base_model_dir=base.local_dir, hyperparameters=plain_values(resolved), seed=job.seed, device=device,
-                                method=job.method, init_adapter_dir=init_adapter_dir)
+                                method=job.method, init_adapter_dir=init_adapter_dir,
+                                compute_probe_file=self.settings.compute_probe_file)
         hooks = TrainingHooks(
             on_message=self.on_message,
             on_metrics=self.on_metrics,

@@ -117,6 +117,8 @@ class TrainingConfig:
     # A fine-tune of a fine-tune: the parent's PEFT adapter folder, trained on
     # from where it is (its LoRA settings are the parent's) instead of a fresh LoRA.
     init_adapter_dir: Path | None = None
+    # Where the machine's dtype probe is kept (worker/compute.py); None: probe in this process.
+    compute_probe_file: Path | None = None
 
 
 @dataclass
@@ -172,7 +174,7 @@ def train(
     hooks.on_message("Loading base model", {"base_model_dir": str(config.base_model_dir), "device": device})
     tokenizer = load_tokenizer(config.base_model_dir) if tokenizer is None else check_chat_template(tokenizer, config.base_model_dir)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    compute = choose_compute_dtype(device, hp.get("compute_dtype") or "auto")
+    compute = choose_compute_dtype(device, hp.get("compute_dtype") or "auto", config.compute_probe_file)
     set_seed(config.seed)  # before the adapter exists: LoRA's initial weights are random
     model, method = load_model(config.base_model_dir, hp["adapter"], device, compute)
     if hp["adapter"] != "full":  # full fine-tuning trains every weight: no adapter
