@@ -171,15 +171,21 @@ def make_sessionmaker(engine: Engine, class_: type[Session] = Session) -> sessio
     return sessionmaker(engine, class_=class_, expire_on_commit=False)
 
 
-def migrate(database_url: str) -> None:
-    """Bring the schema to head. Alembic is the only way the schema is made."""
-    from alembic import command
+def alembic_config(database_url: str):
+    """Alembic's configuration for the project's migrations on `database_url`."""
     from alembic.config import Config
 
-    if database_url.startswith("sqlite:///"):
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = database_url
-    command.upgrade(config, "head")
+    return config
+
+
+def migrate(database_url: str) -> None:
+    """Bring the schema to head. Alembic is the only way the schema is made."""
+    from alembic import command
+
+    if database_url.startswith("sqlite:///"):
+        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(database_url), "head")
 
