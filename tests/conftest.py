@@ -5,9 +5,12 @@ on the production parts (PostgreSQL + S3 over HTTP).
 """
 
 import asyncio
+import fcntl
+import functools
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -36,16 +39,41 @@ from api.deps import AppState
 
 POSTGRES_ADMIN_URL = os.environ.get("TUNEHOUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_SERVER = os.environ.get("TUNEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379")
-# Each group of tests gets its own Redis db number, emptied before and after.
-# TUNEHOUSE_TEST_REDIS_DB_SHIFT moves them all down, so two runs of the suite
-# on one Redis (two checkouts on one machine) do not empty each other's; so
-# does each pytest-xdist worker (gw0, gw1, gw2: 5 apart), for the same reason.
-_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-_REDIS_DB_SHIFT = int(os.environ.get("TUNEHOUSE_TEST_REDIS_DB_SHIFT", "0")) + 5 * _XDIST_WORKER
-if _REDIS_DB_SHIFT > 10:
-    raise RuntimeError(f"Redis db numbers shifted by {_REDIS_DB_SHIFT}: at most 3 pytest-xdist workers (-n 3)")
+# Each group of tests gets its own Redis db number, emptied before and after:
+# 5 numbers per test process, in one of REDIS_SLOTS slots (dbs 10-14, 5-9,
+# 0-4). A process takes the first free slot when it first needs Redis and
+# holds it with a lock file until it exits, so pytest-xdist's workers, a
+# worker that replaces a crashed one and two runs of the suite on one machine
+# (two checkouts) never empty each other's dbs. TUNEHOUSE_TEST_REDIS_DB_SHIFT
+# sets the shift instead (a Redis that several machines share).
 REDIS_DBS_UNSHIFTED = {"api": 13, "worker": 12, "jobs": 14, "rate_limits": 11, "metrics": 10}
-REDIS_DBS = {purpose: db - _REDIS_DB_SHIFT for purpose, db in REDIS_DBS_UNSHIFTED.items()}
+REDIS_SLOTS = 3
+_redis_slot_locks = []  # the held lock file, open for the life of the process
+
+
+@functools.cache
+def _redis_db_shift() -> int:
+    if "TUNEHOUSE_TEST_REDIS_DB_SHIFT" in os.environ:
+        return int(os.environ["TUNEHOUSE_TEST_REDIS_DB_SHIFT"])
+    server = REDIS_TEST_SERVER.split("://")[-1].replace(":", "-").replace("/", "-")
+    preferred = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % REDIS_SLOTS
+    for slot in sorted(range(REDIS_SLOTS), key=lambda slot: slot != preferred):
+        lock = open(Path(tempfile.gettempdir()) / f"tunehouse-test-redis-{server}-slot{slot}.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _redis_slot_locks.append(lock)
+        return 5 * slot
+    raise RuntimeError(f"all {REDIS_SLOTS} slots of Redis test dbs are held by other test processes on this "
+                       "machine: run at most 3 at once (make test runs 3)")
+
+
+def redis_db_number(purpose: str) -> int:
+    return REDIS_DBS_UNSHIFTED[purpose] - _redis_db_shift()
+
+
 TEST_UPLOAD_LIMIT = 2 * 1024 * 1024  # small, so the 413 tests stay fast
 STARTUP_TIMEOUT = 30.0
 
@@ -228,7 +256,7 @@ def running_service(name: str, settings: Settings) -> Iterator[RunningService]:
 def redis_db(purpose: str) -> Iterator[str]:
     import redis
 
-    url = f"{REDIS_TEST_SERVER}/{REDIS_DBS[purpose]}"
+    url = f"{REDIS_TEST_SERVER}/{redis_db_number(purpose)}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:
