@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -62,13 +63,24 @@ def cpu_memory(limit_files=CGROUP_LIMIT_FILES, meminfo: Path = Path("/proc/memin
     return total, ("MemTotal (/proc/meminfo)" if total is not None else None)
 
 
-def cpu_device() -> dict:
-    from worker.training.environment import _cpu_model_name
+def cpu_model_name() -> str | None:
+    """The CPU's model name, as /proc/cpuinfo gives it (x86 and ARM spell it differently)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
+
+def cpu_device() -> dict:
     total, source = cpu_memory()
     return {
         "device": "cpu",
-        "name": _cpu_model_name(),
+        "name": cpu_model_name(),
         "total_memory_bytes": total,
         "memory_source": source,
         "device_count": 1,

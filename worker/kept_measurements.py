@@ -22,6 +22,8 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.devices import cpu_model_name
+
 log = logging.getLogger(__name__)
 
 
@@ -31,13 +33,7 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model_name() or platform.machine()
 
 
 def kept_or_measured(kept_in: Path, key: str, measure: Callable[[], dict]) -> tuple[dict, bool]:

@@ -7,6 +7,8 @@ import os
 import platform
 from importlib import metadata
 
+from worker.devices import cpu_model_name
+
 
 def environment_info(device: str) -> dict:
     """Versions of the ML stack and a description of `device` ("cpu" or "cuda")."""
@@ -26,7 +28,7 @@ def environment_info(device: str) -> dict:
         info["gpu_count"] = torch.cuda.device_count()
         info["cuda"] = str(torch.version.cuda)
     else:
-        info["cpu"] = _cpu_model_name()
+        info["cpu"] = cpu_model_name()
         info["cpu_cores"] = os.cpu_count()
     return info
 
@@ -45,18 +47,6 @@ def _version(distribution: str) -> str | None:
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return None
     return getattr(module, "__version__", None)
-
-
-def _cpu_model_name() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def pick_device(setting: str) -> str:
