@@ -185,7 +185,7 @@ class TrainingJobRun(LeasedRun):
         if job.hyperparameters:  # a resumed attempt keeps what the first one resolved
             resolved = job.hyperparameters
         else:
-            # The dtype this machine computes fastest in: a matmul probe, once per worker process.
+            # The dtype this machine computes fastest in: a matmul probe, kept once per machine.
             compute = choose_compute_dtype(device, kept_in=self.settings.compute_probe_file)
             resolved = resolve(
                 job.requested_hyperparameters, stats, model_max_length=base.max_length, device=device,
